@@ -1,0 +1,6 @@
+//! The host agent (DESIGN §4). `view` is pure logic; `fs` and `socket` are thin adapters that
+//! share one access check (`access`) and one audit call (`audit`); only `run` knows every part.
+
+pub mod access;
+pub mod audit;
+pub mod view;

@@ -1,0 +1,1 @@
+//! HTTP client for the vault API (reqwest + rustls), used by the agent and the CLI.

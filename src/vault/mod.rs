@@ -1,0 +1,1 @@
+//! The vault server: routes, auth, store (SQL), sync feed, audit log.
