@@ -79,13 +79,16 @@ fn parse_unit(cgroup: &str) -> Option<String> {
         .map(|s| (*s).to_owned())
 }
 
+/// (pid, uid, gid)
+type CallerKey = (u32, u32, u32);
+
 /// Resolves callers from `/proc` once per process and caches them briefly, so a hot read path
 /// does not re-read `/proc` on every open. Entries live `ttl` (default 1 s): a pid reused or a
 /// process that `exec`s is seen correctly after at most that long.
 #[derive(Debug)]
 pub struct CallerCache {
     ttl: Duration,
-    entries: Mutex<HashMap<(u32, u32, u32), (Instant, Arc<Caller>)>>,
+    entries: Mutex<HashMap<CallerKey, (Instant, Arc<Caller>)>>,
 }
 
 impl Default for CallerCache {
