@@ -3,4 +3,5 @@
 
 pub mod access;
 pub mod audit;
+pub mod state;
 pub mod view;
