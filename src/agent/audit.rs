@@ -563,3 +563,95 @@ fn to_event(k: Key, a: Agg) -> AccessEvent {
         count: a.count,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AuditBatch, AuditBatchResponse};
+
+    struct Down;
+
+    impl Uplink for Down {
+        type Error = String;
+        async fn post(&self, _: &AuditBatch) -> Result<AuditBatchResponse, String> {
+            Err("down".to_owned())
+        }
+    }
+
+    fn caller(pid: u32) -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            pid,
+            groups: vec![],
+            exe: Some(PathBuf::from("/usr/bin/app")),
+            unit: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn record_never_waits_for_the_writer_or_the_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = AuditConfig::new(tmp.path(), "agent", None);
+        cfg.coalesce_window = Duration::from_millis(1);
+        cfg.max_pending = 1000;
+        let a = Auditor::start(cfg, Down).unwrap();
+        let h = a.inner.clone().unwrap();
+
+        // The disk is stuck: nobody can touch the spool.
+        let stuck = h.shared.spool.lock().unwrap();
+        a.record(
+            &caller(1),
+            AccessAction::Accessed,
+            "FIRST",
+            Some(1),
+            AccessVia::Fuse,
+        );
+        // The writer takes that event and then blocks on the spool.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !lock(&h.shared.pending).map.is_empty() {
+            assert!(Instant::now() < deadline, "the writer never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // With the writer parked, reads keep being recorded (and counted when the buffer is
+        // full); stats answer too. Reaching the next line at all is the assertion.
+        for i in 0..50_000u32 {
+            let secret = format!("S{}", i % 2000);
+            a.record(
+                &caller(i),
+                AccessAction::Accessed,
+                &secret,
+                Some(1),
+                AccessVia::Socket,
+            );
+        }
+        let st = a.stats();
+        assert_eq!(st.pending_events, 1001, "1000 entries and the overflow");
+        assert_eq!(st.dropped_total, 25_000);
+        drop(stuck);
+
+        a.flush(Duration::ZERO).await.unwrap();
+        let events = lock(&h.shared.spool)
+            .as_mut()
+            .unwrap()
+            .read_after(0, usize::MAX, usize::MAX)
+            .unwrap();
+        let sum = |act| -> u64 {
+            events
+                .iter()
+                .filter(|e| e.action == act)
+                .map(|e| e.count)
+                .sum()
+        };
+        assert_eq!(sum(AccessAction::Accessed), 25_001);
+        assert_eq!(sum(AccessAction::Dropped), 25_000);
+        a.crash().await;
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_char_boundary() {
+        assert_eq!(capped("abc", 5), "abc");
+        assert_eq!(capped("abcdef", 3), "abc");
+        assert_eq!(capped("aé", 2), "a");
+    }
+}

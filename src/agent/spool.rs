@@ -162,8 +162,9 @@ pub struct Spool {
     /// Persisted high-water mark: numbers below it may be used without writing it again.
     reserved_seq: u64,
     acked: u64,
-    /// The last batch handed to the shipper: (its last seq, its record count).
-    inflight: Option<(u64, u64)>,
+    /// The last batch handed to the shipper: (the `after` it was read with, its last seq, its
+    /// record count).
+    inflight: Option<(u64, u64, u64)>,
     /// Accesses dropped and not yet reported in a `dropped` event.
     pending_dropped: u64,
     total_bytes: u64,
@@ -298,25 +299,17 @@ impl Spool {
         if events.is_empty() && self.pending_dropped == 0 {
             return Ok(None);
         }
-        self.reserve(events.len() as u64 + 1)?;
+        if let Err(e) = self.reserve(events.len() as u64 + 1) {
+            self.lose(events);
+            return Err(e);
+        }
         let mut last = None;
         let mut events = events.into_iter();
         while let Some(mut ev) = events.next() {
             ev.seq = self.next_seq;
             if let Err(e) = self.write_event(&ev) {
                 // This event and the rest are lost: report them like a full spool would.
-                let lost: u64 = std::iter::once(ev)
-                    .chain(events)
-                    .map(|e| {
-                        if e.action != AccessAction::Dropped {
-                            self.counters
-                                .dropped_total
-                                .fetch_add(e.count, Ordering::Relaxed);
-                        }
-                        e.count
-                    })
-                    .sum();
-                self.pending_dropped += lost;
+                self.lose(std::iter::once(ev).chain(events));
                 return Err(e);
             }
             self.next_seq += 1;
@@ -394,7 +387,7 @@ impl Spool {
             }
         }
         if let Some(last) = out.last() {
-            self.inflight = Some((last.seq, out.len() as u64));
+            self.inflight = Some((after, last.seq, out.len() as u64));
         }
         Ok(out)
     }
@@ -406,7 +399,8 @@ impl Spool {
             return Ok(());
         }
         let acked_now = match self.inflight {
-            Some((last, n)) if last == upto => n,
+            // The usual case: acknowledging exactly the batch just read.
+            Some((from, last, n)) if from == self.acked && last == upto => n,
             _ => self.count_on_disk(self.acked, upto)?,
         };
         write_atomic(&self.dir, "ack", upto)?;
@@ -445,6 +439,18 @@ impl Spool {
     }
 
     // -----------------------------------------------------------------------------------------
+
+    /// Counts events that could not be written as dropped (reported by the next append).
+    fn lose(&mut self, events: impl IntoIterator<Item = AccessEvent>) {
+        for e in events {
+            if e.action != AccessAction::Dropped {
+                self.counters
+                    .dropped_total
+                    .fetch_add(e.count, Ordering::Relaxed);
+            }
+            self.pending_dropped += e.count;
+        }
+    }
 
     fn publish(&self) {
         let c = &self.counters;
@@ -542,7 +548,7 @@ impl Spool {
 
     fn drop_oldest(&mut self) -> Result<(), SpoolError> {
         let seg = self.segments.pop_front().expect("a segment to drop");
-        let floor = self.acked.max(self.inflight.map_or(0, |(last, _)| last));
+        let floor = self.acked.max(self.inflight.map_or(0, |(_, last, _)| last));
         let (mut records, mut carried, mut lost) = (0u64, 0u64, 0u64);
         // An unreadable segment still goes: its contents are then uncounted (logged below).
         let read = for_each_event(&seg.path, |ev| {
