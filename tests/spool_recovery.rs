@@ -73,7 +73,7 @@ fn append_read_ack_and_reopen() {
     assert_eq!(spool.stats().backlog_events, 10);
 
     // Ship the first four, then "restart".
-    let first4 = spool.read_after(spool.acked(), 4, usize::MAX).unwrap();
+    let first4 = spool.take_batch(spool.acked(), 4, usize::MAX).unwrap();
     spool.ack(first4[3].seq).unwrap();
     assert_eq!(spool.stats().backlog_events, 6);
     drop(spool);
@@ -129,7 +129,7 @@ fn unacknowledged_in_flight_batch_is_read_again_after_a_crash() {
     let dir = tmp.path().join("spool");
     let mut spool = Spool::open(&dir, SpoolLimits::default()).unwrap();
     spool.append(events(5)).unwrap();
-    let inflight = spool.read_after(spool.acked(), 100, usize::MAX).unwrap();
+    let inflight = spool.take_batch(spool.acked(), 100, usize::MAX).unwrap();
     assert_eq!(inflight.len(), 5);
     // Crash: the spool goes away without an ack.
     drop(spool);
@@ -313,7 +313,7 @@ fn records_handed_to_the_shipper_are_not_counted_as_dropped() {
     let limits = SpoolLimits::new(4096);
     let mut spool = Spool::open(&dir, limits).unwrap();
     spool.append(events(4)).unwrap();
-    let inflight = spool.read_after(0, 100, usize::MAX).unwrap();
+    let inflight = spool.take_batch(0, 100, usize::MAX).unwrap();
     assert_eq!(inflight.len(), 4);
     let mut total_after = 0;
     for i in 0..60 {

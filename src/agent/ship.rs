@@ -164,7 +164,7 @@ pub(crate) async fn run<U: Uplink>(
         }
         if pending.is_empty() {
             let (max_events, max_bytes) = (cfg.batch_max_events, cfg.batch_max_bytes);
-            match with_spool(&spool, move |s| s.read_after(after, max_events, max_bytes)).await {
+            match with_spool(&spool, move |s| s.take_batch(after, max_events, max_bytes)).await {
                 None => return,
                 Some(Ok(events)) => pending = events,
                 Some(Err(e)) => {

@@ -315,14 +315,18 @@ impl Spool {
             self.next_seq += 1;
             last = Some(ev.seq);
         }
-        // Report drops (made room for first, so writing it drops nothing more).
-        if self.pending_dropped > 0 {
+        // Report drops. Room is made first (which may drop more), so the count is final when
+        // the event is built; a few rounds at most, as each one only drops older segments.
+        for _ in 0..4 {
+            if self.pending_dropped == 0 {
+                break;
+            }
             let estimate = framed_len(&dropped_event(u64::MAX, u64::MAX));
-            self.make_room(estimate)?;
+            self.make_way(estimate)?;
             let ev = dropped_event(self.next_seq, self.pending_dropped);
             self.write_event(&ev)?;
             self.next_seq += 1;
-            self.pending_dropped = 0;
+            self.pending_dropped -= ev.count;
             last = Some(ev.seq);
         }
         if let Some(f) = &self.active {
@@ -335,9 +339,24 @@ impl Spool {
         Ok(last)
     }
 
+    /// Like [`read_after`](Self::read_after), and marks the records as handed to the shipper:
+    /// dropping them to make room no longer counts them as lost, since the shipper holds them
+    /// in memory until they are acknowledged.
+    pub fn take_batch(
+        &mut self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<AccessEvent>, SpoolError> {
+        let out = self.read_after(after, max_events, max_bytes)?;
+        if let Some(last) = out.last() {
+            self.inflight = Some((after, last.seq, out.len() as u64));
+        }
+        Ok(out)
+    }
+
     /// Up to `max_events` records (and about `max_bytes` of payload, at least one record) with
-    /// `seq > after`, oldest first. Marks them as handed to the shipper: dropping them to make
-    /// room no longer counts them as lost, since the shipper holds them until acknowledged.
+    /// `seq > after`, oldest first.
     pub fn read_after(
         &mut self,
         after: u64,
@@ -385,9 +404,6 @@ impl Spool {
                     Frame::Torn { .. } | Frame::End => break,
                 }
             }
-        }
-        if let Some(last) = out.last() {
-            self.inflight = Some((after, last.seq, out.len() as u64));
         }
         Ok(out)
     }
@@ -473,15 +489,9 @@ impl Spool {
         let payload = serde_json::to_vec(ev).expect("an access event always serializes");
         let mut framed = Vec::with_capacity(payload.len() + frame::HEADER);
         frame::encode(&payload, &mut framed);
-        let len = framed.len() as u64;
-        if self.active.is_some() {
-            let back = self.segments.back().expect("active segment");
-            if back.bytes > 0 && back.bytes + len > self.limits.segment_bytes {
-                self.close_active()?;
-            }
-        }
-        self.make_room(len)?;
+        self.make_way(framed.len() as u64)?;
         self.ensure_active()?;
+        let len = framed.len() as u64;
         let seg = self.segments.back_mut().expect("active segment");
         let file = self.active.as_mut().expect("active file");
         if let Err(e) = file.write_all(&framed) {
@@ -502,6 +512,18 @@ impl Spool {
         self.backlog += 1;
         self.publish();
         Ok(())
+    }
+
+    /// Before writing `len` bytes: closes a full open segment, then drops old segments until
+    /// `len` more bytes fit.
+    fn make_way(&mut self, len: u64) -> Result<(), SpoolError> {
+        if self.active.is_some() {
+            let back = self.segments.back().expect("active segment");
+            if back.bytes > 0 && back.bytes + len > self.limits.segment_bytes {
+                self.close_active()?;
+            }
+        }
+        self.make_room(len)
     }
 
     fn close_active(&mut self) -> Result<(), SpoolError> {
