@@ -20,6 +20,8 @@ enum Mode {
     Flaky,
     /// Posts are recorded and never answered.
     AcceptThenHang,
+    /// A batch holding an event for this secret is refused as a whole (a 400).
+    Refuse(&'static str),
 }
 
 #[derive(Debug)]
@@ -67,6 +69,10 @@ impl FakeVault {
 impl Uplink for FakeVault {
     type Error = String;
 
+    fn is_rejection(err: &String) -> bool {
+        err.starts_with("rejected")
+    }
+
     fn post(
         &self,
         batch: &AuditBatch,
@@ -80,6 +86,14 @@ impl Uplink for FakeVault {
                 let odd = s.posts % 2 == 1;
                 if s.mode == Mode::Down {
                     return Err("vault unreachable: connection refused".into());
+                }
+                if let Mode::Refuse(bad) = s.mode
+                    && batch
+                        .events
+                        .iter()
+                        .any(|e| e.secret.as_deref() == Some(bad))
+                {
+                    return Err("rejected: 400 invalid_event".into());
                 }
                 let mut resp = AuditBatchResponse {
                     accepted: 0,
@@ -406,7 +420,7 @@ async fn tiny_spool_with_vault_down_reports_the_exact_drop() {
                 a.record(
                     &caller(1000, round, "/usr/bin/app"),
                     AccessAction::Accessed,
-                    &format!("R{round}-{i}"),
+                    &format!("R{round}_{i}"),
                     Some(1),
                     AccessVia::Fuse,
                 );
@@ -533,4 +547,78 @@ fn start_outside_a_runtime_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let err = Auditor::start(config(tmp.path()), FakeVault::new(Mode::Up)).unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_vault_refuses_is_counted_as_dropped_and_does_not_block_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = FakeVault::new(Mode::Refuse("BAD"));
+    let a = Auditor::start(config(tmp.path()), vault.clone()).unwrap();
+    for i in 0..40u32 {
+        a.record(
+            &caller(1000, 1, "/usr/bin/app"),
+            AccessAction::Accessed,
+            &format!("S{i}"),
+            Some(1),
+            AccessVia::Fuse,
+        );
+        if i == 17 {
+            for _ in 0..3 {
+                a.record(
+                    &caller(1000, 1, "/usr/bin/app"),
+                    AccessAction::Accessed,
+                    "BAD",
+                    Some(1),
+                    AccessVia::Fuse,
+                );
+            }
+        }
+    }
+    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    // The refusal is reported by a `dropped` event written by the next drain.
+    a.flush(LONG).await.unwrap();
+    assert_eq!(vault.count(AccessAction::Accessed), 40);
+    assert_eq!(vault.count(AccessAction::Dropped), 3);
+    let stats = a.stats();
+    assert_eq!(stats.dropped_total, 3);
+    assert_eq!(stats.backlog_events, 0);
+    // Shipping goes on normally afterwards.
+    a.record(
+        &caller(1000, 1, "/usr/bin/app"),
+        AccessAction::Accessed,
+        "LATER",
+        Some(1),
+        AccessVia::Fuse,
+    );
+    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert_eq!(vault.count(AccessAction::Accessed), 41);
+    a.shutdown(LONG).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_the_vault_would_refuse_are_cleaned_not_shipped_raw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = FakeVault::new(Mode::Up);
+    let a = Auditor::start(config(tmp.path()), vault.clone()).unwrap();
+    let mut c = caller(1001, 9, "/usr/bin/app");
+    c.unit = Some("weird\nunit.service".into());
+    for probe in ["../etc/passwd", "lower", ""] {
+        a.record(&c, AccessAction::Denied, probe, None, AccessVia::Socket);
+    }
+    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    let events = vault.with(|s| s.events.clone());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].secret, None);
+    assert_eq!(events[0].count, 3);
+    assert_eq!(events[0].unit.as_deref(), Some("weird?unit.service"));
+    a.shutdown(LONG).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_id_the_vault_would_refuse_is_a_start_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.agent_id = "has spaces".into();
+    let err = Auditor::start(cfg, FakeVault::new(Mode::Up)).unwrap_err();
+    assert!(err.to_string().contains("agent id"), "{err}");
 }

@@ -38,10 +38,11 @@ use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
 use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits, rfc3339};
 use crate::api::{AccessAction, AccessEvent, AccessVia};
 
-/// Longest secret name, unit name and executable path kept in an event (longer ones are cut
-/// at a character boundary).
+/// Longest unit name, executable path and host name kept in an event (longer ones are cut at a
+/// character boundary).
 const MAX_NAME_BYTES: usize = 1024;
 const MAX_EXE_BYTES: usize = 4096;
+const MAX_HOST_BYTES: usize = 255;
 
 /// Settings of the audit pipeline.
 #[derive(Debug, Clone)]
@@ -99,6 +100,8 @@ pub enum AuditError {
     Thread(std::io::Error),
     #[error("the audit pipeline is stopped")]
     Stopped,
+    #[error("the agent id must be 1 to 128 characters of [A-Za-z0-9._:-]")]
+    InvalidAgentId,
 }
 
 /// Audit figures for `/v1/health` and `fyvault status` (the `"audit"` object).
@@ -141,7 +144,9 @@ pub struct FlushOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     action: AccessAction,
-    secret: String,
+    /// `None` for a name that is not a valid secret name (a probe refused before any lookup):
+    /// the vault refuses such names, and the access is still counted.
+    secret: Option<String>,
     version: Option<u64>,
     via: AccessVia,
     uid: u32,
@@ -221,16 +226,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `s` cut to at most `max` bytes at a character boundary.
-fn capped(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
+/// `s` with control characters shown as `?`, cut to at most `max` bytes at a character
+/// boundary (what the vault accepts for `exe` and `unit`).
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    out
+}
+
+/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
+fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl Auditor {
@@ -243,6 +259,14 @@ impl Auditor {
     /// tokio runtime, the shipping task. Records left from an earlier run are shipped first.
     pub fn start<U: Uplink>(config: AuditConfig, uplink: U) -> Result<Auditor, AuditError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| AuditError::NoRuntime)?;
+        if !valid_agent_id(&config.agent_id) {
+            return Err(AuditError::InvalidAgentId);
+        }
+        let host = config
+            .host
+            .as_deref()
+            .map(|h| printable(h, MAX_HOST_BYTES))
+            .filter(|h| !h.is_empty());
         let spool = Spool::open(&config.spool_dir, SpoolLimits::new(config.spool_max_bytes))?;
         let counters = spool.counters();
         let link = Arc::new(Link::new(spool.acked()));
@@ -266,7 +290,7 @@ impl Auditor {
         };
         let ship_cfg = ShipConfig {
             agent_id: config.agent_id,
-            host: config.host,
+            host,
             batch_max_events: config.batch_max_events.max(1),
             batch_max_bytes: config.batch_max_bytes.max(1),
             backoff_initial: config.backoff_initial,
@@ -298,15 +322,15 @@ impl Auditor {
         let shared = &h.shared;
         let key = Key {
             action,
-            secret: capped(secret, MAX_NAME_BYTES),
+            secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
             version,
             via,
             uid: caller.uid,
             exe: caller
                 .exe
                 .as_ref()
-                .map(|p| capped(&p.to_string_lossy(), MAX_EXE_BYTES)),
-            unit: caller.unit.as_deref().map(|u| capped(u, MAX_NAME_BYTES)),
+                .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
+            unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
         };
         let now = SystemTime::now();
         let mut p = lock(&shared.pending);
@@ -552,7 +576,7 @@ fn to_event(k: Key, a: Agg) -> AccessEvent {
         seq: 0,
         time: rfc3339(a.time),
         action: k.action,
-        secret: Some(k.secret),
+        secret: k.secret,
         version: k.version,
         via: Some(k.via),
         pid: Some(a.pid),
@@ -649,9 +673,14 @@ mod tests {
     }
 
     #[test]
-    fn long_names_are_cut_at_a_char_boundary() {
-        assert_eq!(capped("abc", 5), "abc");
-        assert_eq!(capped("abcdef", 3), "abc");
-        assert_eq!(capped("aé", 2), "a");
+    fn fields_are_made_acceptable_to_the_vault() {
+        assert_eq!(printable("abc", 5), "abc");
+        assert_eq!(printable("abcdef", 3), "abc");
+        assert_eq!(printable("aé", 2), "a");
+        assert_eq!(printable("a\nb\u{7f}c", 10), "a?b?c");
+        assert!(valid_agent_id("agent-1:host.example_x"));
+        assert!(!valid_agent_id(""));
+        assert!(!valid_agent_id("a b"));
+        assert!(!valid_agent_id(&"a".repeat(129)));
     }
 }

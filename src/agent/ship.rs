@@ -8,6 +8,7 @@
 //! re-sends the batch, and the vault's de-duplication on `(agent_id, seq)` makes the counting
 //! exactly-once. Nothing here is on a read path.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +29,13 @@ pub trait Uplink: Send + Sync + 'static {
         &self,
         batch: &AuditBatch,
     ) -> impl Future<Output = Result<AuditBatchResponse, Self::Error>> + Send;
+
+    /// Whether `err` means the vault will never take this batch as it is (it refused its
+    /// content), rather than "try again later". Such a batch is split to find the refused
+    /// event, which is then counted as dropped instead of blocking the spool forever.
+    fn is_rejection(_err: &Self::Error) -> bool {
+        false
+    }
 }
 
 /// `POST /api/v1/orgs/:org/audit/events` through the agent's [`VaultClient`] (whose token the
@@ -55,6 +63,12 @@ impl Uplink for VaultUplink {
         batch: &AuditBatch,
     ) -> impl Future<Output = Result<AuditBatchResponse, ClientError>> + Send {
         self.client.post_audit(&self.org, batch)
+    }
+
+    /// 400/413/422: the content was refused. 401/403 (a token being replaced), 408, 429 and
+    /// 5xx are worth retrying as they are.
+    fn is_rejection(err: &ClientError) -> bool {
+        matches!(err.status(), Some(400 | 413 | 422))
     }
 }
 
@@ -155,18 +169,24 @@ pub(crate) async fn run<U: Uplink>(
     cfg: ShipConfig,
 ) {
     let mut stop = link.stop.subscribe();
+    // Last seq taken from the spool, and the events taken but not yet acknowledged.
     let mut after = *link.acked.borrow();
-    let mut pending: Vec<AccessEvent> = Vec::new();
+    let mut queue: VecDeque<AccessEvent> = VecDeque::new();
+    // Events per post: shrinks while the vault rejects a batch, to isolate the bad event.
+    let mut limit = cfg.batch_max_events;
     let mut backoff = cfg.backoff_initial;
     loop {
         if *stop.borrow() {
             return;
         }
-        if pending.is_empty() {
+        if queue.is_empty() {
             let (max_events, max_bytes) = (cfg.batch_max_events, cfg.batch_max_bytes);
             match with_spool(&spool, move |s| s.take_batch(after, max_events, max_bytes)).await {
                 None => return,
-                Some(Ok(events)) => pending = events,
+                Some(Ok(events)) => {
+                    after = events.last().map_or(after, |e| e.seq);
+                    queue = events.into();
+                }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "audit: cannot read the spool");
                     link.set_status(|s| s.last_error = Some(e.to_string()));
@@ -177,7 +197,7 @@ pub(crate) async fn run<U: Uplink>(
                     continue;
                 }
             }
-            if pending.is_empty() {
+            if queue.is_empty() {
                 tokio::select! {
                     _ = link.new_data.notified() => {}
                     _ = link.kick.notified() => {}
@@ -186,20 +206,20 @@ pub(crate) async fn run<U: Uplink>(
                 continue;
             }
         }
+        let n = limit.min(queue.len());
         let batch = AuditBatch {
             agent_id: cfg.agent_id.clone(),
             host: cfg.host.clone(),
-            events: std::mem::take(&mut pending),
+            events: queue.iter().take(n).cloned().collect(),
         };
         let result = tokio::select! {
             r = tokio::time::timeout(cfg.post_timeout, uplink.post(&batch)) => r,
             _ = stop.changed() => return,
         };
         let last = batch.events.last().map_or(after, |e| e.seq);
-        let n = batch.events.len() as u64;
-        match result {
+        let step = match result {
             Ok(Ok(resp)) => {
-                if resp.accepted + resp.duplicates != n {
+                if resp.accepted + resp.duplicates != n as u64 {
                     tracing::warn!(
                         sent = n,
                         accepted = resp.accepted,
@@ -207,31 +227,60 @@ pub(crate) async fn run<U: Uplink>(
                         "audit: the vault acknowledged a different number of events than sent"
                     );
                 }
-                after = last;
+                Step::Delivered
+            }
+            Ok(Err(e)) if U::is_rejection(&e) && n == 1 => {
+                let count = batch.events[0].count;
+                tracing::error!(
+                    error = %e,
+                    seq = last,
+                    count,
+                    "audit: the vault refuses an event; counting it as dropped"
+                );
+                with_spool(&spool, move |s| s.report_lost(count)).await;
+                Step::Refused(e.to_string())
+            }
+            Ok(Err(e)) if U::is_rejection(&e) => {
+                tracing::warn!(error = %e, events = n, "audit: the vault refused a batch; splitting it");
+                limit = (n / 2).max(1);
+                Step::Split(e.to_string())
+            }
+            Ok(Err(e)) => Step::Retry(e.to_string()),
+            Err(_) => Step::Retry(format!("no answer within {:?}", cfg.post_timeout)),
+        };
+        match step {
+            Step::Delivered | Step::Refused(_) => {
+                queue.drain(..n);
+                if queue.is_empty() {
+                    limit = cfg.batch_max_events;
+                }
+                let records = n as u64;
                 // A failed cursor write only means a re-send after a restart (de-duplicated).
-                if let Some(Err(e)) = with_spool(&spool, move |s| s.ack(last)).await {
+                if let Some(Err(e)) =
+                    with_spool(&spool, move |s| s.ack_records(last, records)).await
+                {
                     tracing::error!(error = %e, "audit: cannot persist the acknowledged cursor");
                 }
-                link.shipped_total.fetch_add(n, Ordering::Relaxed);
-                link.set_status(|s| {
-                    s.last_shipped_at = Some(SystemTime::now());
-                    s.last_error = None;
-                    s.failing_since = None;
-                });
+                if let Step::Refused(reason) = step {
+                    link.set_status(|s| s.last_error = Some(reason));
+                } else {
+                    link.shipped_total.fetch_add(records, Ordering::Relaxed);
+                    link.set_status(|s| {
+                        s.last_shipped_at = Some(SystemTime::now());
+                        s.last_error = None;
+                        s.failing_since = None;
+                    });
+                }
                 link.acked.send_replace(last);
                 backoff = cfg.backoff_initial;
             }
-            failure => {
-                let reason = match failure {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {:?}", cfg.post_timeout),
-                };
+            Step::Split(reason) => link.set_status(|s| s.last_error = Some(reason)),
+            Step::Retry(reason) => {
                 tracing::warn!(error = %reason, events = n, retry_in = ?backoff, "audit: shipping failed");
                 link.set_status(|s| {
                     s.last_error = Some(reason);
                     s.failing_since.get_or_insert_with(SystemTime::now);
                 });
-                pending = batch.events;
                 if sleep_or_stop(&mut stop, &link, jittered(backoff)).await {
                     return;
                 }
@@ -239,6 +288,17 @@ pub(crate) async fn run<U: Uplink>(
             }
         }
     }
+}
+
+/// What one post came to.
+enum Step {
+    Delivered,
+    /// The single event was refused for good: skipped, counted as dropped.
+    Refused(String),
+    /// The batch was refused: try halves.
+    Split(String),
+    /// Try the same again after a backoff.
+    Retry(String),
 }
 
 /// Sleeps `d` (cut short by a kick); true if told to stop.

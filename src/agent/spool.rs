@@ -411,17 +411,41 @@ impl Spool {
     /// Records that every record with `seq <= upto` reached the vault: persists the cursor and
     /// deletes fully acknowledged segments.
     pub fn ack(&mut self, upto: u64) -> Result<(), SpoolError> {
+        self.ack_counted(upto, None)
+    }
+
+    /// [`ack`](Self::ack) by the shipper, which knows how many records of its batch (taken with
+    /// [`take_batch`](Self::take_batch)) it acknowledges: the backlog stays exact even when part
+    /// of the batch was meanwhile dropped from disk, and the rest stays marked as in flight.
+    pub fn ack_records(&mut self, upto: u64, records: u64) -> Result<(), SpoolError> {
+        self.ack_counted(upto, Some(records))
+    }
+
+    /// Adds `count` accesses the vault will never take (it rejected their events) to the next
+    /// `dropped` event.
+    pub fn report_lost(&mut self, count: u64) {
+        self.counters
+            .dropped_total
+            .fetch_add(count, Ordering::Relaxed);
+        self.pending_dropped += count;
+    }
+
+    fn ack_counted(&mut self, upto: u64, records: Option<u64>) -> Result<(), SpoolError> {
         if upto <= self.acked {
             return Ok(());
         }
-        let acked_now = match self.inflight {
-            // The usual case: acknowledging exactly the batch just read.
-            Some((from, last, n)) if from == self.acked && last == upto => n,
+        let acked_now = match (records, self.inflight) {
+            (Some(n), _) => n,
+            // Acknowledging exactly the batch just taken.
+            (None, Some((from, last, n))) if from == self.acked && last == upto => n,
             _ => self.count_on_disk(self.acked, upto)?,
         };
         write_atomic(&self.dir, "ack", upto)?;
         self.acked = upto;
-        self.inflight = None;
+        self.inflight = match self.inflight {
+            Some((_, last, n)) if last > upto => Some((upto, last, n.saturating_sub(acked_now))),
+            _ => None,
+        };
         self.backlog = self.backlog.saturating_sub(acked_now);
         let mut removed = false;
         while let Some(front) = self.segments.front() {
