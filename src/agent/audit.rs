@@ -9,7 +9,7 @@
 //!    counts: the first). The map holds at most `max_pending` distinct entries; an access that
 //!    would need one more is counted and reported as a `dropped` event (never silent).
 //! 2. A writer thread swaps the map out every `coalesce_window` (1 s by default) and appends its
-//!    events to the [`Spool`](crate::agent::spool::Spool), which assigns each its `seq` and
+//!    events to the spool ([`crate::agent::spool::Spool`]), which assigns each its `seq` and
 //!    fsyncs the batch. So identical reads within one window become one event, and counts add
 //!    up exactly.
 //! 3. The shipping task ([`crate::agent::ship`]) posts batches upstream and advances the
@@ -23,6 +23,17 @@
 //! ([`Auditor::shutdown`]) loses nothing. One rarer case: a batch the shipper holds in memory
 //! while a full spool drops its segment is lost (uncounted) if the agent dies before that batch
 //! is delivered.
+//!
+//! # Fields
+//! `time` is the first access of the window (RFC 3339, UTC). A name that is not a valid secret
+//! name (a denied probe such as `../x`) is recorded with `secret: null`, since the vault refuses
+//! such names; control characters in `exe`/`unit` become `?`. `dropped` events carry no
+//! secret/process fields; their `count` is the number of accesses lost.
+//!
+//! # Shutdown
+//! [`Auditor::shutdown`] drains to disk, gives shipping a bounded time, and closes the spool.
+//! Its disk half waits for the writer thread (a hung disk hangs it): wrap it in a timeout if
+//! the caller must not wait on the disk.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

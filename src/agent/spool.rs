@@ -53,6 +53,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// How many sequence numbers one persisted high-water mark covers beyond what is needed now.
 const SEQ_RESERVE: u64 = 4096;
+/// At most this many `dropped` events are written per append (see `append`).
+const DROP_REPORT_ROUNDS: u64 = 4;
 
 /// Why the spool failed.
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +301,7 @@ impl Spool {
         if events.is_empty() && self.pending_dropped == 0 {
             return Ok(None);
         }
-        if let Err(e) = self.reserve(events.len() as u64 + 1) {
+        if let Err(e) = self.reserve(events.len() as u64 + DROP_REPORT_ROUNDS) {
             self.lose(events);
             return Err(e);
         }
@@ -317,7 +319,7 @@ impl Spool {
         }
         // Report drops. Room is made first (which may drop more), so the count is final when
         // the event is built; a few rounds at most, as each one only drops older segments.
-        for _ in 0..4 {
+        for _ in 0..DROP_REPORT_ROUNDS {
             if self.pending_dropped == 0 {
                 break;
             }
