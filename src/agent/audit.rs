@@ -1,30 +1,697 @@
 //! Access events (DESIGN §4.5): one call, used by the FUSE `open` path and the socket read path
 //! (and for denials): coalesce → durable spool → ship upstream.
 //!
-//! STUB to be completed by the access-event work: `Auditor::record` is the contract the FUSE and
-//! socket adapters call; it must never block on the network or on disk sync.
+//! # The path of an event
+//! 1. [`Auditor::record`] (on the read path) only touches an in-memory map behind a short
+//!    mutex: no I/O, no waiting on the writer or the network. Identical events — same action,
+//!    secret, version, via, uid, exe and unit — add to one entry's `count`. The entry keeps the
+//!    *first* access's time, pid and gid (a coalesced event names one of the processes it
+//!    counts: the first). The map holds at most `max_pending` distinct entries; an access that
+//!    would need one more is counted and reported as a `dropped` event (never silent).
+//! 2. A writer thread swaps the map out every `coalesce_window` (1 s by default) and appends its
+//!    events to the spool ([`crate::agent::spool::Spool`]), which assigns each its `seq` and
+//!    fsyncs the batch. So identical reads within one window become one event, and counts add
+//!    up exactly.
+//! 3. The shipping task ([`crate::agent::ship`]) posts batches upstream and advances the
+//!    acknowledged cursor.
+//!
+//! # What a crash can lose
+//! A power loss or a SIGKILL loses at most the accesses recorded since the last swap: **one
+//! coalescing window (1 s by default) plus the time of one append + fsync** (milliseconds).
+//! Everything appended before is on disk and is shipped after the restart; a batch that was in
+//! flight is re-sent and de-duplicated by the vault on `(agent_id, seq)`. An orderly shutdown
+//! ([`Auditor::shutdown`]) loses nothing. One rarer case: a batch the shipper holds in memory
+//! while a full spool drops its segment is lost (uncounted) if the agent dies before that batch
+//! is delivered.
+//!
+//! # Fields
+//! `time` is the first access of the window (RFC 3339, UTC). A name that is not a valid secret
+//! name (a denied probe such as `../x`) is recorded with `secret: null`, since the vault refuses
+//! such names; control characters in `exe`/`unit` become `?`. `dropped` events carry no
+//! secret/process fields; their `count` is the number of accesses lost.
+//!
+//! # Shutdown
+//! [`Auditor::shutdown`] drains to disk, gives shipping a bounded time, and closes the spool.
+//! Its disk half waits for the writer thread (a hung disk hangs it): wrap it in a timeout if
+//! the caller must not wait on the disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
 
 use crate::agent::access::Caller;
-use crate::api::{AccessAction, AccessVia};
+use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
+use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits, rfc3339};
+use crate::api::{AccessAction, AccessEvent, AccessVia};
+
+/// Longest unit name, executable path and host name kept in an event (longer ones are cut at a
+/// character boundary).
+const MAX_NAME_BYTES: usize = 1024;
+const MAX_EXE_BYTES: usize = 4096;
+const MAX_HOST_BYTES: usize = 255;
+
+/// Settings of the audit pipeline.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Where the spool lives (`STATE_DIR/spool` by [`AuditConfig::new`]).
+    pub spool_dir: PathBuf,
+    /// The id the vault de-duplicates on together with `seq`.
+    pub agent_id: String,
+    /// This host's name, shown by `fyvault audit`.
+    pub host: Option<String>,
+    /// Identical accesses within this window become one event (default 1 s).
+    pub coalesce_window: Duration,
+    /// Distinct events held in memory at most (default 10 000).
+    pub max_pending: usize,
+    /// Bound of the spool on disk (default 64 MiB).
+    pub spool_max_bytes: u64,
+    /// Events per shipped batch (default 500) and payload bytes per batch (default 512 KiB).
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    /// Retry delays of shipping: from `backoff_initial` (1 s) doubling up to `backoff_max`
+    /// (60 s), with jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A post without an answer after this long is abandoned and retried (default 30 s).
+    pub post_timeout: Duration,
+}
+
+impl AuditConfig {
+    /// Defaults, with the spool in `state_dir/spool`.
+    pub fn new(state_dir: &Path, agent_id: impl Into<String>, host: Option<String>) -> Self {
+        AuditConfig {
+            spool_dir: state_dir.join("spool"),
+            agent_id: agent_id.into(),
+            host,
+            coalesce_window: Duration::from_secs(1),
+            max_pending: 10_000,
+            spool_max_bytes: crate::agent::spool::DEFAULT_MAX_BYTES,
+            batch_max_events: 500,
+            batch_max_bytes: 512 * 1024,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            post_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the audit pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("the audit pipeline must be started inside a tokio runtime")]
+    NoRuntime,
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the audit pipeline is stopped")]
+    Stopped,
+    #[error("the agent id must be 1 to 128 characters of [A-Za-z0-9._:-]")]
+    InvalidAgentId,
+}
+
+/// Audit figures for `/v1/health` and `fyvault status` (the `"audit"` object).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditStats {
+    /// False for [`Auditor::disabled`] (every other field is then zero/empty).
+    pub enabled: bool,
+    /// Distinct events in memory, not yet on disk.
+    pub pending_events: u64,
+    /// Events on disk (or in flight) not yet acknowledged by the vault.
+    pub backlog_events: u64,
+    /// Size of the spool on disk, and its bound.
+    pub backlog_bytes: u64,
+    pub spool_max_bytes: u64,
+    /// RFC 3339 time of the last batch the vault acknowledged (since start).
+    pub last_shipped_at: Option<String>,
+    /// Why the last attempt failed, while shipping is failing.
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the first failure of the current run of failures.
+    pub failing_since: Option<String>,
+    /// Events acknowledged since start.
+    pub shipped_total: u64,
+    /// Accesses lost since start (spool full, memory buffer full, disk errors); each loss is
+    /// also reported upstream as a `dropped` event.
+    pub dropped_total: u64,
+    /// Corrupt or torn records skipped when the spool was opened.
+    pub corrupt_skipped: u64,
+}
+
+/// What [`Auditor::flush`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Everything on disk was acknowledged by the vault within the timeout.
+    pub shipped_all: bool,
+    /// Events still waiting to be shipped.
+    pub backlog_events: u64,
+}
+
+/// The coalescing key: what makes two accesses "identical".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    action: AccessAction,
+    /// `None` for a name that is not a valid secret name (a probe refused before any lookup):
+    /// the vault refuses such names, and the access is still counted.
+    secret: Option<String>,
+    version: Option<u64>,
+    via: AccessVia,
+    uid: u32,
+    exe: Option<String>,
+    unit: Option<String>,
+}
+
+/// One coalesced event: the first access's time, pid and gid, and how many accesses.
+#[derive(Debug, Clone, Copy)]
+struct Agg {
+    time: SystemTime,
+    pid: u32,
+    gid: u32,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    map: HashMap<Key, Agg>,
+    /// Accesses refused for lack of room in `map`, not yet reported.
+    overflow: u64,
+}
+
+enum Reply {
+    Async(tokio::sync::oneshot::Sender<Result<(), SpoolError>>),
+    Sync(mpsc::Sender<Result<(), SpoolError>>),
+}
+
+enum Cmd {
+    /// Drain the coalescer now, append, fsync, answer.
+    Flush(Reply),
+    /// Exit, draining first or not (a simulated crash).
+    Stop { drain: bool },
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    spool: SharedSpool,
+    counters: Arc<Counters>,
+    link: Arc<Link>,
+    max_pending: usize,
+    spool_max_bytes: u64,
+    /// Set on shutdown: later accesses are counted as dropped.
+    closed: AtomicBool,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    cmd: Mutex<Option<mpsc::Sender<Cmd>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    shipper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Dropping the sender makes the writer drain and exit; the shipper stops.
+        self.shared.link.stop.send_replace(true);
+    }
+}
 
 /// The audit hook shared by every read path. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Auditor {}
+#[derive(Clone, Default)]
+pub struct Auditor {
+    inner: Option<Arc<Handle>>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `s` with control characters shown as `?`, cut to at most `max` bytes at a character
+/// boundary (what the vault accepts for `exe` and `unit`).
+fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
+fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
 
 impl Auditor {
     /// An auditor that records nothing (tests of other parts, benchmarks' baselines).
     pub fn disabled() -> Self {
-        Auditor {}
+        Auditor { inner: None }
     }
 
-    /// Records one access or denial. Never blocks on I/O.
+    /// Opens the spool (recovering a damaged one), starts the writer thread and, on the current
+    /// tokio runtime, the shipping task. Records left from an earlier run are shipped first.
+    pub fn start<U: Uplink>(config: AuditConfig, uplink: U) -> Result<Auditor, AuditError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| AuditError::NoRuntime)?;
+        if !valid_agent_id(&config.agent_id) {
+            return Err(AuditError::InvalidAgentId);
+        }
+        let host = config
+            .host
+            .as_deref()
+            .map(|h| printable(h, MAX_HOST_BYTES))
+            .filter(|h| !h.is_empty());
+        let spool = Spool::open(&config.spool_dir, SpoolLimits::new(config.spool_max_bytes))?;
+        let counters = spool.counters();
+        let link = Arc::new(Link::new(spool.acked()));
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            spool: Arc::new(Mutex::new(Some(spool))),
+            counters,
+            link: link.clone(),
+            max_pending: config.max_pending.max(1),
+            spool_max_bytes: config.spool_max_bytes,
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            let window = config.coalesce_window.max(Duration::from_millis(1));
+            std::thread::Builder::new()
+                .name("fyvault-audit".into())
+                .spawn(move || writer_loop(&shared, &rx, window))
+                .map_err(AuditError::Thread)?
+        };
+        let ship_cfg = ShipConfig {
+            agent_id: config.agent_id,
+            host,
+            batch_max_events: config.batch_max_events.max(1),
+            batch_max_bytes: config.batch_max_bytes.max(1),
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max.max(config.backoff_initial),
+            post_timeout: config.post_timeout,
+        };
+        let shipper = rt.spawn(ship::run(shared.spool.clone(), link, uplink, ship_cfg));
+        Ok(Auditor {
+            inner: Some(Arc::new(Handle {
+                shared,
+                cmd: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                shipper: Mutex::new(Some(shipper)),
+            })),
+        })
+    }
+
+    /// Records one access or denial. Never blocks on I/O: it only updates an in-memory map
+    /// behind a short mutex.
     pub fn record(
         &self,
-        _caller: &Caller,
-        _action: AccessAction,
-        _secret: &str,
-        _version: Option<u64>,
-        _via: AccessVia,
+        caller: &Caller,
+        action: AccessAction,
+        secret: &str,
+        version: Option<u64>,
+        via: AccessVia,
     ) {
+        let Some(h) = &self.inner else { return };
+        let shared = &h.shared;
+        let key = Key {
+            action,
+            secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
+            version,
+            via,
+            uid: caller.uid,
+            exe: caller
+                .exe
+                .as_ref()
+                .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
+            unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
+        };
+        let now = SystemTime::now();
+        let mut p = lock(&shared.pending);
+        if shared.closed.load(Ordering::Relaxed) {
+            shared
+                .counters
+                .dropped_total
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let room = p.map.len() < shared.max_pending;
+        match p.map.get_mut(&key) {
+            Some(agg) => agg.count += 1,
+            None if room => {
+                p.map.insert(
+                    key,
+                    Agg {
+                        time: now,
+                        pid: caller.pid,
+                        gid: caller.gid,
+                        count: 1,
+                    },
+                );
+            }
+            None => {
+                p.overflow += 1;
+                shared
+                    .counters
+                    .dropped_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Current figures; cheap (atomics and two short locks, no I/O).
+    pub fn stats(&self) -> AuditStats {
+        let Some(h) = &self.inner else {
+            return AuditStats {
+                enabled: false,
+                pending_events: 0,
+                backlog_events: 0,
+                backlog_bytes: 0,
+                spool_max_bytes: 0,
+                last_shipped_at: None,
+                last_error: None,
+                failing_since: None,
+                shipped_total: 0,
+                dropped_total: 0,
+                corrupt_skipped: 0,
+            };
+        };
+        let s = &h.shared;
+        let c = &s.counters;
+        let pending_events = {
+            let p = lock(&s.pending);
+            p.map.len() as u64 + u64::from(p.overflow > 0)
+        };
+        let status = s.link.status();
+        AuditStats {
+            enabled: true,
+            pending_events,
+            backlog_events: c.backlog_events.load(Ordering::Relaxed),
+            backlog_bytes: c.spool_bytes.load(Ordering::Relaxed),
+            spool_max_bytes: s.spool_max_bytes,
+            last_shipped_at: status.last_shipped_at.map(rfc3339),
+            last_error: status.last_error,
+            failing_since: status.failing_since.map(rfc3339),
+            shipped_total: s.link.shipped_total.load(Ordering::Relaxed),
+            dropped_total: c.dropped_total.load(Ordering::Relaxed),
+            corrupt_skipped: c.corrupt_skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes everything recorded so far to the spool (fsynced), then gives the shipper up to
+    /// `ship_timeout` to get the whole spool acknowledged (a backoff in progress is cut short).
+    pub async fn flush(&self, ship_timeout: Duration) -> Result<FlushOutcome, AuditError> {
+        let Some(h) = &self.inner else {
+            return Ok(FlushOutcome {
+                shipped_all: true,
+                backlog_events: 0,
+            });
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.send(Cmd::Flush(Reply::Async(tx)))?;
+        rx.await.map_err(|_| AuditError::Stopped)??;
+        let s = &h.shared;
+        let target = s.counters.last_seq.load(Ordering::Relaxed);
+        let mut acked = s.link.acked.subscribe();
+        if s.counters.backlog_events.load(Ordering::Relaxed) > 0 && !ship_timeout.is_zero() {
+            s.link.kick.notify_one();
+            let _ = tokio::time::timeout(ship_timeout, acked.wait_for(|a| *a >= target)).await;
+        }
+        let backlog_events = s.counters.backlog_events.load(Ordering::Relaxed);
+        Ok(FlushOutcome {
+            shipped_all: backlog_events == 0 || *acked.borrow() >= target,
+            backlog_events,
+        })
+    }
+
+    /// Blocking form of the disk half of [`flush`](Self::flush): drains the coalescer into the
+    /// spool and fsyncs. Not for async contexts (it waits for the writer thread).
+    pub fn sync_to_disk(&self) -> Result<(), AuditError> {
+        let Some(h) = &self.inner else { return Ok(()) };
+        let (tx, rx) = mpsc::channel();
+        h.send(Cmd::Flush(Reply::Sync(tx)))?;
+        rx.recv().map_err(|_| AuditError::Stopped)??;
+        Ok(())
+    }
+
+    /// Orderly shutdown: [`flush`](Self::flush) with `ship_timeout`, then stops the writer and
+    /// the shipper and closes the spool. Accesses recorded afterwards are counted as dropped.
+    pub async fn shutdown(&self, ship_timeout: Duration) -> Result<FlushOutcome, AuditError> {
+        let out = self.flush(ship_timeout).await;
+        self.stop(true).await;
+        out
+    }
+
+    /// Stops as if the process had been killed: what is in memory is lost, a batch in flight is
+    /// abandoned before its acknowledgement is written. For crash tests.
+    #[doc(hidden)]
+    pub async fn crash(&self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(&self, drain: bool) {
+        let Some(h) = &self.inner else { return };
+        let s = &h.shared;
+        {
+            let _p = lock(&s.pending);
+            s.closed.store(true, Ordering::Relaxed);
+        }
+        s.link.stop.send_replace(true);
+        let shipper = lock(&h.shipper).take();
+        if let Some(task) = shipper {
+            if !drain {
+                task.abort();
+            }
+            let _ = task.await;
+        }
+        if let Some(tx) = lock(&h.cmd).take() {
+            let _ = tx.send(Cmd::Stop { drain });
+        }
+        let writer = lock(&h.writer).take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        // Close the spool (releases its lock file) even while clones of this auditor live on.
+        let spool = s.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || lock(&spool).take()).await;
+    }
+}
+
+impl Handle {
+    fn send(&self, cmd: Cmd) -> Result<(), AuditError> {
+        lock(&self.cmd)
+            .as_ref()
+            .ok_or(AuditError::Stopped)?
+            .send(cmd)
+            .map_err(|_| AuditError::Stopped)
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, window: Duration) {
+    let mut next = Instant::now() + window;
+    loop {
+        match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(Cmd::Flush(reply)) => {
+                let r = drain(shared);
+                match reply {
+                    Reply::Async(tx) => drop(tx.send(r)),
+                    Reply::Sync(tx) => drop(tx.send(r)),
+                }
+            }
+            Ok(Cmd::Stop { drain: true }) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = drain(shared);
+                return;
+            }
+            Ok(Cmd::Stop { drain: false }) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = drain(shared);
+                next = Instant::now() + window;
+            }
+        }
+    }
+}
+
+/// Moves the coalesced events to the spool (one fsynced batch).
+fn drain(shared: &Shared) -> Result<(), SpoolError> {
+    let (map, overflow) = {
+        let mut p = lock(&shared.pending);
+        (std::mem::take(&mut p.map), std::mem::take(&mut p.overflow))
+    };
+    let mut aggs: Vec<(Key, Agg)> = map.into_iter().collect();
+    aggs.sort_by_key(|(_, a)| a.time);
+    let mut events: Vec<AccessEvent> = aggs.into_iter().map(|(k, a)| to_event(k, a)).collect();
+    if overflow > 0 {
+        events.push(AccessEvent {
+            seq: 0,
+            time: rfc3339(SystemTime::now()),
+            action: AccessAction::Dropped,
+            secret: None,
+            version: None,
+            via: None,
+            pid: None,
+            uid: None,
+            gid: None,
+            exe: None,
+            unit: None,
+            count: overflow,
+        });
+    }
+    let result = match lock(&shared.spool).as_mut() {
+        Some(spool) => spool.append(events),
+        None => {
+            // Stopped: nothing can be written any more.
+            let lost: u64 = events
+                .iter()
+                .filter(|e| e.action != AccessAction::Dropped)
+                .map(|e| e.count)
+                .sum();
+            shared
+                .counters
+                .dropped_total
+                .fetch_add(lost, Ordering::Relaxed);
+            Ok(None)
+        }
+    };
+    match result {
+        Ok(Some(_)) => {
+            shared.link.new_data.notify_one();
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "audit: cannot write to the spool; the events are counted as dropped");
+            Err(e)
+        }
+    }
+}
+
+fn to_event(k: Key, a: Agg) -> AccessEvent {
+    AccessEvent {
+        seq: 0,
+        time: rfc3339(a.time),
+        action: k.action,
+        secret: k.secret,
+        version: k.version,
+        via: Some(k.via),
+        pid: Some(a.pid),
+        uid: Some(k.uid),
+        gid: Some(a.gid),
+        exe: k.exe,
+        unit: k.unit,
+        count: a.count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AuditBatch, AuditBatchResponse};
+
+    struct Down;
+
+    impl Uplink for Down {
+        type Error = String;
+        async fn post(&self, _: &AuditBatch) -> Result<AuditBatchResponse, String> {
+            Err("down".to_owned())
+        }
+    }
+
+    fn caller(pid: u32) -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            pid,
+            groups: vec![],
+            exe: Some(PathBuf::from("/usr/bin/app")),
+            unit: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn record_never_waits_for_the_writer_or_the_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = AuditConfig::new(tmp.path(), "agent", None);
+        cfg.coalesce_window = Duration::from_millis(1);
+        cfg.max_pending = 1000;
+        let a = Auditor::start(cfg, Down).unwrap();
+        let h = a.inner.clone().unwrap();
+
+        // The disk is stuck: nobody can touch the spool.
+        let stuck = h.shared.spool.lock().unwrap();
+        a.record(
+            &caller(1),
+            AccessAction::Accessed,
+            "FIRST",
+            Some(1),
+            AccessVia::Fuse,
+        );
+        // The writer takes that event and then blocks on the spool.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !lock(&h.shared.pending).map.is_empty() {
+            assert!(Instant::now() < deadline, "the writer never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // With the writer parked, reads keep being recorded (and counted when the buffer is
+        // full); stats answer too. Reaching the next line at all is the assertion.
+        for i in 0..50_000u32 {
+            let secret = format!("S{}", i % 2000);
+            a.record(
+                &caller(i),
+                AccessAction::Accessed,
+                &secret,
+                Some(1),
+                AccessVia::Socket,
+            );
+        }
+        let st = a.stats();
+        assert_eq!(st.pending_events, 1001, "1000 entries and the overflow");
+        assert_eq!(st.dropped_total, 25_000);
+        drop(stuck);
+
+        a.flush(Duration::ZERO).await.unwrap();
+        let events = lock(&h.shared.spool)
+            .as_mut()
+            .unwrap()
+            .read_after(0, usize::MAX, usize::MAX)
+            .unwrap();
+        let sum = |act| -> u64 {
+            events
+                .iter()
+                .filter(|e| e.action == act)
+                .map(|e| e.count)
+                .sum()
+        };
+        assert_eq!(sum(AccessAction::Accessed), 25_001);
+        assert_eq!(sum(AccessAction::Dropped), 25_000);
+        a.crash().await;
+    }
+
+    #[test]
+    fn fields_are_made_acceptable_to_the_vault() {
+        assert_eq!(printable("abc", 5), "abc");
+        assert_eq!(printable("abcdef", 3), "abc");
+        assert_eq!(printable("aé", 2), "a");
+        assert_eq!(printable("a\nb\u{7f}c", 10), "a?b?c");
+        assert!(valid_agent_id("agent-1:host.example_x"));
+        assert!(!valid_agent_id(""));
+        assert!(!valid_agent_id("a b"));
+        assert!(!valid_agent_id(&"a".repeat(129)));
     }
 }

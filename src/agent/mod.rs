@@ -3,5 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod ship;
+pub mod spool;
 pub mod state;
 pub mod view;
