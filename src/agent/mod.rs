@@ -3,5 +3,6 @@
 
 pub mod access;
 pub mod audit;
+pub mod config;
 pub mod state;
 pub mod view;
