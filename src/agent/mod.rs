@@ -4,5 +4,6 @@
 pub mod access;
 pub mod audit;
 pub mod config;
+pub mod hygiene;
 pub mod state;
 pub mod view;
