@@ -43,14 +43,26 @@ fn run_child(setpriv: bool) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = if setpriv {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all"])
-            .arg(&exe);
+        c.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&exe);
         c
     } else {
         Command::new(&exe)
     };
     let out = cmd
-        .args(["--exact", "hygiene_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "hygiene_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();
@@ -107,7 +119,15 @@ fn lock_failure_is_reported_not_fatal() {
     // The child must be able to execute this test binary as uid 65534.
     let exe = std::env::current_exe().unwrap();
     let readable = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "test", "-x"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "test",
+            "-x",
+        ])
         .arg(&exe)
         .status()
         .unwrap()

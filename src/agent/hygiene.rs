@@ -8,10 +8,10 @@
 //!   `CAP_IPC_LOCK` the call fails when the address space exceeds `RLIMIT_MEMLOCK`: then the
 //!   agent runs unlocked, warns, and says so in `/v1/health` and `fyvault status`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Whether the agent's memory is locked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum MlockStatus {
     /// `mlockall` succeeded.

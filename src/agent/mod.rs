@@ -5,5 +5,6 @@ pub mod access;
 pub mod audit;
 pub mod config;
 pub mod hygiene;
+pub mod socket;
 pub mod state;
 pub mod view;
