@@ -503,7 +503,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     for op in ops {
         let t = base + Duration::from_millis(now);
-        let mut deliver = |msgs: Vec<Msg>,
+        let deliver = |msgs: Vec<Msg>,
                            revision: u64,
                            full: bool,
                            view: &mut View,
