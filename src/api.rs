@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::TokenKind;
 use crate::secret::Secret;
 
 /// Largest accepted request body.
@@ -278,6 +279,220 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditQueryResponse {
     pub records: Vec<AuditRecord>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who am I (any token)
+
+/// `GET /api/v1/whoami`: what the presented token is (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub token_id: String,
+    pub kind: TokenKind,
+    #[serde(default)]
+    pub org_id: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub provider_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API (admin token): orgs, environments, providers, tokens
+
+/// `POST /api/v1/admin/orgs`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrgInfo {
+    pub org_id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/admin/orgs`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrgList {
+    pub orgs: Vec<OrgInfo>,
+}
+
+/// `POST /api/v1/admin/orgs/:org_id/environments`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironmentRequest {
+    /// The environment's name (`^[a-z0-9][a-z0-9-]{0,62}$`).
+    pub name: String,
+    /// base64 of the environment's 32-byte X25519 public key.
+    pub public_key: String,
+    /// Grace period of a replaced version; default [`DEFAULT_GRACE_SECONDS`].
+    #[serde(default)]
+    pub default_grace_seconds: Option<u64>,
+}
+
+/// `PATCH /api/v1/admin/orgs/:org_id/environments/:env`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEnvironmentRequest {
+    pub default_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentInfo {
+    pub org_id: String,
+    pub environment: String,
+    pub public_key: String,
+    pub default_grace_seconds: u64,
+    /// The environment's current sync revision.
+    pub revision: u64,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/admin/orgs/:org_id/environments`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentList {
+    pub environments: Vec<EnvironmentInfo>,
+}
+
+/// `POST /api/v1/admin/orgs/:org_id/providers`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProviderRequest {
+    pub name: String,
+    /// Lifetime of the provider's first token; none = no expiry.
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// 201 answer of provider creation: the provider and its first token (shown once).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProviderCreated {
+    pub org_id: String,
+    pub provider_id: String,
+    pub name: String,
+    pub created_at: String,
+    pub token: IssuedToken,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProviderInfo {
+    pub org_id: String,
+    pub provider_id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/admin/orgs/:org_id/providers`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderInfo>,
+}
+
+/// Body of every token-creating admin call:
+/// `POST /api/v1/admin/orgs/:org_id/environments/:env/agent-tokens`,
+/// `POST /api/v1/admin/orgs/:org_id/providers/:provider_id/tokens`, `POST /api/v1/admin/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// A note for humans (e.g. the host name), shown in token lists.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Lifetime; none = no expiry.
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A freshly created token: the only answer that ever carries a token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token_id: String,
+    pub kind: TokenKind,
+    /// The bearer token itself (`fvprov_…`, `fvagent_…`, `fvadmin_…`).
+    #[serde(serialize_with = "serialize_token")]
+    pub token: Secret,
+    #[serde(default)]
+    pub org_id: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+fn serialize_token<S: serde::Serializer>(token: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    // Tokens are ASCII by construction.
+    s.serialize_str(std::str::from_utf8(token.expose()).unwrap_or_default())
+}
+
+/// A token as lists show it: its id and scope, never the token or its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub token_id: String,
+    pub kind: TokenKind,
+    #[serde(default)]
+    pub org_id: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+
+/// `GET /api/v1/admin/tokens?org_id=&kind=&include_revoked=`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Query of `GET /api/v1/admin/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TokenKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_revoked: Option<bool>,
+}
+
+/// 200 answer of `DELETE /api/v1/admin/tokens/:token_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRevoked {
+    pub token_id: String,
+    pub revoked_at: String,
+}
+
+/// Query of `GET /api/v1/orgs/:org_id/audit`. Times are RFC 3339; `limit` defaults to 1000
+/// (max 10000); records come oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 #[cfg(test)]
