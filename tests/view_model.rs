@@ -504,10 +504,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let t = base + Duration::from_millis(now);
         let deliver = |msgs: Vec<Msg>,
-                           revision: u64,
-                           full: bool,
-                           view: &mut View,
-                           model: &mut Model|
+                       revision: u64,
+                       full: bool,
+                       view: &mut View,
+                       model: &mut Model|
          -> Result<(), TestCaseError> {
             let updates = msgs.iter().map(|m| to_update(m, now)).collect();
             let got = view.apply(revision, full, updates, t);
