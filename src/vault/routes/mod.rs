@@ -123,4 +123,3 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
-
