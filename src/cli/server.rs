@@ -8,13 +8,10 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use crate::api::CreateTokenRequest;
 use crate::cli::admin::{print_json, runtime, write_private_file};
-use crate::crypto::TokenKind;
 use crate::vault::clock::now_ms;
-use crate::vault::routes::admin::new_token;
+use crate::vault::store::Store;
 use crate::vault::store::sqlite::SqliteStore;
-use crate::vault::store::{AuditContext, Store};
 use crate::vault::{ServerConfig, TlsFiles};
 
 #[derive(Debug, Args)]
@@ -109,34 +106,6 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Creates an admin token directly in the store (no server needed).
-pub async fn create_admin_token(
-    store: &Arc<dyn Store>,
-    label: &str,
-) -> anyhow::Result<crate::api::IssuedToken> {
-    let (issued, record) = new_token(
-        TokenKind::Admin,
-        None,
-        None,
-        None,
-        &CreateTokenRequest {
-            label: Some(label.to_string()),
-            expires_in_seconds: None,
-        },
-    )
-    .map_err(|e| anyhow::anyhow!(e.message))?;
-    store
-        .create_token(
-            record,
-            AuditContext {
-                actor: "system:init".into(),
-                source_ip: None,
-            },
-        )
-        .await?;
-    Ok(issued)
-}
-
 fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let store: Arc<dyn Store> = Arc::new(open_store(&a.data_dir)?);
@@ -147,7 +116,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
                 a.data_dir.display()
             );
         }
-        let issued = create_admin_token(&store, "server init").await?;
+        let issued = crate::vault::bootstrap_admin_token(store.as_ref(), "server init", "system:init").await?;
         if let Some(path) = &a.token_out {
             let mut contents = zeroize::Zeroizing::new(issued.token.expose().to_vec());
             contents.push(b'\n');

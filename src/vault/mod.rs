@@ -44,3 +44,32 @@ pub struct AppState {
 pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|down| *down).await;
 }
+
+/// Creates an admin token directly in the store (no server needed: `server init`, tests).
+pub async fn bootstrap_admin_token(
+    store: &dyn store::Store,
+    label: &str,
+    actor: &str,
+) -> Result<crate::api::IssuedToken, store::StoreError> {
+    let (issued, record) = routes::admin::new_token(
+        crate::crypto::TokenKind::Admin,
+        None,
+        None,
+        None,
+        &crate::api::CreateTokenRequest {
+            label: Some(label.to_string()),
+            expires_in_seconds: None,
+        },
+    )
+    .map_err(|e| store::StoreError::Backend(e.message))?;
+    store
+        .create_token(
+            record,
+            store::AuditContext {
+                actor: actor.to_string(),
+                source_ip: None,
+            },
+        )
+        .await?;
+    Ok(issued)
+}
