@@ -185,7 +185,10 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         key,
         state: state.clone(),
         info: info.clone(),
-        timing: options.timing.clone(),
+        timing: SyncTiming {
+            wait: config.sync_wait,
+            ..options.timing.clone()
+        },
         grace_cap: config.grace_cap,
         token_changed,
         shutdown: stop_rx.clone(),

@@ -62,7 +62,7 @@ impl Backoff {
 /// Timing knobs (defaults are the product's; tests shorten them).
 #[derive(Debug, Clone)]
 pub struct SyncTiming {
-    /// Long-poll wait asked of the vault.
+    /// Long-poll wait asked of the vault (`run` takes it from the config).
     pub wait: Duration,
     /// Backoff while the vault is unreachable or failing.
     pub retry_base: Duration,

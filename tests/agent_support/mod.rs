@@ -2,6 +2,8 @@
 //! an event-stream reader, polling with a deadline, and running commands as another uid.
 #![allow(dead_code)]
 
+pub mod vault;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
