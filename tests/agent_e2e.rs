@@ -409,3 +409,29 @@ async fn the_binary_refuses_loose_token_file_modes() {
     assert!(e.contains("token_file") && e.contains("0644"), "{e}");
     assert!(!w.socket().exists());
 }
+
+/// A key file of another environment is refused at start, in one line naming `key_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_key_of_another_environment() {
+    let log = Log::default();
+    let w = World::new("info", &log).await;
+    let (other, _) = fyvault::crypto::PrivateKey::generate();
+    write_private(&w.key_file, other.to_file_contents().expose());
+    let cfg = w.agent_config("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(fyvault())
+            .arg("agent")
+            .arg("--config")
+            .arg(&cfg)
+            .env("FYVAULT_LOG", "off")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("key_file") && e.contains("not the private key"), "{e}");
+    assert!(!w.socket().exists());
+}

@@ -31,6 +31,9 @@ use crate::agent::view::View;
 use crate::client::{ClientError, ClientOptions, VaultClient};
 use crate::crypto::PrivateKey;
 
+/// How long shutdown waits for socket requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// How to run (the binary uses the defaults).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -131,6 +134,34 @@ fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
     PrivateKey::from_file_contents(&raw).map_err(|e| err(e.to_string()))
 }
 
+/// A key file of another environment would open nothing: compare its public half with the
+/// environment's public key on the vault, and refuse to start on a mismatch. (When the vault
+/// cannot answer, the check is skipped with a warning: values that fail to open are logged.)
+async fn check_key(syncer: &Syncer, config: &AgentConfig) -> Result<(), RunError> {
+    match syncer
+        .client
+        .public_key(&config.org_id, &config.environment)
+        .await
+    {
+        Ok(pk) => {
+            if pk.public_key.trim() != syncer.key.public_key().to_base64() {
+                return Err(RunError::Key {
+                    path: config.key_file.clone(),
+                    reason: format!(
+                        "this is not the private key of {}/{} (its public half differs from the                          vault's)",
+                        config.org_id, config.environment
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!("cannot check the key file against the vault's public key: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// Starts the agent: returns once it is ready (first sync done, socket bound, `READY=1` sent).
 /// Dropping the returned future before then leaves nothing running.
 pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, RunError> {
@@ -200,6 +231,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         secrets = state.view.read().expect("view lock").len(),
         "first sync done"
     );
+    check_key(&syncer, &config).await?;
 
     // HOOK(fuse): mount the filesystem here when `config.mount` is Some (clean a stale mount
     // first), before the socket is bound and READY is sent:
@@ -265,9 +297,17 @@ impl Agent {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down");
         let _ = self.stop.send(true);
-        let served = match self.server.await {
-            Ok(r) => r.map_err(RunError::Serve),
-            Err(e) => Err(RunError::Serve(std::io::Error::other(e.to_string()))),
+        // Requests in flight get a few seconds; a client that holds its connection longer is
+        // cut off.
+        let mut server = self.server;
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(r)) => r.map_err(RunError::Serve),
+            Ok(Err(e)) => Err(RunError::Serve(std::io::Error::other(e.to_string()))),
+            Err(_) => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+                server.abort();
+                Ok(())
+            }
         };
         // HOOK(fuse): detach the mount lazily here (open readers finish).
         // HOOK(audit): flush the audit spool here.

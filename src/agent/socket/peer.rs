@@ -89,6 +89,7 @@ impl Peer {
         {
             return Peer::bare(uid, gid, pid, Pinning::Exited);
         }
+        tracing::trace!(uid, gid, pid, pinned = ?how, "socket connection");
         Peer {
             caller: Arc::new(caller),
             pinned: how,

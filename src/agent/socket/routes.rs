@@ -120,6 +120,12 @@ async fn read(
         ctx.state
             .auditor
             .record(caller, AccessAction::Denied, &name, None, AccessVia::Socket);
+        tracing::debug!(
+            uid = caller.uid,
+            pid = caller.pid,
+            secret = %name,
+            "socket read denied"
+        );
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",
