@@ -36,8 +36,12 @@ async fn full_then_incremental_with_grace_and_revocation() {
     assert_eq!(empty.revision, 0);
     assert!(empty.secrets.is_empty());
 
-    prov.push(&f.org, &f.provider, &write("A", "a1", None)).await.unwrap();
-    prov.push(&f.org, &f.provider, &write("B", "b1", None)).await.unwrap();
+    prov.push(&f.org, &f.provider, &write("A", "a1", None))
+        .await
+        .unwrap();
+    prov.push(&f.org, &f.provider, &write("B", "b1", None))
+        .await
+        .unwrap();
     let full = agent.sync(&f.org, ENV, 0, 0).await.unwrap();
     assert!(full.full);
     assert_eq!(full.secrets.len(), 2);
@@ -45,11 +49,22 @@ async fn full_then_incremental_with_grace_and_revocation() {
         assert_eq!(s.state, SecretState::Active);
         assert!(s.previous.is_none());
         let want = if s.name == "A" { b"a1" } else { b"b1" };
-        assert_eq!(open(&f.key, &f.org, ENV, &s.name, s.sealed_value.as_ref().unwrap()), want);
+        assert_eq!(
+            open(
+                &f.key,
+                &f.org,
+                ENV,
+                &s.name,
+                s.sealed_value.as_ref().unwrap()
+            ),
+            want
+        );
     }
 
     // Rotation with grace: only A changes; its previous version rides along.
-    prov.rotate(&f.org, &f.provider, &write("A", "a2", Some(600))).await.unwrap();
+    prov.rotate(&f.org, &f.provider, &write("A", "a2", Some(600)))
+        .await
+        .unwrap();
     let inc = agent.sync(&f.org, ENV, full.revision, 0).await.unwrap();
     assert!(!inc.full);
     assert!(inc.revision > full.revision);
@@ -62,7 +77,9 @@ async fn full_then_incremental_with_grace_and_revocation() {
     assert_eq!(open(&f.key, &f.org, ENV, "A", &prev.sealed_value), b"a1");
 
     // Rotation without grace: no previous.
-    prov.rotate(&f.org, &f.provider, &write("A", "a3", Some(0))).await.unwrap();
+    prov.rotate(&f.org, &f.provider, &write("A", "a3", Some(0)))
+        .await
+        .unwrap();
     let inc2 = agent.sync(&f.org, ENV, inc.revision, 0).await.unwrap();
     assert!(inc2.secrets[0].previous.is_none());
 
@@ -78,7 +95,10 @@ async fn full_then_incremental_with_grace_and_revocation() {
     assert_eq!(b.state, SecretState::Revoked);
 
     // A revision the server never issued (restored backup…) gets the full state.
-    let ahead = agent.sync(&f.org, ENV, full2.revision + 1000, 0).await.unwrap();
+    let ahead = agent
+        .sync(&f.org, ENV, full2.revision + 1000, 0)
+        .await
+        .unwrap();
     assert!(ahead.full);
     assert_eq!(ahead.secrets.len(), 2);
 }
@@ -89,13 +109,18 @@ async fn long_poll_wakes_on_change_and_times_out_at_wait() {
     let f = tv.fixture().await;
     let prov = tv.client(&f.provider_token);
     let agent = tv.client(&f.agent_token);
-    prov.push(&f.org, &f.provider, &write("A", "a1", None)).await.unwrap();
+    prov.push(&f.org, &f.provider, &write("A", "a1", None))
+        .await
+        .unwrap();
     let rev = agent.sync(&f.org, ENV, 0, 0).await.unwrap().revision;
 
     // No change: the request is held for `wait`, then answers "nothing new".
     let started = Instant::now();
     let idle = agent.sync(&f.org, ENV, rev, 1).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(950), "answered before wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "answered before wait"
+    );
     assert_eq!(tv.handle.held_long_polls(&f.org, ENV), 0);
     assert_eq!(idle.revision, rev);
     assert!(!idle.full && idle.secrets.is_empty());
@@ -111,7 +136,9 @@ async fn long_poll_wakes_on_change_and_times_out_at_wait() {
         (tv.handle.held_long_polls(&f.org, ENV) == 1).then_some(())
     })
     .await;
-    prov.rotate(&f.org, &f.provider, &write("A", "a2", None)).await.unwrap();
+    prov.rotate(&f.org, &f.provider, &write("A", "a2", None))
+        .await
+        .unwrap();
     let woke = tokio::time::timeout(Duration::from_secs(60), waiter)
         .await
         .expect("the long-poll was not woken by the change")
@@ -140,7 +167,9 @@ async fn long_poll_wakes_on_change_and_times_out_at_wait() {
     assert!(r.secrets.is_empty());
 
     // `wait` above the cap is accepted (capped), not an error.
-    prov.rotate(&f.org, &f.provider, &write("A", "a3", None)).await.unwrap();
+    prov.rotate(&f.org, &f.provider, &write("A", "a3", None))
+        .await
+        .unwrap();
     let r = agent.sync(&f.org, ENV, rev2, 1_000_000).await.unwrap();
     assert_eq!(r.secrets[0].version, 3);
 }
@@ -182,9 +211,15 @@ async fn agent_tokens_see_only_their_environment() {
     tv.env(&f.org, "staging", None).await;
     let agent = tv.client(&f.agent_token);
     let e = agent.sync(&f.org, "staging", 0, 0).await.unwrap_err();
-    assert!(matches!(e, ClientError::Forbidden { ref code, .. } if code == "wrong_environment"), "{e}");
+    assert!(
+        matches!(e, ClientError::Forbidden { ref code, .. } if code == "wrong_environment"),
+        "{e}"
+    );
     let e = agent.sync("org_other", ENV, 0, 0).await.unwrap_err();
-    assert!(matches!(e, ClientError::Forbidden { ref code, .. } if code == "wrong_org"), "{e}");
+    assert!(
+        matches!(e, ClientError::Forbidden { ref code, .. } if code == "wrong_org"),
+        "{e}"
+    );
     // Provider and admin tokens do not sync.
     for t in [&f.provider_token, &tv.admin_token] {
         let e = tv.client(t).sync(&f.org, ENV, 0, 0).await.unwrap_err();
@@ -196,7 +231,10 @@ async fn agent_tokens_see_only_their_environment() {
         .create_agent_token(&f.org, "staging", &CreateTokenRequest::default())
         .await
         .unwrap();
-    tv.client(&st.token).sync(&f.org, "staging", 0, 0).await.unwrap();
+    tv.client(&st.token)
+        .sync(&f.org, "staging", 0, 0)
+        .await
+        .unwrap();
     assert!(tv.client(&st.token).sync(&f.org, ENV, 0, 0).await.is_err());
     // Bad query parameters are JSON 400s.
     let base = format!("{}/api/v1/orgs/{}/environments/{ENV}/sync", tv.url, f.org);
