@@ -22,6 +22,24 @@ fn too_large() -> ApiError {
     )
 }
 
+/// Up to this much of an oversized body is read and discarded before answering 413, so the
+/// client (still sending) gets the answer instead of a connection reset.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY_BYTES;
+
+async fn drain(mut body: axum::body::Body, mut seen: usize) {
+    let work = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), work).await;
+}
+
 /// Reads the whole body (≤ [`MAX_BODY_BYTES`]) into a buffer that is zeroized when dropped.
 async fn read_body(req: Request) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let declared = req
@@ -30,6 +48,9 @@ async fn read_body(req: Request) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(req.into_body(), 0).await;
+        }
         return Err(too_large());
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(
@@ -44,6 +65,7 @@ async fn read_body(req: Request) -> Result<Zeroizing<Vec<u8>>, ApiError> {
             continue;
         };
         if buf.len() + data.len() > MAX_BODY_BYTES {
+            drain(body, buf.len() + data.len()).await;
             return Err(too_large());
         }
         if buf.capacity() - buf.len() < data.len() {

@@ -67,6 +67,7 @@ pub struct ServerHandle {
     addr: SocketAddr,
     tls: bool,
     store: Arc<dyn Store>,
+    feed: Arc<LocalChangeFeed>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -95,6 +96,11 @@ impl ServerHandle {
     /// The store the server uses.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// Long-polls currently held for an environment (observability, tests).
+    pub fn held_long_polls(&self, org_id: &str, env: &str) -> usize {
+        self.feed.subscribers(org_id, env)
     }
 
     /// Asks the server to stop: no new connections, long-polls answer at once, open
@@ -159,9 +165,10 @@ pub async fn start_with_store(
         .local_addr()
         .map_err(|e| VaultError::Io(e.to_string()))?;
     let (tx, rx) = watch::channel(false);
+    let feed = Arc::new(LocalChangeFeed::new());
     let state = AppState {
         store: store.clone(),
-        feed: Arc::new(LocalChangeFeed::new()),
+        feed: feed.clone(),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
     };
@@ -173,6 +180,7 @@ pub async fn start_with_store(
         addr,
         tls,
         store,
+        feed,
         shutdown: tx,
         task: Some(task),
     })

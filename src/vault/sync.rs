@@ -28,6 +28,13 @@ impl LocalChangeFeed {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// How many requests are subscribed to the environment right now (held long-polls).
+    pub fn subscribers(&self, org_id: &str, env: &str) -> usize {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(org_id.to_string(), env.to_string()))
+            .map_or(0, |tx| tx.receiver_count())
+    }
 }
 
 impl ChangeFeed for LocalChangeFeed {

@@ -53,7 +53,9 @@ pub async fn sync(
                 }
                 e => e.into(),
             })?;
-        if resp.full || resp.revision != q.since || !resp.secrets.is_empty() {
+        // Nothing newer than what the agent holds (also `since=0` on an environment still at
+        // revision 0): hold the request until a change or the wait ends.
+        if resp.revision != q.since {
             return Ok(Json(resp));
         }
         tokio::select! {
