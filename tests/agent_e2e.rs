@@ -432,6 +432,9 @@ async fn the_binary_refuses_a_key_of_another_environment() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(e.contains("key_file") && e.contains("not the private key"), "{e}");
+    assert!(
+        e.contains("key_file") && e.contains("not the private key"),
+        "{e}"
+    );
     assert!(!w.socket().exists());
 }

@@ -51,7 +51,7 @@ pub struct AgentConfig {
     pub grace_cap: Option<Duration>,
     /// Long-poll wait asked of the vault.
     pub sync_wait: Duration,
-    /// Extra CA certificate (PEM) to trust for an `https` vault.
+    /// CA certificates (PEM) trusted instead of the system roots for an `https` vault.
     pub ca_file: Option<PathBuf>,
     /// The access policy (group gid resolved, rules resolved).
     pub policy: Policy,
