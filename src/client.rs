@@ -600,6 +600,18 @@ impl VaultClient {
     }
 }
 
+impl VaultClient {
+    /// `GET /api/v1/admin/audit?…` (admin token): every org, plus org-less records.
+    pub async fn audit_all(&self, query: &AuditQuery) -> Result<AuditQueryResponse, ClientError> {
+        let req = self
+            .http
+            .get(self.url("/api/v1/admin/audit"))
+            .query(query)
+            .timeout(REQUEST_TIMEOUT);
+        Ok(self.send(req).await?.1)
+    }
+}
+
 /// Owner of a request body that zeroizes it when the body is dropped.
 struct ZeroizingBuf(Zeroizing<Vec<u8>>);
 

@@ -3,7 +3,13 @@
 
 pub mod access;
 pub mod audit;
+pub mod config;
+pub mod hygiene;
+pub mod run;
 pub mod ship;
+pub mod socket;
 pub mod spool;
 pub mod state;
+pub mod sync;
+pub mod tokenfile;
 pub mod view;

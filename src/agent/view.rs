@@ -154,8 +154,10 @@ enum Handle {
 #[derive(Debug, Default)]
 pub struct View {
     secrets: BTreeMap<String, Entry>,
-    /// Highest version ever seen per name, kept after revoke, for rollback protection.
-    highest: HashMap<String, u64>,
+    /// Highest version ever seen per name and whether that version was revoked (or dropped by
+    /// a full sync), kept after revoke, for rollback protection: a version lower than the
+    /// highest, or a revoked version offered as active again, is refused.
+    highest: HashMap<String, (u64, bool)>,
     handles: HashMap<HandleId, Handle>,
     next_handle: HandleId,
     revision: u64,
@@ -200,6 +202,7 @@ impl View {
                 .collect();
             for name in gone {
                 if let Some(e) = self.secrets.remove(&name) {
+                    self.highest.insert(name.clone(), (e.current.version, true));
                     changes.push(Change::Revoked {
                         name,
                         version: e.current.version,
@@ -216,16 +219,21 @@ impl View {
     }
 
     fn apply_one(&mut self, u: Update, now: Instant, changes: &mut Vec<Change>) {
-        let held = self.highest.get(&u.name).copied().unwrap_or(0);
-        if u.version < held {
-            changes.push(Change::RefusedRollback {
-                name: u.name,
-                offered: u.version,
-                held,
-            });
+        let (held, revoked) = self.highest.get(&u.name).copied().unwrap_or((0, false));
+        let active = matches!(u.state, UpdateState::Active { .. });
+        if u.version < held || (u.version == held && revoked) {
+            // A revoke repeated for the revoked version is no news; anything else is a rollback
+            // (an older version, or a revoked version offered as active again).
+            if u.version < held || active {
+                changes.push(Change::RefusedRollback {
+                    name: u.name,
+                    offered: u.version,
+                    held,
+                });
+            }
             return;
         }
-        self.highest.insert(u.name.clone(), u.version);
+        self.highest.insert(u.name.clone(), (u.version, !active));
         match u.state {
             UpdateState::Revoked => {
                 if let Some(e) = self.secrets.remove(&u.name) {
@@ -266,9 +274,24 @@ impl View {
                         );
                     }
                     Some(e) if e.current.version == u.version => {
-                        // Same version again (e.g. a resync): keep the value we hold, take the
-                        // vault's word on the previous version's grace.
-                        e.previous = prev.filter(|(p, _)| p.version < u.version);
+                        // Same version again (e.g. a resync): keep the values we hold and take
+                        // the vault's word on the grace of the previous version we hold. A
+                        // previous the vault no longer lists has ended its grace: report it like
+                        // an expiry. A previous we do not hold (any more) is not brought back:
+                        // its grace already ended here, and its value is zeroized.
+                        let new_deadline = prev
+                            .filter(|(p, _)| p.version < u.version)
+                            .map(|(p, d)| (p.version, d));
+                        match (e.previous.take(), new_deadline) {
+                            (Some((held, _)), Some((v, d))) if held.version == v => {
+                                e.previous = Some((held, d));
+                            }
+                            (Some((held, _)), _) => changes.push(Change::PreviousExpired {
+                                name: u.name.clone(),
+                                version: held.version,
+                            }),
+                            (None, _) => {}
+                        }
                     }
                     Some(e) => {
                         let old = e.current.version;

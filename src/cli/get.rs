@@ -1,28 +1,180 @@
-//! `fyvault get | ls | status`: clients of the local agent's socket.
+//! `fyvault get | ls | status`: clients of the local agent's socket (HTTP/1.1 over the Unix
+//! socket, with hyper). Each prints one line on stderr and exits non-zero when the agent is
+//! down, the secret is missing, or access is denied.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use zeroize::Zeroizing;
+
+use crate::agent::config::DEFAULT_SOCKET;
+use crate::agent::hygiene::MlockStatus;
+use crate::agent::socket::wire::{Health, SecretList};
+use crate::api::ErrorBody;
+
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The agent's socket.
+    #[arg(long, env = "FYVAULT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
+    /// The secret's name.
     pub name: String,
+    /// The previous version, while its grace period after a rotation runs.
     #[arg(long)]
     pub previous: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct LsArgs {}
+pub struct LsArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
-
-pub fn run_get(_args: GetArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
-pub fn run_ls(_args: LsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+/// One answer of the agent.
+struct Answer {
+    status: hyper::StatusCode,
+    body: Zeroizing<Vec<u8>>,
 }
 
-pub fn run_status(_args: StatusArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+impl Answer {
+    /// The agent's error message, or a generic one.
+    fn error(&self) -> anyhow::Error {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(e) => anyhow!("{}", e.error.message),
+            Err(_) => anyhow!("the agent answered {}", self.status),
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+/// `GET path` on the agent's socket.
+async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the agent at {}: {e} (is `fyvault agent` running?)",
+            socket.display()
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("cannot talk to the agent")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, "fyvault")
+        .body(Empty::<Bytes>::new())
+        .context("bad request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the agent closed the connection")?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = Zeroizing::new(Vec::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the agent's answer was cut short")?;
+        if let Some(data) = frame.data_ref() {
+            // Grow by hand so no unzeroized copy is left behind by a reallocation.
+            if out.capacity() - out.len() < data.len() {
+                let mut bigger = Zeroizing::new(Vec::with_capacity((out.len() + data.len()) * 2));
+                bigger.extend_from_slice(&out);
+                out = bigger;
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(Answer { status, body: out })
+}
+
+pub fn run_get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    if !crate::api::valid_secret_name(&args.name) {
+        bail!(
+            "{:?} is not a secret name (^[A-Z_][A-Z0-9_]{{0,127}}$)",
+            args.name
+        );
+    }
+    let path = if args.previous {
+        format!("/v1/secrets/{}?version=previous", args.name)
+    } else {
+        format!("/v1/secrets/{}", args.name)
+    };
+    let answer = runtime()?.block_on(request(&args.socket.socket, &path))?;
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&answer.body)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let answer = runtime()?.block_on(request(&args.socket.socket, "/v1/secrets"))?;
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let list: SecretList =
+        serde_json::from_slice(&answer.body).context("the agent's answer is not a listing")?;
+    let mut out = std::io::stdout().lock();
+    for s in list.secrets {
+        let prev = s
+            .previous_version
+            .map(|p| format!("  (previous v{p} readable)"))
+            .unwrap_or_default();
+        writeln!(out, "{}  v{}  {}{prev}", s.name, s.version, s.updated_at)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the agent's health; exits 0 only when it is `ready`.
+pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let answer = runtime()?.block_on(request(&args.socket.socket, "/v1/health"))?;
+    if !answer.status.is_success() {
+        return Err(answer.error());
+    }
+    let h: Health = serde_json::from_slice(&answer.body)
+        .context("the agent's answer is not a health report")?;
+    let mlock = match &h.mlock {
+        MlockStatus::Locked => "memory locked".to_owned(),
+        MlockStatus::Failed { reason } => format!("memory NOT locked: {reason}"),
+        MlockStatus::Off => "memory locking off".to_owned(),
+    };
+    let state = match (&h.since, &h.reason) {
+        (Some(since), Some(reason)) => format!("{} since {since}: {reason}", h.status),
+        _ => h.status.clone(),
+    };
+    println!(
+        "{state}; {}/{} revision {}, {} secrets, {mlock}",
+        h.org_id, h.environment, h.revision, h.secrets
+    );
+    Ok(if h.status == "ready" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,10 +1,152 @@
-//! `fyvault server`.
+//! `fyvault server` (run the vault) and `fyvault server init` (first admin token).
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-#[derive(Debug, clap::Args)]
-pub struct ServerArgs {}
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
 
-pub fn run(_args: ServerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+use crate::cli::admin::{print_json, runtime, write_private_file};
+use crate::vault::clock::now_ms;
+use crate::vault::store::Store;
+use crate::vault::store::sqlite::SqliteStore;
+use crate::vault::{ServerConfig, TlsFiles};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of the database (`vault.db`), created 0700 if missing.
+    #[arg(long, default_value = "/var/lib/fyvault")]
+    pub data_dir: PathBuf,
+    /// Address to listen on. Without TLS only a loopback address is accepted.
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain (enables HTTPS; needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A reverse proxy whose X-Forwarded-For is believed (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub trusted_proxy: Vec<IpAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Create an admin token in the data dir's database, printed once.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[arg(long, default_value = "/var/lib/fyvault")]
+    pub data_dir: PathBuf,
+    /// Create another admin token even if one exists (recovery of a lost token).
+    #[arg(long)]
+    pub force: bool,
+    /// Write the token to this file (0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub token_out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(ServerCommand::Init(a)) => init(a),
+        None => serve(args.run),
+    }
+}
+
+fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::init_logging();
+    let config = ServerConfig {
+        data_dir: a.data_dir,
+        listen: a.listen,
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        },
+        trusted_proxies: a.trusted_proxy,
+    };
+    runtime()?.block_on(async move {
+        let handle = crate::vault::start(config).await?;
+        eprintln!("fyvault: vault listening on {}", handle.url());
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        handle.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let store: Arc<dyn Store> = Arc::new(open_store(&a.data_dir)?);
+        let live = store.count_live_admin_tokens(now_ms()).await?;
+        if live > 0 && !a.force {
+            bail!(
+                "{} already has {live} admin token(s); use `fyvault admin token admin` to make more, or --force to recover a lost one",
+                a.data_dir.display()
+            );
+        }
+        let issued = crate::vault::bootstrap_admin_token(store.as_ref(), "server init", "system:init").await?;
+        if let Some(path) = &a.token_out {
+            let mut contents = zeroize::Zeroizing::new(issued.token.expose().to_vec());
+            contents.push(b'\n');
+            write_private_file(path, &contents)?;
+        }
+        if a.json {
+            let mut v = serde_json::to_value(&issued)?;
+            if let (Some(p), Some(o)) = (&a.token_out, v.as_object_mut()) {
+                o.remove("token");
+                o.insert("token_file".into(), p.display().to_string().into());
+            }
+            print_json(&v)?;
+        } else {
+            println!("admin token id: {}", issued.token_id);
+            match &a.token_out {
+                Some(p) => println!("admin token written to {} (mode 0600)", p.display()),
+                None => {
+                    println!("admin token (shown once, store it now):");
+                    println!(
+                        "{}",
+                        std::str::from_utf8(issued.token.expose()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(data_dir)
+        .with_context(|| format!("cannot open the vault database in {}", data_dir.display()))
 }

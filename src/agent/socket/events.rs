@@ -1,0 +1,98 @@
+//! `GET /v1/events`: server-sent events for the secrets the caller may read, so apps reload
+//! without polling.
+//!
+//! | event | when | data |
+//! |---|---|---|
+//! | `added` | a secret appeared | `{name, version}` |
+//! | `rotated` | a new version; the old one stays readable (`?version=previous`) for its grace | `{name, version, previous_version}` |
+//! | `updated` | a new version replaced the old one with no grace (a push over it) | `{name, version, previous_version}` |
+//! | `revoked` | the secret is gone | `{name, version}` |
+//! | `expired` | the previous version's grace ended | `{name, version}` (the expired version) |
+//! | `resync` | this stream fell behind and missed events: re-list | `{"missed": N}` |
+//!
+//! Keep-alive comments flow while nothing happens; the stream ends when the agent shuts down.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt, stream};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::wire::EventData;
+use super::{Ctx, Peer};
+use crate::agent::view::{Change, Which};
+
+pub(super) async fn events(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribed before the answer's head goes out: a client that has the head sees every
+    // change from then on.
+    let rx = ctx.state.subscribe();
+    let state = ctx.state.clone();
+    let caller = peer.caller.clone();
+    let mut stop = ctx.shutdown.clone();
+    let hello = stream::once(async { Ok(Event::default().comment("fyvault events")) });
+    let changes = BroadcastStream::new(rx).filter_map(move |item| {
+        let out = match item {
+            Ok(change) => {
+                let name = change.name();
+                if state.policy().allows(&caller, name) {
+                    to_event(&change, &state)
+                } else {
+                    None
+                }
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(
+                Event::default()
+                    .event("resync")
+                    .data(format!("{{\"missed\":{n}}}")),
+            ),
+        };
+        std::future::ready(out.map(Ok))
+    });
+    let until_shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    Sse::new(hello.chain(changes).take_until(until_shutdown))
+        .keep_alive(KeepAlive::new().interval(ctx.keep_alive))
+}
+
+fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<Event> {
+    let (kind, data) = match change {
+        Change::Added { name, version } => ("added", data(name, *version, None)),
+        Change::Rotated {
+            name,
+            version,
+            previous,
+        } => {
+            // Rotated with grace if the replaced version is readable as the previous one.
+            let in_grace = state
+                .view
+                .read()
+                .expect("view lock")
+                .meta(name, Which::Previous, Instant::now())
+                .is_some_and(|m| m.version == *previous);
+            (
+                if in_grace { "rotated" } else { "updated" },
+                data(name, *version, Some(*previous)),
+            )
+        }
+        Change::Revoked { name, version } => ("revoked", data(name, *version, None)),
+        Change::PreviousExpired { name, version } => ("expired", data(name, *version, None)),
+        Change::RefusedRollback { .. } => return None,
+    };
+    Some(Event::default().event(kind).data(data))
+}
+
+fn data(name: &str, version: u64, previous_version: Option<u64>) -> String {
+    serde_json::to_string(&EventData {
+        name: name.to_owned(),
+        version,
+        previous_version,
+    })
+    .unwrap_or_default()
+}

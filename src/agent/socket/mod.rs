@@ -1,0 +1,146 @@
+//! The Unix-socket HTTP API over the view (DESIGN §4.3).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v1/secrets` | `{"secrets":[{name, version, updated_at, previous_version?}]}`: only what the caller may read, no values |
+//! | `GET /v1/secrets/NAME` | the value as `text/plain` (exact bytes) with `Fyvault-Version`; with `Accept: application/json`: `{name, version, value, updated_at}` |
+//! | `GET /v1/secrets/NAME?version=previous` | the previous version while its grace period runs; 404 after |
+//! | `GET /v1/events` | server-sent events `added`, `updated`, `rotated`, `revoked`, `expired` (data `{name, version, …}`), for readable secrets only |
+//! | `GET /v1/health` | `{status: ready/syncing/degraded, …}` |
+//!
+//! The socket is mode 0666: every local user may connect; the caller's identity is taken from
+//! the connection ([`peer`]) at accept time and every read is decided by the one policy check
+//! ([`crate::agent::access::Policy::allows`]); a refusal is a 403 and an audit event. Errors are
+//! `{"error":{"code","message"}}`. The handlers are thin: all logic is in the view and policy.
+
+mod events;
+pub mod peer;
+mod routes;
+pub mod wire;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use crate::agent::hygiene::MlockStatus;
+use crate::agent::state::AgentState;
+
+pub use peer::Peer;
+
+/// Facts `/v1/health` reports besides the state's health.
+#[derive(Debug)]
+pub struct RunInfo {
+    pub org_id: String,
+    pub environment: String,
+    pub started_at: SystemTime,
+    /// Memory locking as the hygiene step left it.
+    pub mlock: RwLock<MlockStatus>,
+    /// When the last sync answer was applied.
+    pub last_sync: RwLock<Option<SystemTime>>,
+}
+
+impl RunInfo {
+    pub fn new(org_id: &str, environment: &str) -> Self {
+        RunInfo {
+            org_id: org_id.to_owned(),
+            environment: environment.to_owned(),
+            started_at: SystemTime::now(),
+            mlock: RwLock::new(MlockStatus::Off),
+            last_sync: RwLock::new(None),
+        }
+    }
+
+    pub fn set_mlock(&self, m: MlockStatus) {
+        *self.mlock.write().expect("info lock") = m;
+    }
+
+    pub fn mark_synced(&self) {
+        *self.last_sync.write().expect("info lock") = Some(SystemTime::now());
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub state: Arc<AgentState>,
+    pub info: Arc<RunInfo>,
+    /// Flips to true on shutdown: open event streams end.
+    pub shutdown: watch::Receiver<bool>,
+    /// Interval of keep-alive comments on `/v1/events`.
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another agent is already serving on {0}")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot bind {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// Binds the socket at `path` with mode 0666. A socket file left by a dead agent is removed;
+/// a live one (something accepts connections on it) is refused, and so is any other file.
+pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!("removing the stale socket {}", path.display());
+                    std::fs::remove_file(path).map_err(|source| SocketError::Bind {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SocketError::Bind {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(_) => return Err(SocketError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SocketError::Bind {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    let err = |source| SocketError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+/// The API's routes.
+pub fn router(ctx: Ctx) -> Router {
+    routes::router(ctx)
+}
+
+/// Serves the API on `listener` until `ctx.shutdown` turns true: then stops accepting, ends
+/// event streams, lets requests in flight finish, and returns.
+pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
+    let mut stop = ctx.shutdown.clone();
+    let app = router(ctx).into_make_service_with_connect_info::<Peer>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            // An Err means the sender is gone: shut down too.
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}

@@ -1,0 +1,316 @@
+//! The handlers: parse, one policy check, one view lookup, one audit call, answer.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::wire::{self, Health, SecretInfo, SecretList};
+use super::{Ctx, Peer, events};
+use crate::agent::state::Health as StateHealth;
+use crate::agent::view::{Meta, Which};
+use crate::api::{AccessAction, AccessVia, ErrorBody, valid_secret_name};
+use crate::secret::Secret;
+
+pub(super) fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/secrets", get(list))
+        .route("/v1/secrets/{name}", get(read))
+        .route("/v1/events", get(events::events))
+        .route("/v1/health", get(health))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(ctx)
+}
+
+/// `{"error":{"code","message"}}` with a status.
+pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let mut r = (status, Json(ErrorBody::new(code, message))).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn no_route() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint (try /v1/secrets, /v1/secrets/NAME, /v1/events, /v1/health)",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the agent's API is read-only: use GET",
+    )
+}
+
+async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let policy = ctx.state.policy();
+    let now = Instant::now();
+    let secrets = {
+        let view = ctx.state.view.read().expect("view lock");
+        view.list()
+            .filter(|(name, _)| policy.allows(&peer.caller, name))
+            .map(|(name, meta)| SecretInfo {
+                name: name.to_owned(),
+                version: meta.version,
+                updated_at: wire::rfc3339(meta.updated_at),
+                previous_version: view.meta(name, Which::Previous, now).map(|m| m.version),
+            })
+            .collect()
+    };
+    no_store(Json(SecretList { secrets }).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn read(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Path(name)) = name else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            "the secret name is not valid",
+        );
+    };
+    if !valid_secret_name(&name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            "secret names match ^[A-Z_][A-Z0-9_]{0,127}$",
+        );
+    }
+    let which = match query.as_ref().map(|q| q.version.as_deref()) {
+        Ok(None | Some("current")) => Which::Current,
+        Ok(Some("previous")) => Which::Previous,
+        Ok(Some(_)) | Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "the only query parameter is version=current or version=previous",
+            );
+        }
+    };
+    let caller = &peer.caller;
+    if !ctx.state.policy().allows(caller, &name) {
+        ctx.state
+            .auditor
+            .record(caller, AccessAction::Denied, &name, None, AccessVia::Socket);
+        tracing::debug!(
+            uid = caller.uid,
+            pid = caller.pid,
+            secret = %name,
+            "socket read denied"
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "uid {} may not read {name} (see the agent's access rules)",
+                caller.uid
+            ),
+        );
+    }
+    // Copy the value (into a zeroizing Secret) under the lock; answer after releasing it.
+    let found = {
+        let view = ctx.state.view.read().expect("view lock");
+        let now = Instant::now();
+        match view.get(&name, which, now) {
+            Some((meta, value)) => Ok((meta, value.clone())),
+            None => Err(view.meta(&name, Which::Current, now).is_some()),
+        }
+    };
+    let (meta, value) = match found {
+        Ok(v) => v,
+        Err(true) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_previous",
+                format!(
+                    "{name} has no previous version readable now: its grace period has ended, \
+                     or it was not rotated"
+                ),
+            );
+        }
+        Err(false) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no secret {name} in environment {} (never pushed, or revoked)",
+                    ctx.info.environment
+                ),
+            );
+        }
+    };
+    ctx.state.auditor.record(
+        caller,
+        AccessAction::Accessed,
+        &name,
+        Some(meta.version),
+        AccessVia::Socket,
+    );
+    let wants_json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"));
+    let (content_type, body) = if wants_json {
+        ("application/json", json_body(&name, &meta, &value))
+    } else if std::str::from_utf8(value.expose()).is_ok() {
+        ("text/plain; charset=utf-8", value)
+    } else {
+        ("application/octet-stream", value)
+    };
+    let mut r = Response::new(secret_body(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert("fyvault-version", HeaderValue::from(meta.version));
+    no_store(r)
+}
+
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Owns a value for as long as hyper holds the body's bytes; zeroized when the last reference
+/// is dropped (after the bytes were written to the socket).
+struct SecretBytes(Secret);
+
+impl AsRef<[u8]> for SecretBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
+    }
+}
+
+fn secret_body(value: Secret) -> Body {
+    Body::from(Bytes::from_owner(SecretBytes(value)))
+}
+
+/// `{"name","version","value","updated_at"}` written straight into a zeroizing buffer sized so
+/// it never reallocates (a reallocation would leave an unzeroized copy behind). A value that
+/// is not UTF-8 is given as `value_base64` instead of `value`.
+fn json_body(name: &str, meta: &Meta, value: &Secret) -> Secret {
+    let v = value.expose();
+    // Worst case of JSON string escaping is 6 bytes per byte (\u00XX).
+    let cap = v.len() * 6 + name.len() * 6 + 160;
+    let mut buf = Zeroizing::new(Vec::with_capacity(cap));
+    let out: &mut Vec<u8> = &mut buf;
+    out.extend_from_slice(b"{\"name\":");
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, name);
+    let _ = write!(out, ",\"version\":{}", meta.version);
+    match std::str::from_utf8(v) {
+        Ok(s) => {
+            out.extend_from_slice(b",\"value\":");
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        Err(_) => {
+            out.extend_from_slice(b",\"value_base64\":\"");
+            let start = out.len();
+            let n = base64::encoded_len(v.len(), true).unwrap_or(0);
+            out.resize(start + n, 0);
+            let _ = base64::engine::general_purpose::STANDARD.encode_slice(v, &mut out[start..]);
+            out.push(b'"');
+        }
+    }
+    let _ = write!(
+        out,
+        ",\"updated_at\":\"{}\"}}",
+        wire::rfc3339(meta.updated_at)
+    );
+    debug_assert_eq!(buf.capacity(), cap, "the JSON buffer must not reallocate");
+    Secret::from(buf)
+}
+
+async fn health(State(ctx): State<Ctx>) -> Response {
+    let (status, since, reason) = match ctx.state.health() {
+        StateHealth::Ready => ("ready", None, None),
+        StateHealth::Syncing => ("syncing", None, None),
+        StateHealth::Degraded { since, reason } => {
+            ("degraded", Some(wire::rfc3339(since)), Some(reason))
+        }
+    };
+    let (revision, secrets) = {
+        let view = ctx.state.view.read().expect("view lock");
+        (view.revision(), view.len())
+    };
+    let body = Health {
+        status: status.into(),
+        since,
+        reason,
+        org_id: ctx.info.org_id.clone(),
+        environment: ctx.info.environment.clone(),
+        revision,
+        secrets,
+        last_sync_at: ctx
+            .info
+            .last_sync
+            .read()
+            .expect("info lock")
+            .map(wire::rfc3339),
+        started_at: wire::rfc3339(ctx.info.started_at),
+        mlock: ctx.info.mlock.read().expect("info lock").clone(),
+        audit_backlog: None,
+    };
+    no_store(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn json_body_escapes_and_never_reallocates() {
+        let meta = Meta {
+            version: 7,
+            len: 0,
+            updated_at: SystemTime::UNIX_EPOCH,
+        };
+        for raw in [&b"plain"[..], b"q\"uo\\te\n\x01", b"", b"\xff\xfe bin"] {
+            let body = json_body("A_B", &meta, &Secret::copy_from(raw));
+            let v: serde_json::Value = serde_json::from_slice(body.expose()).unwrap();
+            assert_eq!(v["name"], "A_B");
+            assert_eq!(v["version"], 7);
+            assert_eq!(v["updated_at"], "1970-01-01T00:00:00Z");
+            match std::str::from_utf8(raw) {
+                Ok(s) => assert_eq!(v["value"], s),
+                Err(_) => assert_eq!(
+                    v["value_base64"],
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ),
+            }
+        }
+        // All bytes escaped: the worst case still fits.
+        let worst = vec![1u8; 1000];
+        let body = json_body("A", &meta, &Secret::new(worst));
+        assert!(body.len() > 6000);
+    }
+}

@@ -1,0 +1,68 @@
+//! The JSON shapes of the socket API (served by the agent, read by `fyvault get|ls|status` and
+//! SDKs). No value ever passes through these types: a value's JSON answer is written straight
+//! into a zeroizing buffer (see `routes`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::hygiene::MlockStatus;
+
+/// `GET /v1/secrets`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretList {
+    pub secrets: Vec<SecretInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub version: u64,
+    /// RFC 3339 time of the current version (push or rotation).
+    pub updated_at: String,
+    /// The previous version, while its grace period runs (`?version=previous`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+}
+
+/// `GET /v1/health`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ready`, `syncing` (before the first sync) or `degraded` (serving the last known values).
+    pub status: String,
+    /// Degraded since (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Why degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub org_id: String,
+    pub environment: String,
+    /// The vault revision the agent is synced to.
+    pub revision: u64,
+    /// Number of secrets held.
+    pub secrets: usize,
+    /// When the last sync answer was applied (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<String>,
+    pub started_at: String,
+    pub mlock: MlockStatus,
+    /// Access events waiting to be shipped to the vault, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_backlog: Option<u64>,
+}
+
+/// The data of every `/v1/events` event (`added`, `updated`, `rotated`, `revoked`, `expired`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventData {
+    pub name: String,
+    pub version: u64,
+    /// For `updated` and `rotated`: the version it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+}
+
+/// RFC 3339 (UTC) of a system time.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

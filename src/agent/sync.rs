@@ -1,0 +1,417 @@
+//! Fetch + long-poll the vault, apply changes to the view (DESIGN §4.1).
+//!
+//! The first round asks for the full state (`since=0`); after that the agent long-polls with
+//! the revision it holds. Sealed values are opened with the environment key into
+//! [`Secret`]s; a value that fails to open is logged (name and version only) and skipped, and
+//! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
+//! serving and reports `degraded` (since the first failure); it reconnects with capped
+//! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
+//! is reported as such and retried slowly, and at once when the token file changes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, watch};
+
+use crate::agent::socket::RunInfo;
+use crate::agent::state::{AgentState, Health};
+use crate::agent::view::{Change, Update, UpdateState};
+use crate::api::{SecretState, SyncResponse, SyncSecret};
+use crate::client::{ClientError, VaultClient};
+use crate::crypto::{PrivateKey, aad};
+
+/// Retry delays after a failure: full jitter over `min(cap, base * 2^n)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay (random in `[0, ceiling]`, never below 10 ms so a failure loop cannot
+    /// spin).
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = ceiling.as_millis() as u64;
+        let jitter = if ms == 0 {
+            0
+        } else {
+            rand::random_range(0..=ms)
+        };
+        Duration::from_millis(jitter.max(10))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Timing knobs (defaults are the product's; tests shorten them).
+#[derive(Debug, Clone)]
+pub struct SyncTiming {
+    /// Long-poll wait asked of the vault (`run` takes it from the config).
+    pub wait: Duration,
+    /// Backoff while the vault is unreachable or failing.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// Backoff while the vault refuses the token (401/403).
+    pub refused_base: Duration,
+    pub refused_cap: Duration,
+}
+
+impl Default for SyncTiming {
+    fn default() -> Self {
+        SyncTiming {
+            wait: Duration::from_secs(crate::agent::config::DEFAULT_SYNC_WAIT_SECONDS),
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(30),
+            refused_base: Duration::from_secs(5),
+            refused_cap: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("vault refused the agent token (401): {0}")]
+    Unauthorized(String),
+    #[error("vault refused the agent token for {org}/{env} (403): {message}")]
+    Forbidden {
+        org: String,
+        env: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(#[from] ClientError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// The sync loop's parts.
+pub struct Syncer {
+    pub client: VaultClient,
+    pub org: String,
+    pub env: String,
+    pub key: PrivateKey,
+    pub state: Arc<AgentState>,
+    pub info: Arc<RunInfo>,
+    pub timing: SyncTiming,
+    /// Caps the grace of previous versions (config `grace_seconds`).
+    pub grace_cap: Option<Duration>,
+    /// Notified when the token changed: a waiting retry happens at once.
+    pub token_changed: Arc<Notify>,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer")
+            .field("org", &self.org)
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Syncer {
+    /// One sync round trip, applied to the view. Returns the new revision.
+    pub async fn round(&self, since: u64, wait: Duration) -> Result<u64, ClientError> {
+        let resp = self
+            .client
+            .sync(&self.org, &self.env, since, wait.as_secs())
+            .await?;
+        let revision = resp.revision;
+        self.apply(resp);
+        Ok(revision)
+    }
+
+    /// Opens and applies one answer (changes are published by the state).
+    fn apply(&self, resp: SyncResponse) {
+        let SyncResponse {
+            revision,
+            full,
+            secrets,
+        } = resp;
+        let listed: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let mut skipped = false;
+        let mut updates = Vec::with_capacity(secrets.len());
+        for s in &secrets {
+            match self.open(s) {
+                Some(u) => updates.push(u),
+                None => skipped = true,
+            }
+        }
+        // A full answer drops what it does not list. When a listed secret could not be opened,
+        // keep what we hold for it: drop only the unlisted ones, explicitly.
+        let full_flag = if full && skipped {
+            let held: Vec<(String, u64)> = self
+                .state
+                .view
+                .read()
+                .expect("view lock")
+                .list()
+                .filter(|(n, _)| !listed.iter().any(|l| l == n))
+                .map(|(n, m)| (n.to_owned(), m.version))
+                .collect();
+            for (name, version) in held {
+                updates.push(Update {
+                    name,
+                    version,
+                    state: UpdateState::Revoked,
+                    updated_at: SystemTime::now(),
+                });
+            }
+            false
+        } else {
+            full
+        };
+        let changes = self.state.apply(revision, full_flag, updates);
+        self.info.mark_synced();
+        for c in &changes {
+            log_change(c);
+        }
+        tracing::debug!(
+            revision,
+            full,
+            changed = changes.len(),
+            "sync answer applied"
+        );
+    }
+
+    /// Opens one secret of a sync answer; `None` (logged) when it cannot be used.
+    fn open(&self, s: &SyncSecret) -> Option<Update> {
+        let updated_at = time::OffsetDateTime::parse(
+            &s.updated_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(SystemTime::from)
+        .unwrap_or_else(|_| SystemTime::now());
+        let state = match s.state {
+            SecretState::Revoked => UpdateState::Revoked,
+            SecretState::Active => {
+                let Some(sealed) = &s.sealed_value else {
+                    tracing::error!(
+                        secret = %s.name, version = s.version,
+                        "the vault sent an active secret without a value; skipped"
+                    );
+                    return None;
+                };
+                let place = aad(&self.org, &self.env, &s.name);
+                let value = match self.key.open(sealed, &place) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(
+                            secret = %s.name, version = s.version,
+                            "cannot open the sealed value ({e}); keeping what this agent holds"
+                        );
+                        return None;
+                    }
+                };
+                let previous = s.previous.as_ref().and_then(|p| {
+                    let mut left = Duration::from_millis(p.grace_remaining_ms);
+                    if let Some(cap) = self.grace_cap {
+                        left = left.min(cap);
+                    }
+                    if left.is_zero() {
+                        return None;
+                    }
+                    match self.key.open(&p.sealed_value, &place) {
+                        Ok(v) => Some((p.version, v, left)),
+                        Err(e) => {
+                            tracing::error!(
+                                secret = %s.name, version = p.version,
+                                "cannot open the previous version's sealed value ({e}); not \
+                                 serving it"
+                            );
+                            None
+                        }
+                    }
+                });
+                UpdateState::Active { value, previous }
+            }
+        };
+        Some(Update {
+            name: s.name.clone(),
+            version: s.version,
+            state,
+            updated_at,
+        })
+    }
+
+    /// The first full sync, before the agent reports ready. Retries while the vault is
+    /// unreachable (status `syncing`); a refused token is fatal here (the operator must fix it).
+    pub async fn first_sync(&self) -> Result<u64, SyncError> {
+        let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut stop = self.shutdown.clone();
+        loop {
+            let r = tokio::select! {
+                r = self.round(0, Duration::ZERO) => r,
+                _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
+            };
+            match r {
+                Ok(rev) => {
+                    self.state.set_health(Health::Ready);
+                    return Ok(rev);
+                }
+                Err(ClientError::Unauthorized { message, .. }) => {
+                    return Err(SyncError::Unauthorized(message));
+                }
+                Err(ClientError::Forbidden { message, .. }) => {
+                    return Err(SyncError::Forbidden {
+                        org: self.org.clone(),
+                        env: self.env.clone(),
+                        message,
+                    });
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("first sync failed: {e}; retrying in {delay:?}");
+                    crate::agent::run::notify_status(&format!("syncing: {e}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Long-polls forever from `since`, until shutdown.
+    pub async fn run(self, mut since: u64) {
+        let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut refused = Backoff::new(self.timing.refused_base, self.timing.refused_cap);
+        // Answers without news that come back fast (a misbehaving server) are spaced out too.
+        let mut empty = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut stop = self.shutdown.clone();
+        let mut was_ready = true;
+        loop {
+            let started = Instant::now();
+            let r = tokio::select! {
+                r = self.round(since, self.timing.wait) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let delay = match r {
+                Ok(rev) => {
+                    retry.reset();
+                    refused.reset();
+                    if !was_ready {
+                        tracing::info!("vault reachable again; synced to revision {rev}");
+                        run_status("ready");
+                        was_ready = true;
+                    }
+                    self.state.set_health(Health::Ready);
+                    let news = rev != since;
+                    since = rev;
+                    if news || started.elapsed() >= Duration::from_secs(1) {
+                        empty.reset();
+                        continue;
+                    }
+                    empty.next_delay()
+                }
+                Err(e) => {
+                    let (reason, delay) = match &e {
+                        ClientError::Unauthorized { .. } => (
+                            "vault refused the agent token (401)".to_owned(),
+                            refused.next_delay(),
+                        ),
+                        ClientError::Forbidden { .. } => (
+                            format!(
+                                "vault refused the agent token for {}/{} (403)",
+                                self.org, self.env
+                            ),
+                            refused.next_delay(),
+                        ),
+                        ClientError::Unreachable(why) => {
+                            (format!("vault unreachable: {why}"), retry.next_delay())
+                        }
+                        other => (other.to_string(), retry.next_delay()),
+                    };
+                    if was_ready {
+                        tracing::warn!("sync failed: {e}; serving the last known values");
+                    } else {
+                        tracing::debug!("sync failed again: {e}; next try in {delay:?}");
+                    }
+                    was_ready = false;
+                    run_status(&format!("degraded: {reason}"));
+                    self.state.set_health(Health::Degraded {
+                        since: SystemTime::now(),
+                        reason,
+                    });
+                    delay
+                }
+            };
+            let changed = self.token_changed.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = changed => {
+                    tracing::info!("retrying the sync with the new token");
+                    refused.reset();
+                    retry.reset();
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+fn run_status(s: &str) {
+    crate::agent::run::notify_status(s);
+}
+
+fn log_change(c: &Change) {
+    match c {
+        Change::Added { name, version } => tracing::info!(secret = %name, version, "added"),
+        Change::Rotated {
+            name,
+            version,
+            previous,
+        } => tracing::info!(secret = %name, version, previous, "new version"),
+        Change::Revoked { name, version } => tracing::info!(secret = %name, version, "revoked"),
+        Change::PreviousExpired { name, version } => {
+            tracing::info!(secret = %name, version, "previous version's grace ended")
+        }
+        Change::RefusedRollback {
+            name,
+            offered,
+            held,
+        } => tracing::warn!(
+            secret = %name, offered, held,
+            "refused an older version than one already served (rollback protection)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut max_seen = Duration::ZERO;
+        for i in 0..40 {
+            let d = b.next_delay();
+            assert!(d >= Duration::from_millis(10));
+            let ceiling =
+                (Duration::from_millis(100) * (1u32 << i.min(20))).min(Duration::from_secs(30));
+            assert!(d <= ceiling.max(Duration::from_millis(10)), "{i}: {d:?}");
+            max_seen = max_seen.max(d);
+        }
+        assert!(max_seen > Duration::from_secs(1), "grows: {max_seen:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,155 @@
+//! Agent calls: the long-poll sync feed (DESIGN §3.4) and access-event batches (§3.5).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+
+use crate::api::{self, AuditBatch, AuditBatchResponse, MAX_WAIT_SECONDS, SyncResponse};
+use crate::vault::AppState;
+use crate::vault::auth::Auth;
+use crate::vault::clock::{now_ms, parse_rfc3339};
+use crate::vault::error::ApiError;
+use crate::vault::extract::{JsonBody, P, Q};
+use crate::vault::routes::provider::check_environment;
+use crate::vault::store::{AgentBatch, StoreError};
+
+/// Most events one batch may carry.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+const MAX_FIELD: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET …/orgs/:org_id/environments/:env/sync?since=&wait=`
+pub async fn sync(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, env)): P<(String, String)>,
+    Q(q): Q<SyncQuery>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    p.require_agent(&state, &org, Some(&env)).await?;
+    check_environment(&env)?;
+    let wait = Duration::from_secs(q.wait.min(MAX_WAIT_SECONDS));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a change between the read and the wait is not missed.
+    let mut changes = state.feed.subscribe(&org, &env);
+    loop {
+        changes.borrow_and_update();
+        let resp = state
+            .store
+            .sync(&org, &env, q.since, now_ms())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => {
+                    ApiError::not_found("environment_not_found", "no such environment in this org")
+                }
+                e => e.into(),
+            })?;
+        // Nothing newer than what the agent holds (also `since=0` on an environment still at
+        // revision 0): hold the request until a change or the wait ends.
+        if resp.revision != q.since {
+            return Ok(Json(resp));
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(resp));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(resp)),
+            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(resp)),
+        }
+    }
+}
+
+fn bad_event(i: usize, what: &str) -> ApiError {
+    ApiError::bad_request("invalid_event", format!("event #{i}: {what}"))
+}
+
+fn clean(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// `POST …/orgs/:org_id/audit/events` (agent token).
+pub async fn ingest(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P(org): P<String>,
+    JsonBody(batch): JsonBody<AuditBatch>,
+) -> Result<Json<AuditBatchResponse>, ApiError> {
+    p.require_agent(&state, &org, None).await?;
+    let env = p.environment.clone().ok_or_else(|| {
+        ApiError::forbidden("wrong_token_kind", "agent token without environment")
+    })?;
+    let id_ok = !batch.agent_id.is_empty()
+        && batch.agent_id.len() <= 128
+        && batch
+            .agent_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !id_ok {
+        return Err(ApiError::bad_request(
+            "invalid_agent_id",
+            "agent_id must be 1 to 128 characters of [A-Za-z0-9._:-]",
+        ));
+    }
+    if batch.host.as_deref().is_some_and(|h| !clean(h, 255)) {
+        return Err(ApiError::bad_request(
+            "invalid_host",
+            "host must be at most 255 printable characters",
+        ));
+    }
+    if batch.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("a batch carries at most {MAX_BATCH_EVENTS} events"),
+        ));
+    }
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (i, e) in batch.events.into_iter().enumerate() {
+        let time = parse_rfc3339(&e.time).ok_or_else(|| bad_event(i, "time is not RFC 3339"))?;
+        if e.seq > i64::MAX as u64 || e.count > i64::MAX as u64 {
+            return Err(bad_event(i, "seq or count out of range"));
+        }
+        if e.version.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(bad_event(i, "version out of range"));
+        }
+        if e.secret
+            .as_deref()
+            .is_some_and(|s| !api::valid_secret_name(s))
+        {
+            return Err(bad_event(i, "secret is not a valid secret name"));
+        }
+        if e.exe
+            .as_deref()
+            .is_some_and(|s| s.len() > MAX_FIELD || s.contains('\0'))
+        {
+            return Err(bad_event(i, "exe is too long or holds NUL"));
+        }
+        if e.unit.as_deref().is_some_and(|s| !clean(s, MAX_FIELD)) {
+            return Err(bad_event(i, "unit is too long or holds control characters"));
+        }
+        events.push((time, e));
+    }
+    let resp = state
+        .store
+        .ingest_agent_batch(AgentBatch {
+            org_id: org,
+            environment: env,
+            agent_id: batch.agent_id,
+            host: batch.host,
+            actor: p.actor(),
+            source_ip: p.source_ip.clone(),
+            events,
+        })
+        .await?;
+    Ok(Json(resp))
+}

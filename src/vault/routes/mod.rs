@@ -1,0 +1,125 @@
+//! The HTTP surface. Every route is served under `/api/v1` and under the `/v1` alias.
+//!
+//! | route | token | handler |
+//! |---|---|---|
+//! | `GET  /health` | none | [`admin::health`] |
+//! | `GET  /whoami` | any | [`admin::whoami`] |
+//! | `POST /orgs/:org/providers/:id/push` | provider | [`provider::push`] |
+//! | `PATCH /orgs/:org/providers/:id` | provider | [`provider::rotate`] |
+//! | `DELETE /orgs/:org/providers/:id` | provider | [`provider::revoke`] |
+//! | `GET  /orgs/:org/environments/:env/public-key` | provider/agent/admin | [`provider::public_key`] |
+//! | `GET  /orgs/:org/environments/:env/sync` | agent | [`agent::sync`] |
+//! | `POST /orgs/:org/audit/events` | agent | [`agent::ingest`] |
+//! | `GET  /orgs/:org/audit` | admin | [`admin::query_audit`] |
+//! | `/admin/…` | admin | orgs, environments, providers, tokens, audit |
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, patch, post};
+
+use crate::vault::AppState;
+use crate::vault::error::ApiError;
+
+pub mod admin;
+pub mod agent;
+pub mod provider;
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_such_route", "no such API route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept this method",
+    )
+}
+
+fn api() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/whoami", get(admin::whoami))
+        .route("/orgs/{org}/providers/{id}/push", post(provider::push))
+        .route(
+            "/orgs/{org}/providers/{id}",
+            patch(provider::rotate).delete(provider::revoke),
+        )
+        .route(
+            "/orgs/{org}/environments/{env}/public-key",
+            get(provider::public_key),
+        )
+        .route("/orgs/{org}/environments/{env}/sync", get(agent::sync))
+        .route("/orgs/{org}/audit/events", post(agent::ingest))
+        .route("/orgs/{org}/audit", get(admin::query_audit))
+        .route("/admin/orgs", post(admin::create_org).get(admin::list_orgs))
+        .route(
+            "/admin/orgs/{org}/environments",
+            post(admin::create_environment).get(admin::list_environments),
+        )
+        .route(
+            "/admin/orgs/{org}/environments/{env}",
+            patch(admin::update_environment),
+        )
+        .route(
+            "/admin/orgs/{org}/environments/{env}/agent-tokens",
+            post(admin::create_agent_token),
+        )
+        .route(
+            "/admin/orgs/{org}/providers",
+            post(admin::create_provider).get(admin::list_providers),
+        )
+        .route(
+            "/admin/orgs/{org}/providers/{id}/tokens",
+            post(admin::create_provider_token),
+        )
+        .route(
+            "/admin/tokens",
+            post(admin::create_admin_token).get(admin::list_tokens),
+        )
+        .route(
+            "/admin/tokens/{token_id}",
+            axum::routing::delete(admin::revoke_token),
+        )
+        .route("/admin/audit", get(admin::query_audit_all))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// One log line per request: method, path (no query), status, duration, peer. Never bodies,
+/// headers or tokens.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        ms = start.elapsed().as_millis() as u64,
+        peer,
+        "request"
+    );
+    resp
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api())
+        .nest("/v1", api())
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}

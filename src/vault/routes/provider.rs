@@ -1,0 +1,382 @@
+//! The provider API (DESIGN §3.1): push, rotate, revoke, and the environment public key.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::{
+    self, MAX_GRACE_SECONDS, MAX_VALUE_BYTES, PublicKeyResponse, PushRequest, RevokeRequest,
+    RevokeResponse, RotateRequest,
+};
+use crate::crypto::{self, PublicKey};
+use crate::secret::Secret;
+use crate::vault::AppState;
+use crate::vault::auth::{Auth, Principal};
+use crate::vault::clock::{fmt_ms, now_ms};
+use crate::vault::error::ApiError;
+use crate::vault::extract::{JsonBody, OptJsonBody, P, Q};
+use crate::vault::store::{Idempotency, RevokeSecret, WriteKind, WriteVersion};
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub fn check_secret_name(name: &str) -> Result<(), ApiError> {
+    if api::valid_secret_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_secret_name",
+            "secret_name must match ^[A-Z_][A-Z0-9_]{0,127}$",
+        ))
+    }
+}
+
+pub fn check_environment(env: &str) -> Result<(), ApiError> {
+    if api::valid_environment(env) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_environment",
+            "environment must match ^[a-z0-9][a-z0-9-]{0,62}$",
+        ))
+    }
+}
+
+/// One write (push or rotate), whatever its wire form.
+struct Write {
+    kind: WriteKind,
+    secret_name: String,
+    environment: String,
+    value: Option<Secret>,
+    sealed_value: Option<String>,
+    grace: Option<u64>,
+}
+
+fn length_prefixed(h: &mut Sha256, part: &[u8]) {
+    h.update((part.len() as u64).to_be_bytes());
+    h.update(part);
+}
+
+/// Lookup key of an `Idempotency-Key`, scoped to the provider (hashed: keys are not stored).
+fn idempotency_key_hash(org: &str, provider: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"fyvault-idempotency-key-v1");
+    for part in [org, provider, key] {
+        length_prefixed(&mut h, part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Fingerprint of a request, keyed by the idempotency key itself, so the stored form reveals
+/// nothing about a plaintext value without that key (see DESIGN notes in `vault/mod.rs`).
+fn fingerprint(key: &str, w: &Write) -> String {
+    let mut h = Sha256::new();
+    h.update(b"fyvault-idempotency-request-v1");
+    length_prefixed(&mut h, key.as_bytes());
+    let kind: &[u8] = match w.kind {
+        WriteKind::Push => b"push",
+        WriteKind::Rotate => b"rotate",
+    };
+    length_prefixed(&mut h, kind);
+    length_prefixed(&mut h, w.environment.as_bytes());
+    length_prefixed(&mut h, w.secret_name.as_bytes());
+    length_prefixed(&mut h, &w.grace.map(|g| g + 1).unwrap_or(0).to_be_bytes());
+    match (&w.value, &w.sealed_value) {
+        (Some(v), _) => {
+            length_prefixed(&mut h, b"value");
+            length_prefixed(&mut h, v.expose());
+        }
+        (None, Some(s)) => {
+            length_prefixed(&mut h, b"sealed");
+            length_prefixed(&mut h, s.as_bytes());
+        }
+        (None, None) => {}
+    }
+    hex::encode(h.finalize())
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+async fn write(
+    state: &AppState,
+    p: &Principal,
+    org: &str,
+    provider: &str,
+    headers: &HeaderMap,
+    w: Write,
+) -> Result<Response, ApiError> {
+    p.require_provider(state, org, provider).await?;
+    check_secret_name(&w.secret_name)?;
+    check_environment(&w.environment)?;
+    let idem_key = idempotency_header(headers)?;
+    if let Some(g) = w.grace
+        && g > MAX_GRACE_SECONDS
+    {
+        return Err(ApiError::bad_request(
+            "invalid_grace_period",
+            format!("grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    let plain_len = match (&w.value, &w.sealed_value) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "ambiguous_value",
+                "send either value or sealed_value, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_value",
+                "send value (plaintext, sealed on arrival) or sealed_value",
+            ));
+        }
+        (Some(v), None) => v.len(),
+        (None, Some(s)) => crypto::check_sealed_shape(s).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_sealed_value",
+                "sealed_value must be base64 of enc || ciphertext (HPKE, see the public-key endpoint)",
+            )
+        })?,
+    };
+    if plain_len == 0 {
+        return Err(ApiError::bad_request("empty_value", "the value is empty"));
+    }
+    if plain_len > MAX_VALUE_BYTES {
+        return Err(ApiError::bad_request(
+            "value_too_large",
+            format!("the value exceeds {MAX_VALUE_BYTES} bytes"),
+        ));
+    }
+    let env = state
+        .store
+        .get_environment(org, &w.environment)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("environment_not_found", "no such environment in this org")
+        })?;
+    let idempotency = idem_key.as_deref().map(|key| Idempotency {
+        key_hash: idempotency_key_hash(org, provider, key),
+        fingerprint: fingerprint(key, &w),
+    });
+    let sealed_value = match (w.value, w.sealed_value) {
+        (Some(plain), _) => {
+            let pk = PublicKey::from_base64(&env.public_key).map_err(|_| {
+                tracing::error!(org, env = %env.name, "stored public key is unusable");
+                ApiError::internal()
+            })?;
+            let sealed = pk
+                .seal(
+                    plain.expose(),
+                    &crypto::aad(org, &w.environment, &w.secret_name),
+                )
+                .map_err(|_| ApiError::internal())?;
+            drop(plain); // zeroized here
+            sealed
+        }
+        (None, Some(sealed)) => sealed,
+        (None, None) => unreachable!("checked above"),
+    };
+    let outcome = state
+        .store
+        .write_version(WriteVersion {
+            org_id: org.to_string(),
+            environment: w.environment.clone(),
+            secret_name: w.secret_name.clone(),
+            provider_id: provider.to_string(),
+            kind: w.kind,
+            sealed_value,
+            grace_seconds: w.grace,
+            idempotency,
+            now_ms: now_ms(),
+            audit: p.audit(),
+        })
+        .await?;
+    if let Some(rev) = outcome.revision {
+        state.feed.publish(org, &w.environment, rev);
+    }
+    tracing::info!(
+        org,
+        provider,
+        env = %w.environment,
+        secret = %w.secret_name,
+        version = outcome.response.version,
+        replayed = outcome.replayed,
+        "secret written"
+    );
+    let status = match w.kind {
+        WriteKind::Push => StatusCode::CREATED,
+        WriteKind::Rotate => StatusCode::OK,
+    };
+    let mut resp = (status, Json(outcome.response)).into_response();
+    if outcome.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// `POST …/orgs/:org_id/providers/:id/push`
+pub async fn push(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, provider)): P<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<PushRequest>,
+) -> Result<Response, ApiError> {
+    let w = Write {
+        kind: WriteKind::Push,
+        secret_name: req.secret_name,
+        environment: req.environment,
+        value: req.value,
+        sealed_value: req.sealed_value,
+        grace: None,
+    };
+    write(&state, &p, &org, &provider, &headers, w).await
+}
+
+/// `PATCH …/orgs/:org_id/providers/:id`
+pub async fn rotate(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, provider)): P<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RotateRequest>,
+) -> Result<Response, ApiError> {
+    let w = Write {
+        kind: WriteKind::Rotate,
+        secret_name: req.secret_name,
+        environment: req.environment,
+        value: req.value,
+        sealed_value: req.sealed_value,
+        grace: req.grace_period_seconds,
+    };
+    write(&state, &p, &org, &provider, &headers, w).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeQuery {
+    #[serde(default)]
+    secret_name: Option<String>,
+}
+
+/// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=`.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, provider)): P<(String, String)>,
+    Q(query): Q<RevokeQuery>,
+    OptJsonBody(body): OptJsonBody<RevokeRequest>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    p.require_provider(&state, &org, &provider).await?;
+    let name = match (body.map(|b| b.secret_name), query.secret_name) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "ambiguous_secret_name",
+                "the body and ?secret_name= name different secrets",
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_secret_name",
+                "send {\"secret_name\": …} or ?secret_name=",
+            ));
+        }
+    };
+    check_secret_name(&name)?;
+    let now = now_ms();
+    let outcome = state
+        .store
+        .revoke_secret(RevokeSecret {
+            org_id: org.clone(),
+            secret_name: name.clone(),
+            provider_id: provider.clone(),
+            now_ms: now,
+            audit: p.audit(),
+        })
+        .await?;
+    for (env, rev) in &outcome.changed {
+        state.feed.publish(&org, env, *rev);
+    }
+    tracing::info!(org, provider, secret = %name, environments = ?outcome.environments, "secret revoked");
+    Ok(Json(RevokeResponse {
+        secret_name: name,
+        revoked_environments: outcome.environments,
+        revoked_at: fmt_ms(now),
+    }))
+}
+
+/// `GET …/orgs/:org_id/environments/:env/public-key`
+pub async fn public_key(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, env)): P<(String, String)>,
+) -> Result<Json<PublicKeyResponse>, ApiError> {
+    p.require_key_reader(&state, &org, &env).await?;
+    check_environment(&env)?;
+    let e = state
+        .store
+        .get_environment(&org, &env)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("environment_not_found", "no such environment in this org")
+        })?;
+    Ok(Json(PublicKeyResponse {
+        org_id: org,
+        environment: env,
+        public_key: e.public_key,
+        suite: crypto::SUITE.to_string(),
+        aad_format: crypto::AAD_FORMAT.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(value: &[u8]) -> Write {
+        Write {
+            kind: WriteKind::Push,
+            secret_name: "A".into(),
+            environment: "prod".into(),
+            value: Some(Secret::copy_from(value)),
+            sealed_value: None,
+            grace: None,
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_by_value_key_and_kind() {
+        let a = fingerprint("k1", &w(b"one"));
+        assert_eq!(a, fingerprint("k1", &w(b"one")));
+        assert_ne!(a, fingerprint("k1", &w(b"two")));
+        assert_ne!(a, fingerprint("k2", &w(b"one")));
+        let mut r = w(b"one");
+        r.kind = WriteKind::Rotate;
+        assert_ne!(a, fingerprint("k1", &r));
+        assert!(!a.contains(&hex::encode(b"one")));
+        assert_ne!(
+            idempotency_key_hash("o", "p1", "k"),
+            idempotency_key_hash("o", "p2", "k")
+        );
+    }
+}

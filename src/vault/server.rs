@@ -1,0 +1,284 @@
+//! Listening, TLS, the connection loop and graceful shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::vault::error::VaultError;
+use crate::vault::store::Store;
+use crate::vault::store::sqlite::SqliteStore;
+use crate::vault::sync::LocalChangeFeed;
+use crate::vault::{AppState, routes};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to run a vault.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where `vault.db` lives (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (see [`ServerHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// TLS; without it only a loopback `listen` is accepted.
+    pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl ServerConfig {
+    /// Plain HTTP on `listen` (must be loopback) with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            tls: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A running vault. Dropping the handle starts a graceful shutdown.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    tls: bool,
+    store: Arc<dyn Store>,
+    feed: Arc<LocalChangeFeed>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The store the server uses.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Long-polls currently held for an environment (observability, tests).
+    pub fn held_long_polls(&self, org_id: &str, env: &str) -> usize {
+        self.feed.subscribers(org_id, env)
+    }
+
+    /// Asks the server to stop: no new connections, long-polls answer at once, open
+    /// connections get [`DRAIN_TIMEOUT`] to finish.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops the server and waits until it has.
+    pub async fn shutdown(mut self) {
+        self.trigger_shutdown();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops (after [`ServerHandle::trigger_shutdown`] from elsewhere).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Opens `DATA_DIR/vault.db` and starts serving.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
+    check_listen(&config)?;
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+        .await
+        .map_err(|_| VaultError::Io("opening the store failed".into()))??;
+    start_with_store(config, Arc::new(store)).await
+}
+
+fn check_listen(config: &ServerConfig) -> Result<(), VaultError> {
+    if config.tls.is_none() && !config.listen.ip().to_canonical().is_loopback() {
+        return Err(VaultError::PlainHttpNotLoopback(config.listen));
+    }
+    Ok(())
+}
+
+/// Starts serving with a given store (tests, `fyvault dev`, other backends).
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+) -> Result<ServerHandle, VaultError> {
+    check_listen(&config)?;
+    let acceptor = config.tls.as_ref().map(load_tls).transpose()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| VaultError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| VaultError::Io(e.to_string()))?;
+    let (tx, rx) = watch::channel(false);
+    let feed = Arc::new(LocalChangeFeed::new());
+    let state = AppState {
+        store: store.clone(),
+        feed: feed.clone(),
+        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        shutdown: rx.clone(),
+    };
+    let app = routes::router(state);
+    let tls = acceptor.is_some();
+    tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening");
+    let task = tokio::spawn(accept_loop(listener, acceptor, app, rx));
+    Ok(ServerHandle {
+        addr,
+        tls,
+        store,
+        feed,
+        shutdown: tx,
+        task: Some(task),
+    })
+}
+
+fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, VaultError> {
+    crate::client::install_crypto_provider();
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| VaultError::Tls(format!("certificate {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(VaultError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| VaultError::Tls(format!("private key {}: {e}", files.key.display())))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| VaultError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = crate::vault::stopped(shutdown.clone()) => break,
+        };
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_conn(&builder, watcher, TokioIo::new(tls), app, peer).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => serve_conn(&builder, watcher, TokioIo::new(stream), app, peer).await,
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("vault stopping: draining connections");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("connections still open after the drain timeout");
+        }
+    }
+    tracing::info!("vault stopped");
+}
+
+async fn serve_conn<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    app: Router,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,270 @@
+//! The store interface: every durable operation of the vault, each one a whole transaction.
+//!
+//! The server only talks to an `Arc<dyn Store>`. Operations are expressed as business
+//! transactions ("write a new version atomically", "revoke a name everywhere", "ingest an audit
+//! batch idempotently"), never as SQL, so a PostgreSQL implementation can sit next to the
+//! embedded SQLite one ([`sqlite::SqliteStore`]). Every write that deserves an audit record takes
+//! its [`AuditContext`] and appends the record inside the same transaction.
+//!
+//! Times are Unix milliseconds (`i64`) at this boundary; the wire formats them as RFC 3339.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::api::{AccessEvent, AuditBatchResponse, AuditRecord, PushResponse, SyncResponse};
+use crate::crypto::TokenKind;
+
+pub mod sqlite;
+
+/// The future every store operation returns (object-safe async).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store operation did not happen. Every variant but `Backend` is the caller's doing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The named thing (`org`, `environment`, `provider`, `secret`, `token`) does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The thing to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// The secret name belongs to another provider of the org.
+    #[error("the secret is owned by another provider")]
+    NotOwner,
+    /// A rotation of a revoked secret (a new push re-issues it).
+    #[error("the secret is revoked")]
+    Revoked,
+    /// The idempotency key was used before for a different request.
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyMismatch,
+    /// The storage itself failed (I/O, corruption, lost connection…).
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub org_id: String,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    pub org_id: String,
+    pub name: String,
+    /// base64 X25519 public key.
+    pub public_key: String,
+    pub default_grace_seconds: u64,
+    /// Sync revision: bumped by every change of a secret of this environment.
+    pub revision: u64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub org_id: String,
+    pub provider_id: String,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// A token as stored: its SHA-256 hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub kind: TokenKind,
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    pub org_id: Option<String>,
+    pub environment: Option<String>,
+    pub provider_id: Option<String>,
+    pub label: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
+/// Who did something and from where: copied into the audit record of the operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditContext {
+    /// `provider:<id>`, `agent:<token id>`, `admin:<token id>`, `system`.
+    pub actor: String,
+    pub source_ip: Option<String>,
+}
+
+/// One server-side audit record (issued/rotated/revoked/token_*/denied…).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewAuditRecord {
+    pub time_ms: i64,
+    /// `None` for events outside any org (admin tokens).
+    pub org_id: Option<String>,
+    pub environment: Option<String>,
+    pub secret: Option<String>,
+    pub version: Option<u64>,
+    pub action: String,
+    pub actor: String,
+    pub source_ip: Option<String>,
+}
+
+/// Push (POST, creates or overwrites) or rotation (PATCH, the secret must exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Push,
+    Rotate,
+}
+
+/// An `Idempotency-Key` as the store keeps it: both parts are hashes (see `vault::idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key_hash: String,
+    pub fingerprint: String,
+}
+
+/// One new version of one secret in one environment.
+#[derive(Debug, Clone)]
+pub struct WriteVersion {
+    pub org_id: String,
+    pub environment: String,
+    pub secret_name: String,
+    pub provider_id: String,
+    pub kind: WriteKind,
+    /// base64 HPKE sealed value (never plaintext).
+    pub sealed_value: String,
+    /// Grace of the replaced version; `None` = the environment's default.
+    pub grace_seconds: Option<u64>,
+    pub idempotency: Option<Idempotency>,
+    pub now_ms: i64,
+    pub audit: AuditContext,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub response: PushResponse,
+    /// True when the answer is the stored one of an earlier request with the same key.
+    pub replayed: bool,
+    /// The environment's new revision (to wake sync waiters); `None` when replayed.
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RevokeSecret {
+    pub org_id: String,
+    pub secret_name: String,
+    pub provider_id: String,
+    pub now_ms: i64,
+    pub audit: AuditContext,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    /// Every environment where the name is now revoked, sorted.
+    pub environments: Vec<String>,
+    /// `(environment, new revision)` of the environments this call changed.
+    pub changed: Vec<(String, u64)>,
+}
+
+/// A batch of agent access events, as the route has validated it.
+#[derive(Debug, Clone)]
+pub struct AgentBatch {
+    pub org_id: String,
+    pub environment: String,
+    pub agent_id: String,
+    pub host: Option<String>,
+    /// `agent:<token id>`.
+    pub actor: String,
+    pub source_ip: Option<String>,
+    /// Events with their times already parsed to Unix ms.
+    pub events: Vec<(i64, AccessEvent)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// `None` = every org (and org-less records).
+    pub org_id: Option<String>,
+    pub secret: Option<String>,
+    pub environment: Option<String>,
+    pub action: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFilter {
+    pub org_id: Option<String>,
+    pub kind: Option<TokenKind>,
+    pub include_revoked: bool,
+}
+
+/// The vault's storage. Implementations must make each method one atomic transaction, and
+/// serialize concurrent writes to one secret so versions are consecutive and none is lost.
+pub trait Store: Send + Sync + 'static {
+    // --- orgs, environments, providers
+    fn create_org(&self, org: Org, audit: AuditContext) -> StoreFuture<'_, Org>;
+    fn get_org(&self, org_id: &str) -> StoreFuture<'_, Option<Org>>;
+    fn list_orgs(&self) -> StoreFuture<'_, Vec<Org>>;
+    fn create_environment(
+        &self,
+        env: Environment,
+        audit: AuditContext,
+    ) -> StoreFuture<'_, Environment>;
+    fn set_environment_grace(
+        &self,
+        org_id: &str,
+        env: &str,
+        grace_seconds: u64,
+    ) -> StoreFuture<'_, Environment>;
+    fn get_environment(&self, org_id: &str, env: &str) -> StoreFuture<'_, Option<Environment>>;
+    fn list_environments(&self, org_id: &str) -> StoreFuture<'_, Vec<Environment>>;
+    /// Creates a provider and its first token together.
+    fn create_provider(
+        &self,
+        provider: Provider,
+        token: TokenRecord,
+        audit: AuditContext,
+    ) -> StoreFuture<'_, Provider>;
+    fn get_provider(&self, org_id: &str, provider_id: &str) -> StoreFuture<'_, Option<Provider>>;
+    fn list_providers(&self, org_id: &str) -> StoreFuture<'_, Vec<Provider>>;
+
+    // --- tokens
+    /// Stores a token (hash only) and its `token_created` audit record.
+    fn create_token(&self, token: TokenRecord, audit: AuditContext) -> StoreFuture<'_, ()>;
+    /// Looks a presented token up by its hash.
+    fn find_token(&self, hash: &str) -> StoreFuture<'_, Option<TokenRecord>>;
+    fn list_tokens(&self, filter: TokenFilter) -> StoreFuture<'_, Vec<TokenRecord>>;
+    /// Revokes a token (idempotent: an already revoked one keeps its first revocation time)
+    /// and records `token_revoked`.
+    fn revoke_token(
+        &self,
+        token_id: &str,
+        now_ms: i64,
+        audit: AuditContext,
+    ) -> StoreFuture<'_, TokenRecord>;
+    /// Admin tokens neither revoked nor expired at `now_ms` (for `server init`).
+    fn count_live_admin_tokens(&self, now_ms: i64) -> StoreFuture<'_, u64>;
+
+    // --- secrets
+    /// Writes a new version atomically: idempotency replay or mismatch, ownership, the
+    /// replaced version's grace, the environment's revision, the audit record.
+    fn write_version(&self, write: WriteVersion) -> StoreFuture<'_, WriteOutcome>;
+    /// Revokes a secret name in every environment of the org, with no grace.
+    fn revoke_secret(&self, revoke: RevokeSecret) -> StoreFuture<'_, RevokeOutcome>;
+    /// Changes of an environment after revision `since` (the full state when `since` is 0 or
+    /// ahead of the environment), with previous versions whose grace runs at `now_ms`.
+    fn sync(
+        &self,
+        org_id: &str,
+        env: &str,
+        since: u64,
+        now_ms: i64,
+    ) -> StoreFuture<'_, SyncResponse>;
+
+    // --- audit
+    fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()>;
+    /// Records agent events, skipping those already recorded for
+    /// `(org, environment, agent_id, seq)`.
+    fn ingest_agent_batch(&self, batch: AgentBatch) -> StoreFuture<'_, AuditBatchResponse>;
+    /// Records matching `filter`, oldest first, at most `filter.limit`.
+    fn query_audit(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>>;
+}

@@ -1,0 +1,159 @@
+//! Row mapping and small shared statements.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{be, i, u};
+use crate::crypto::TokenKind;
+use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
+
+pub(super) fn kind_str(k: TokenKind) -> &'static str {
+    k.as_str()
+}
+
+pub(super) fn kind_from(s: &str) -> TokenKind {
+    match s {
+        "provider" => TokenKind::Provider,
+        "agent" => TokenKind::Agent,
+        _ => TokenKind::Admin,
+    }
+}
+
+pub(super) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
+                          created_ms, expires_ms, revoked_ms";
+
+pub(super) fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let kind: String = r.get(1)?;
+    Ok(TokenRecord {
+        token_id: r.get(0)?,
+        kind: kind_from(&kind),
+        hash: r.get(2)?,
+        org_id: r.get(3)?,
+        environment: r.get(4)?,
+        provider_id: r.get(5)?,
+        label: r.get(6)?,
+        created_ms: r.get(7)?,
+        expires_ms: r.get(8)?,
+        revoked_ms: r.get(9)?,
+    })
+}
+
+pub(super) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+
+pub(super) fn env_row(r: &Row<'_>) -> rusqlite::Result<Environment> {
+    Ok(Environment {
+        org_id: r.get(0)?,
+        name: r.get(1)?,
+        public_key: r.get(2)?,
+        default_grace_seconds: u(r.get(3)?),
+        revision: u(r.get(4)?),
+        created_ms: r.get(5)?,
+    })
+}
+
+pub(super) fn insert_audit(
+    tx: &rusqlite::Transaction<'_>,
+    rec: &NewAuditRecord,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            rec.time_ms,
+            rec.org_id,
+            rec.environment,
+            rec.secret,
+            rec.version.map(i),
+            rec.action,
+            rec.actor,
+            rec.source_ip,
+        ],
+    )
+    .map_err(be)?;
+    Ok(())
+}
+
+pub(super) fn audit_of(ctx: &AuditContext, time_ms: i64, action: &str) -> NewAuditRecord {
+    NewAuditRecord {
+        time_ms,
+        action: action.to_string(),
+        actor: ctx.actor.clone(),
+        source_ip: ctx.source_ip.clone(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn org_exists(tx: &Connection, org_id: &str) -> Result<bool, StoreError> {
+    tx.query_row("SELECT 1 FROM orgs WHERE org_id = ?1", [org_id], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+        .map_err(be)
+}
+
+pub(super) fn insert_token(
+    tx: &rusqlite::Transaction<'_>,
+    t: &TokenRecord,
+) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+        params![
+            t.token_id,
+            kind_str(t.kind),
+            t.hash,
+            t.org_id,
+            t.environment,
+            t.provider_id,
+            t.label,
+            t.created_ms,
+            t.expires_ms,
+            t.revoked_ms,
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::AlreadyExists("token")
+        }
+        e => be(e),
+    })?;
+    Ok(())
+}
+
+pub(super) fn token_audit(
+    t: &TokenRecord,
+    ctx: &AuditContext,
+    time_ms: i64,
+    action: &str,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        org_id: t.org_id.clone(),
+        environment: t.environment.clone(),
+        ..audit_of(ctx, time_ms, action)
+    }
+}
+
+/// Owner of a secret name in an org (the provider that first pushed it), if any.
+pub(super) fn owner_of(
+    tx: &Connection,
+    org_id: &str,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    tx.query_row(
+        "SELECT owner_provider FROM secrets WHERE org_id = ?1 AND name = ?2 LIMIT 1",
+        params![org_id, name],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(be)
+}
+
+pub(super) fn bump_revision(tx: &Connection, org_id: &str, env: &str) -> Result<u64, StoreError> {
+    tx.query_row(
+        "UPDATE environments SET revision = revision + 1 WHERE org_id = ?1 AND name = ?2
+         RETURNING revision",
+        params![org_id, env],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(u)
+    .map_err(be)
+}

@@ -1,0 +1,282 @@
+//! Secret transactions: write a version, revoke a name, read the sync feed.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rows::{audit_of, bump_revision, insert_audit, owner_of};
+use super::{be, i, u};
+use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
+use crate::vault::clock::fmt_ms;
+use crate::vault::store::{
+    NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind, WriteOutcome, WriteVersion,
+};
+
+pub(super) fn write_version_tx(
+    tx: &rusqlite::Transaction<'_>,
+    w: &WriteVersion,
+) -> Result<WriteOutcome, StoreError> {
+    if let Some(idem) = &w.idempotency {
+        let prior: Option<(String, String)> = tx
+            .query_row(
+                "SELECT fingerprint, response FROM idempotency
+                 WHERE org_id = ?1 AND provider_id = ?2 AND key_hash = ?3",
+                params![w.org_id, w.provider_id, idem.key_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(be)?;
+        if let Some((fingerprint, response)) = prior {
+            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
+                return Err(StoreError::IdempotencyMismatch);
+            }
+            let response: PushResponse = serde_json::from_str(&response)
+                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
+            return Ok(WriteOutcome {
+                response,
+                replayed: true,
+                revision: None,
+            });
+        }
+    }
+    let default_grace: i64 = tx
+        .query_row(
+            "SELECT default_grace_s FROM environments WHERE org_id = ?1 AND name = ?2",
+            params![w.org_id, w.environment],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(be)?
+        .ok_or(StoreError::NotFound("environment"))?;
+    if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name)?
+        && owner != w.provider_id
+    {
+        return Err(StoreError::NotOwner);
+    }
+    let current: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT current_version, state FROM secrets
+             WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
+            params![w.org_id, w.environment, w.secret_name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(be)?;
+    let active_prev = match (&current, w.kind) {
+        (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
+        (Some((_, state)), WriteKind::Rotate) if state != "active" => {
+            return Err(StoreError::Revoked);
+        }
+        (Some((v, state)), _) if state == "active" => Some(*v),
+        _ => None,
+    };
+    let version = current.as_ref().map(|(v, _)| v + 1).unwrap_or(1);
+    let grace_s = w.grace_seconds.map(i).unwrap_or(default_grace);
+    let mut previous_expires = None;
+    if let Some(prev) = active_prev {
+        // Only the version just replaced keeps a grace period; older ones end now.
+        tx.execute(
+            "UPDATE secret_versions SET grace_until_ms = ?4
+             WHERE org_id = ?1 AND environment = ?2 AND name = ?3
+               AND grace_until_ms IS NOT NULL AND grace_until_ms > ?4",
+            params![w.org_id, w.environment, w.secret_name, w.now_ms],
+        )
+        .map_err(be)?;
+        if grace_s > 0 {
+            let until = w.now_ms.saturating_add(grace_s.saturating_mul(1000));
+            tx.execute(
+                "UPDATE secret_versions SET grace_until_ms = ?5
+                 WHERE org_id = ?1 AND environment = ?2 AND name = ?3 AND version = ?4",
+                params![w.org_id, w.environment, w.secret_name, prev, until],
+            )
+            .map_err(be)?;
+            previous_expires = Some(fmt_ms(until));
+        }
+    }
+    let revision = bump_revision(tx, &w.org_id, &w.environment)?;
+    tx.execute(
+        "INSERT INTO secret_versions (org_id, environment, name, version, sealed, provider_id, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![w.org_id, w.environment, w.secret_name, version, w.sealed_value, w.provider_id, w.now_ms],
+    )
+    .map_err(be)?;
+    tx.execute(
+        "INSERT INTO secrets (org_id, environment, name, owner_provider, current_version, state, changed_rev, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7)
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET
+           current_version = excluded.current_version, state = 'active',
+           changed_rev = excluded.changed_rev, updated_ms = excluded.updated_ms",
+        params![w.org_id, w.environment, w.secret_name, w.provider_id, version, i(revision), w.now_ms],
+    )
+    .map_err(be)?;
+    let action = if active_prev.is_some() {
+        "rotated"
+    } else {
+        "issued"
+    };
+    insert_audit(
+        tx,
+        &NewAuditRecord {
+            org_id: Some(w.org_id.clone()),
+            environment: Some(w.environment.clone()),
+            secret: Some(w.secret_name.clone()),
+            version: Some(u(version)),
+            ..audit_of(&w.audit, w.now_ms, action)
+        },
+    )?;
+    let response = PushResponse {
+        secret_name: w.secret_name.clone(),
+        environment: w.environment.clone(),
+        version: u(version),
+        created_at: fmt_ms(w.now_ms),
+        previous_version_expires_at: previous_expires,
+    };
+    if let Some(idem) = &w.idempotency {
+        let json = serde_json::to_string(&response)
+            .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
+        tx.execute(
+            "INSERT INTO idempotency (org_id, provider_id, key_hash, fingerprint, response, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![w.org_id, w.provider_id, idem.key_hash, idem.fingerprint, json, w.now_ms],
+        )
+        .map_err(be)?;
+    }
+    Ok(WriteOutcome {
+        response,
+        replayed: false,
+        revision: Some(revision),
+    })
+}
+
+pub(super) fn revoke_tx(
+    tx: &rusqlite::Transaction<'_>,
+    r: &RevokeSecret,
+) -> Result<RevokeOutcome, StoreError> {
+    if let Some(owner) = owner_of(tx, &r.org_id, &r.secret_name)?
+        && owner != r.provider_id
+    {
+        return Err(StoreError::NotOwner);
+    }
+    let rows: Vec<(String, i64, String)> = {
+        let mut st = tx
+            .prepare(
+                "SELECT environment, current_version, state FROM secrets
+                 WHERE org_id = ?1 AND name = ?2 ORDER BY environment",
+            )
+            .map_err(be)?;
+        st.query_map(params![r.org_id, r.secret_name], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(be)?
+        .collect::<Result<_, _>>()
+        .map_err(be)?
+    };
+    if rows.is_empty() {
+        return Err(StoreError::NotFound("secret"));
+    }
+    let mut changed = Vec::new();
+    for (env, version, state) in &rows {
+        if state != "active" {
+            continue;
+        }
+        let revision = bump_revision(tx, &r.org_id, env)?;
+        tx.execute(
+            "UPDATE secrets SET state = 'revoked', changed_rev = ?4, updated_ms = ?5
+             WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
+            params![r.org_id, env, r.secret_name, i(revision), r.now_ms],
+        )
+        .map_err(be)?;
+        tx.execute(
+            "UPDATE secret_versions SET grace_until_ms = NULL
+             WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
+            params![r.org_id, env, r.secret_name],
+        )
+        .map_err(be)?;
+        insert_audit(
+            tx,
+            &NewAuditRecord {
+                org_id: Some(r.org_id.clone()),
+                environment: Some(env.clone()),
+                secret: Some(r.secret_name.clone()),
+                version: Some(u(*version)),
+                ..audit_of(&r.audit, r.now_ms, "revoked")
+            },
+        )?;
+        changed.push((env.clone(), revision));
+    }
+    Ok(RevokeOutcome {
+        environments: rows.into_iter().map(|(e, _, _)| e).collect(),
+        changed,
+    })
+}
+
+pub(super) fn sync_q(
+    conn: &Connection,
+    org_id: &str,
+    env: &str,
+    since: u64,
+    now_ms: i64,
+) -> Result<SyncResponse, StoreError> {
+    let revision = conn
+        .query_row(
+            "SELECT revision FROM environments WHERE org_id = ?1 AND name = ?2",
+            params![org_id, env],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(be)?
+        .map(u)
+        .ok_or(StoreError::NotFound("environment"))?;
+    let full = since == 0 || since > revision;
+    let from = if full { 0 } else { since };
+    let mut st = conn
+        .prepare(
+            "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
+                    p.version, p.sealed, p.grace_until_ms
+             FROM secrets s
+             JOIN secret_versions v
+               ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
+              AND v.version = s.current_version
+             LEFT JOIN secret_versions p
+               ON p.org_id = s.org_id AND p.environment = s.environment AND p.name = s.name
+              AND p.version = s.current_version - 1 AND p.grace_until_ms > ?4
+             WHERE s.org_id = ?1 AND s.environment = ?2 AND s.changed_rev > ?3
+             ORDER BY s.name",
+        )
+        .map_err(be)?;
+    let secrets = st
+        .query_map(params![org_id, env, i(from), now_ms], |r| {
+            let state: String = r.get(2)?;
+            let active = state == "active";
+            let prev_version: Option<i64> = r.get(5)?;
+            let previous = match (active, prev_version) {
+                (true, Some(pv)) => {
+                    let until: i64 = r.get(7)?;
+                    Some(SyncPrevious {
+                        version: u(pv),
+                        sealed_value: r.get(6)?,
+                        grace_remaining_ms: u(until - now_ms),
+                    })
+                }
+                _ => None,
+            };
+            Ok(SyncSecret {
+                name: r.get(0)?,
+                version: u(r.get(1)?),
+                state: if active {
+                    SecretState::Active
+                } else {
+                    SecretState::Revoked
+                },
+                sealed_value: if active { Some(r.get(4)?) } else { None },
+                updated_at: fmt_ms(r.get(3)?),
+                previous,
+            })
+        })
+        .map_err(be)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(be)?;
+    Ok(SyncResponse {
+        revision,
+        full,
+        secrets,
+    })
+}

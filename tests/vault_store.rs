@@ -1,0 +1,42 @@
+//! The store conformance suite against the SQLite store (each check on a fresh database).
+
+mod common;
+
+use std::sync::Arc;
+
+use fyvault::vault::store::Store;
+use fyvault::vault::store::sqlite::SqliteStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_suite() {
+    let root = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    common::store_suite::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = root.path().join(format!("db{n}"));
+        async move { Arc::new(SqliteStore::open(&dir).unwrap()) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_files_are_private_and_state_survives_reopen() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    {
+        let store = SqliteStore::open(&dir).unwrap();
+        fyvault::vault::bootstrap_admin_token(&store, "t", "system:test")
+            .await
+            .unwrap();
+    }
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "group/other access");
+    }
+    let store = SqliteStore::open(&dir).unwrap();
+    let now = fyvault::vault::clock::now_ms();
+    assert_eq!(store.count_live_admin_tokens(now).await.unwrap(), 1);
+}
