@@ -3,5 +3,8 @@
 
 pub mod access;
 pub mod audit;
+pub mod dotenv;
+pub mod fs;
+pub mod mount;
 pub mod state;
 pub mod view;
