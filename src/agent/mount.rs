@@ -77,8 +77,9 @@ pub enum MountError {
 #[derive(Debug)]
 pub struct Mounted {
     path: PathBuf,
-    /// `st_dev` of the mount's root: tells our mount from anything mounted at the path later.
-    dev: u64,
+    /// `st_dev` of the mount's root: tells our mount from anything mounted at the path later
+    /// (None until the session serves requests).
+    dev: Option<u64>,
     session: Option<BackgroundSession>,
     invalidation: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     detached: bool,
@@ -97,20 +98,19 @@ impl Mounted {
             .map_err(MountError::NoFuse)?;
         let fd: OwnedFd = dev_fuse.into();
         mount_fuse(&path, &fd)?;
-        let dev = match std::fs::metadata(&path) {
-            Ok(m) => m.dev(),
-            Err(source) => {
-                detach_path(&path);
-                return Err(MountError::Mount { path, source });
-            }
-        };
-        // From here on, a failure must not leave the mount behind.
+        // From here on, a failure must not leave the mount behind (`Drop` detaches). Until the
+        // session serves requests, nothing may touch the mount: the kernel holds every request
+        // until the INIT handshake is answered.
         let mut mounted = Mounted {
             path,
-            dev,
+            dev: None,
             session: None,
             invalidation: None,
             detached: false,
+        };
+        let session_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| MountError::Session { path, source }
         };
         let inodes = Arc::new(Inodes::new());
         let fs = SecretFs::new(state.clone(), inodes.clone());
@@ -118,25 +118,18 @@ impl Mounted {
         config.n_threads = Some(FUSE_THREADS);
         config.acl = SessionACL::All;
         // The handshake reads the kernel's INIT, which the mount already queued.
-        let session =
-            Session::from_fd(fs, fd, SessionACL::All, config.clone()).map_err(|source| {
-                MountError::Session {
-                    path: mounted.path.clone(),
-                    source,
-                }
-            })?;
+        let session = Session::from_fd(fs, fd, SessionACL::All, config)
+            .map_err(session_err(&mounted.path))?;
         let notifier = session.notifier();
-        mounted.session = Some(session.spawn().map_err(|source| MountError::Session {
-            path: mounted.path.clone(),
-            source,
-        })?);
+        mounted.session = Some(session.spawn().map_err(session_err(&mounted.path))?);
+        mounted.dev = Some(
+            std::fs::metadata(&mounted.path)
+                .map_err(session_err(&mounted.path))?
+                .dev(),
+        );
         mounted.invalidation = Some(
-            spawn_invalidation(notifier, inodes, state.subscribe()).map_err(|source| {
-                MountError::Session {
-                    path: mounted.path.clone(),
-                    source,
-                }
-            })?,
+            spawn_invalidation(notifier, inodes, state.subscribe())
+                .map_err(session_err(&mounted.path))?,
         );
         tracing::info!(path = %mounted.path.display(), "fuse: mounted");
         Ok(mounted)
@@ -207,9 +200,14 @@ impl Mounted {
     }
 
     /// Does the path still carry this mount (or a dead FUSE mount, which can only be ours)?
+    /// Before the session serves requests (a failed start) it is ours without asking: a `stat`
+    /// would wait for a handshake nobody answers.
     fn is_ours(&self) -> bool {
+        let Some(dev) = self.dev else {
+            return true;
+        };
         match std::fs::metadata(&self.path) {
-            Ok(m) => m.dev() == self.dev,
+            Ok(m) => m.dev() == dev,
             Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
         }
     }
