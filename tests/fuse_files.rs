@@ -31,7 +31,10 @@ fn fuse_reads_exact_bytes_and_lists_names() {
         std::fs::read(m.file("BINARY")).unwrap(),
         b"\x00\xffraw\nno-newline-added"
     );
-    let out = Command::new("cat").arg(m.file("STRIPE_SK")).output().unwrap();
+    let out = Command::new("cat")
+        .arg(m.file("STRIPE_SK"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"sk_live_123");
 
@@ -40,7 +43,10 @@ fn fuse_reads_exact_bytes_and_lists_names() {
     let mut buf = [0u8; 4];
     let n = std::os::unix::fs::FileExt::read_at(&f, &mut buf, 3).unwrap();
     assert_eq!(&buf[..n], b"live");
-    assert_eq!(std::os::unix::fs::FileExt::read_at(&f, &mut buf, 100).unwrap(), 0);
+    assert_eq!(
+        std::os::unix::fs::FileExt::read_at(&f, &mut buf, 100).unwrap(),
+        0
+    );
     drop(f);
 
     let mut names: Vec<String> = std::fs::read_dir(&m.path)
@@ -52,7 +58,10 @@ fn fuse_reads_exact_bytes_and_lists_names() {
         names,
         [".env", ".previous", "BINARY", "EMPTYISH", "STRIPE_SK"]
     );
-    assert_eq!(std::fs::read_dir(m.path.join(".previous")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(m.path.join(".previous")).unwrap().count(),
+        0
+    );
 
     // Shape: 0440 root:policy-group, exact sizes; dirs 0555.
     let md = std::fs::metadata(m.file("STRIPE_SK")).unwrap();
@@ -100,16 +109,17 @@ fn fuse_refuses_names_outside_the_table() {
         assert_eq!(errno(std::fs::metadata(m.file(name))), want, "{name}");
     }
     let long = "A".repeat(129);
-    assert_eq!(
-        errno(std::fs::metadata(m.file(&long))),
-        libc::ENAMETOOLONG
-    );
+    assert_eq!(errno(std::fs::metadata(m.file(&long))), libc::ENAMETOOLONG);
     assert_eq!(
         errno(std::fs::metadata(m.path.join("REAL/x"))),
         libc::ENOTDIR
     );
     // `..` goes to the host parent (the kernel resolves it), never into a secret.
-    assert!(std::fs::metadata(m.path.join(".previous/../REAL")).unwrap().is_file());
+    assert!(
+        std::fs::metadata(m.path.join(".previous/../REAL"))
+            .unwrap()
+            .is_file()
+    );
     assert_eq!(
         errno(std::fs::metadata(m.path.join(".previous/.env"))),
         libc::ENOENT
@@ -147,7 +157,12 @@ fn fuse_previous_during_and_after_grace() {
     m.put("SHORT", 1, b"old-short");
     m.apply(vec![
         active("LONG", 2, b"new-long", Some((1, b"old-long", HOUR))),
-        active("SHORT", 2, b"new-short", Some((1, b"old-short", Duration::from_millis(200)))),
+        active(
+            "SHORT",
+            2,
+            b"new-short",
+            Some((1, b"old-short", Duration::from_millis(200))),
+        ),
     ]);
     assert_eq!(std::fs::read(m.file("LONG")).unwrap(), b"new-long");
     assert_eq!(std::fs::read(m.previous("LONG")).unwrap(), b"old-long");
@@ -261,7 +276,11 @@ fn fuse_dotenv_round_trips_through_dotenv_readers() {
     // python-dotenv (interpolation off: it has no escape for `${`).
     let script = "import json,sys\nfrom dotenv import dotenv_values\n\
                   print(json.dumps(dotenv_values(sys.argv[1], interpolate=False)))";
-    match Command::new("python3").args(["-c", script]).arg(&env_path).output() {
+    match Command::new("python3")
+        .args(["-c", script])
+        .arg(&env_path)
+        .output()
+    {
         Ok(out) if out.status.success() => {
             let parsed: std::collections::BTreeMap<String, Option<String>> =
                 serde_json::from_slice(&out.stdout).unwrap();
@@ -299,7 +318,11 @@ fn fuse_dotenv_round_trips_through_dotenv_readers() {
         .arg(&env_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
     for (i, (name, value)) in shell_safe.iter().enumerate() {
         assert_eq!(got[i], value.as_bytes(), "bash read {name} differently");

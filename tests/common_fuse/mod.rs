@@ -148,7 +148,9 @@ impl Drop for TestMount {
 pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}")),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
     }
 }
 
