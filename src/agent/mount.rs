@@ -236,7 +236,12 @@ pub fn prepare_mountpoint(path: &Path) -> Result<(), MountError> {
         path: path.to_owned(),
         source,
     };
-    let meta = match std::fs::metadata(path) {
+    // `statfs` always reaches the filesystem (a `stat` may be answered from cached attributes
+    // of a mount whose server just died), so a dead FUSE mount shows as ENOTCONN here.
+    let probe = nix::sys::statfs::statfs(path)
+        .map_err(io::Error::from)
+        .and_then(|_| std::fs::metadata(path));
+    let meta = match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(path = %path.display(), "fuse: cleaning a stale mount left by a crash");
             nix::mount::umount2(path, MntFlags::MNT_DETACH).map_err(|e| MountError::Unmount {
