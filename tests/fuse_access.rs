@@ -163,7 +163,7 @@ fn fuse_every_write_type_operation_fails() {
     check("open O_RDWR", e, &ro);
     let e = errno(OpenOptions::new().read(true).append(true).open(&key));
     check("open O_APPEND", e, &ro);
-    let e = errno(OpenOptions::new().write(true).create(true).open(&new));
+    let e = errno(OpenOptions::new().write(true).create_new(true).open(&new));
     check("create", e, &ro);
     let e = errno(OpenOptions::new().write(true).truncate(true).open(&key));
     check("open O_TRUNC", e, &ro);
