@@ -232,6 +232,18 @@ fn fuse_every_write_type_operation_fails() {
     check("removexattr", last_errno(rc), &|e| {
         ro(e) || e == libc::ENODATA
     });
+    // Reading extended attributes works and finds none.
+    let mut buf = [0u8; 16];
+    // SAFETY: valid strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(last_errno(rc as libc::c_int), libc::ENODATA);
     // A read-only descriptor cannot write, extend or receive copies (EBADF from the kernel
     // before the filesystem is asked); the filesystem itself would answer EROFS.
     let badf_or_ro = |e: i32| ro(e) || e == libc::EBADF;

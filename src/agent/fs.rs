@@ -39,7 +39,7 @@ use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use zeroize::Zeroizing;
 
@@ -437,6 +437,23 @@ impl Filesystem for SecretFs {
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// No extended attributes exist (answered here so the kernel does not log a missing
+    /// operation and tools like `ls -l` get a plain "none").
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        match self.inodes.node(ino.0) {
+            Some(_) => reply.error(Errno::NO_XATTR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.inodes.node(ino.0) {
+            None => reply.error(Errno::ENOENT),
+            Some(_) if size == 0 => reply.size(0),
+            Some(_) => reply.data(&[]),
         }
     }
 

@@ -422,6 +422,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mounted_can_live_in_async_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Mounted>();
+    }
+
+    #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
