@@ -4,7 +4,10 @@
 pub mod access;
 pub mod audit;
 pub mod config;
+pub mod dotenv;
+pub mod fs;
 pub mod hygiene;
+pub mod mount;
 pub mod run;
 pub mod ship;
 pub mod socket;

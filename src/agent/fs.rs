@@ -1,0 +1,624 @@
+//! The read-only FUSE filesystem (DESIGN §4.2): a thin fuser adapter over the view.
+//!
+//! It translates FUSE requests into view calls and view results into replies, and nothing
+//! else: no network I/O, no blocking, and the view lock is held only for in-memory work (replies
+//! are sent after it is released). The layout:
+//!
+//! ```text
+//! /NAME             current value, exact bytes            (inode: interned, see `inodes`)
+//! /.previous/NAME   previous value while its grace runs
+//! /.env             KEY=value lines of what the caller may read (see `dotenv`)
+//! ```
+//!
+//! Access is decided by the policy in `open` and `access` (the mount has no
+//! `default_permissions`, so the kernel does not judge by mode bits and every refusal reaches
+//! us, is answered EACCES and goes to the audit hook). Open files are pinned view handles served
+//! with `FOPEN_DIRECT_IO`, so no plaintext enters the page cache and every `read` asks the view
+//! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
+//!
+//! ## Cache lifetimes
+//! - Entries (name → inode) are cached [`ENTRY_TTL`]: an inode number never changes meaning, and
+//!   the invalidation task (`mount`) drops entries on add/revoke/expiry. Even a stale entry is
+//!   harmless, because every `getattr` and `open` asks the view and answers ENOENT for a name
+//!   that is gone.
+//! - File attributes are never cached ([`FILE_ATTR_TTL`] = 0): sizes change on every rotation,
+//!   and `.env`'s size depends on who asks (the kernel's attribute cache is shared by all
+//!   callers). A `getattr` is one short read-locked map lookup, and `stat` is exact even in the
+//!   instant between a rotation and its cache invalidation.
+//! - Directory attributes are cached [`DIR_ATTR_TTL`]; only the shown group can change (policy
+//!   reload).
+
+mod inodes;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use zeroize::Zeroizing;
+
+use crate::agent::access::Caller;
+use crate::agent::dotenv;
+use crate::agent::state::AgentState;
+use crate::agent::view::{Meta, ReadError, Which};
+use crate::api::{AccessAction, AccessVia};
+
+pub use inodes::{DOTENV, DOTENV_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME, ROOT};
+
+/// How long the kernel may cache a name → inode entry.
+pub const ENTRY_TTL: Duration = Duration::from_secs(60);
+/// How long the kernel may cache a file's attributes (never: see the module docs).
+pub const FILE_ATTR_TTL: Duration = Duration::ZERO;
+/// How long the kernel may cache a directory's attributes.
+pub const DIR_ATTR_TTL: Duration = Duration::from_secs(1);
+
+const FILE_MODE: u16 = 0o440;
+const DIR_MODE: u16 = 0o555;
+
+/// The filesystem handed to fuser. Cheap to share: the state and the inode table are `Arc`s.
+#[derive(Debug)]
+pub struct SecretFs {
+    state: Arc<AgentState>,
+    inodes: Arc<Inodes>,
+    /// Shown as the directories' times.
+    mounted_at: SystemTime,
+}
+
+impl SecretFs {
+    pub fn new(state: Arc<AgentState>, inodes: Arc<Inodes>) -> Self {
+        SecretFs {
+            state,
+            inodes,
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    fn caller(&self, req: &Request) -> Arc<Caller> {
+        self.state.callers.resolve(req.uid(), req.gid(), req.pid())
+    }
+
+    fn audit(&self, caller: &Caller, action: AccessAction, name: &str, version: Option<u64>) {
+        self.state
+            .auditor
+            .record(caller, action, name, version, AccessVia::Fuse);
+    }
+
+    fn denied(&self, caller: &Caller, name: &str, version: Option<u64>) -> Errno {
+        tracing::info!(
+            secret = name,
+            uid = caller.uid,
+            pid = caller.pid,
+            exe = ?caller.exe,
+            "fuse: access denied by policy"
+        );
+        self.audit(caller, AccessAction::Denied, name, version);
+        Errno::EACCES
+    }
+
+    fn attr(&self, ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
+        let dir = kind == FileType::Directory;
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: if dir { DIR_MODE } else { FILE_MODE },
+            nlink: if dir { 2 } else { 1 },
+            uid: 0,
+            gid: self.state.policy().group_gid(),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn dir_attr(&self, ino: u64) -> FileAttr {
+        self.attr(ino, FileType::Directory, 0, self.mounted_at)
+    }
+
+    fn meta_attr(&self, ino: u64, meta: Meta) -> FileAttr {
+        self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
+    }
+
+    /// `.env` as `caller` would read it now: (size, newest update time).
+    fn dotenv_attr(&self, caller: &Caller) -> FileAttr {
+        let policy = self.state.policy();
+        let now = Instant::now();
+        let (len, newest) = {
+            let view = self.state.view.read().expect("view lock");
+            let mut newest = SystemTime::UNIX_EPOCH;
+            let allowed: Vec<_> = view
+                .list()
+                .filter(|(n, _)| policy.allows(caller, n))
+                .filter_map(|(n, _)| view.get(n, Which::Current, now).map(|(m, v)| (n, m, v)))
+                .inspect(|(_, m, _)| newest = newest.max(m.updated_at))
+                .map(|(n, _, v)| (n, v))
+                .collect();
+            (dotenv::rendered_len(allowed), newest)
+        };
+        self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
+    }
+
+    /// Attributes of `ino` as `req`'s caller sees them, or ENOENT.
+    fn attr_of(&self, req: &Request, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        match self.inodes.node(ino).ok_or(Errno::ENOENT)? {
+            Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
+            Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), FILE_ATTR_TTL)),
+            Node::Secret(name, which) => {
+                let meta = self
+                    .state
+                    .view
+                    .read()
+                    .expect("view lock")
+                    .meta(&name, which, Instant::now())
+                    .ok_or(Errno::ENOENT)?;
+                Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+            }
+        }
+    }
+
+    /// Resolves `name` in directory `parent` to (inode, attributes, attr TTL).
+    fn resolve(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<(FileAttr, Duration), Errno> {
+        let raw = name.as_bytes();
+        match (parent, raw) {
+            (ROOT, b".previous") => return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL)),
+            (ROOT, b".env") => return self.attr_of(req, DOTENV),
+            (ROOT | PREVIOUS_DIR, _) => {}
+            _ => return Err(Errno::ENOTDIR),
+        }
+        let name = inodes::check_name(raw).map_err(|e| match e {
+            inodes::BadName::Invalid => Errno::EINVAL,
+            inodes::BadName::TooLong => Errno::ENAMETOOLONG,
+            inodes::BadName::NoSuchName => Errno::ENOENT,
+        })?;
+        let which = if parent == ROOT {
+            Which::Current
+        } else {
+            Which::Previous
+        };
+        let meta = self
+            .state
+            .view
+            .read()
+            .expect("view lock")
+            .meta(name, which, Instant::now())
+            .ok_or(Errno::ENOENT)?;
+        let ino = self.inodes.intern(name, which);
+        Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+    }
+
+    fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
+        let now = Instant::now();
+        let current = {
+            let view = self.state.view.read().expect("view lock");
+            view.meta(name, which, now).ok_or(Errno::ENOENT)?
+        };
+        let caller = self.caller(req);
+        if !self.state.policy().allows(&caller, name) {
+            return Err(self.denied(&caller, name, Some(current.version)));
+        }
+        let (fh, meta) = self
+            .state
+            .view
+            .write()
+            .expect("view lock")
+            .open(name, which, now)
+            .ok_or(Errno::ENOENT)?;
+        self.audit(&caller, AccessAction::Accessed, name, Some(meta.version));
+        Ok(fh)
+    }
+
+    fn open_dotenv(&self, req: &Request) -> u64 {
+        let caller = self.caller(req);
+        let policy = self.state.policy();
+        let allowed = |n: &str| policy.allows(&caller, n);
+        let (fh, pins) = {
+            let mut view = self.state.view.write().expect("view lock");
+            let pins: Vec<(String, u64)> = view
+                .list()
+                .filter(|(n, _)| allowed(n))
+                .map(|(n, m)| (n.to_owned(), m.version))
+                .collect();
+            let (fh, _len) =
+                view.open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
+            (fh, pins)
+        };
+        for (name, version) in pins {
+            self.audit(&caller, AccessAction::Accessed, &name, Some(version));
+        }
+        fh
+    }
+}
+
+impl Filesystem for SecretFs {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.resolve(req, parent.0, name) {
+            Ok((attr, attr_ttl)) => {
+                reply.entry_with_ttls(&attr_ttl, &ENTRY_TTL, &attr, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr_of(req, ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY
+            || flags.0 & (libc::O_TRUNC | libc::O_CREAT) != 0
+        {
+            return reply.error(Errno::EROFS);
+        }
+        let opened = match self.inodes.node(ino.0) {
+            None => Err(Errno::ENOENT),
+            Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
+            Some(Node::DotEnv) => Ok(self.open_dotenv(req)),
+            Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
+        };
+        match opened {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // Copy the slice out under the read lock into a zeroizing buffer, reply after release.
+        let chunk = {
+            let view = self.state.view.read().expect("view lock");
+            match view.read(fh.0, Instant::now()) {
+                Ok(value) => {
+                    let bytes = value.expose();
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    let end = start.saturating_add(size as usize).min(bytes.len());
+                    Ok(Zeroizing::new(bytes[start..end].to_vec()))
+                }
+                Err(ReadError::Stale) => Err(Errno::ESTALE),
+                Err(ReadError::BadHandle) => Err(Errno::EBADF),
+            }
+        };
+        match chunk {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.state.view.write().expect("view lock").close(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match ino.0 {
+            ROOT | PREVIOUS_DIR => reply.opened(FileHandle(0), FopenFlags::empty()),
+            _ if self.inodes.node(ino.0).is_some() => reply.error(Errno::ENOTDIR),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let which = match ino.0 {
+            ROOT => Which::Current,
+            PREVIOUS_DIR => Which::Previous,
+            _ => return reply.error(Errno::ENOTDIR),
+        };
+        let names: Vec<String> = {
+            let view = self.state.view.read().expect("view lock");
+            match which {
+                Which::Current => view.list().map(|(n, _)| n.to_owned()).collect(),
+                Which::Previous => view
+                    .list_previous(Instant::now())
+                    .map(|(n, _)| n.to_owned())
+                    .collect(),
+            }
+        };
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (ROOT, FileType::Directory, "..".into()),
+        ];
+        if which == Which::Current {
+            entries.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME.into()));
+            entries.push((DOTENV, FileType::RegularFile, DOTENV_NAME.into()));
+        }
+        for n in names {
+            entries.push((self.inodes.intern(&n, which), FileType::RegularFile, n));
+        }
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let node = match self.inodes.node(ino.0) {
+            Some(n) => n,
+            None => return reply.error(Errno::ENOENT),
+        };
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        let result = match node {
+            Node::Root | Node::PreviousDir => Ok(()),
+            Node::DotEnv if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+            Node::DotEnv => Ok(()),
+            Node::Secret(name, which) => {
+                let meta =
+                    self.state
+                        .view
+                        .read()
+                        .expect("view lock")
+                        .meta(&name, which, Instant::now());
+                match meta {
+                    None => Err(Errno::ENOENT),
+                    Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+                    Some(m) if mask.contains(AccessFlags::R_OK) => {
+                        let caller = self.caller(req);
+                        if self.state.policy().allows(&caller, &name) {
+                            Ok(())
+                        } else {
+                            Err(self.denied(&caller, &name, Some(m.version)))
+                        }
+                    }
+                    Some(_) => Ok(()),
+                }
+            }
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// No extended attributes exist (answered here so the kernel does not log a missing
+    /// operation and tools like `ls -l` get a plain "none").
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        match self.inodes.node(ino.0) {
+            Some(_) => reply.error(Errno::NO_XATTR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.inodes.node(ino.0) {
+            None => reply.error(Errno::ENOENT),
+            Some(_) if size == 0 => reply.size(0),
+            Some(_) => reply.data(&[]),
+        }
+    }
+
+    // ---- every write-type operation: read-only filesystem ------------------------------------
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

@@ -1,0 +1,457 @@
+//! The FUSE mount's lifecycle (DESIGN §4.2, §4.6): prepare the mountpoint (create it, clean a
+//! stale mount left by a crash, refuse a busy one), mount, keep the kernel's caches in step
+//! with the view, and on shutdown detach lazily so open readers finish.
+//!
+//! ```ignore
+//! let mounted = Mounted::start("/run/fyvault", state.clone())?;   // blocking, quick
+//! // ... on SIGTERM (from a blocking context, e.g. tokio::task::spawn_blocking):
+//! mounted.shutdown_timeout(Duration::from_secs(10))?;             // detach, wait for readers
+//! ```
+//!
+//! The mount is made here, not by fuser: `mount(2)` on a `/dev/fuse` descriptor (no libfuse, no
+//! `fusermount3`; the agent runs as root), options `ro,nosuid,nodev,noexec,allow_other`, no
+//! `default_permissions`, source `fyvault`, type `fuse.fyvault`. Doing it ourselves means the
+//! unmount is ours too: always `umount2(MNT_DETACH)` (lazy: the path is free at once, open
+//! files keep working until closed), and only when the path still carries *our* mount (same
+//! device), never whatever was mounted there later.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, Notifier, Session, SessionACL};
+use nix::mount::{MntFlags, MsFlags};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::agent::fs::{Inodes, PREVIOUS_DIR, SecretFs};
+use crate::agent::state::AgentState;
+use crate::agent::view::{Change, Which};
+
+/// FUSE worker threads serving requests.
+pub const FUSE_THREADS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot open /dev/fuse (is the fuse module loaded?): {0}")]
+    NoFuse(#[source] io::Error),
+    #[error("mountpoint {}: {source}", path.display())]
+    Mountpoint {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mountpoint {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("mountpoint {} is not empty; refusing to mount over its files", path.display())]
+    NotEmpty { path: PathBuf },
+    #[error("{} is already a mount point ({what}); is another agent running?", path.display())]
+    AlreadyMounted { path: PathBuf, what: String },
+    #[error("mount {}: {source} (mounting FUSE needs root or CAP_SYS_ADMIN)", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the FUSE session at {} failed: {source}", path.display())]
+    Session {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unmount {}: {source}", path.display())]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} was detached, but files on it were still open after {waited:?}", path.display())]
+    ReadersStillOpen { path: PathBuf, waited: Duration },
+}
+
+/// A live mount of the secrets filesystem.
+#[derive(Debug)]
+pub struct Mounted {
+    path: PathBuf,
+    /// `st_dev` of the mount's root: tells our mount from anything mounted at the path later
+    /// (None until the session serves requests).
+    dev: Option<u64>,
+    session: Option<BackgroundSession>,
+    invalidation: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    detached: bool,
+}
+
+impl Mounted {
+    /// Prepares `path` and mounts the filesystem there, serving `state`. Blocking (a few
+    /// syscalls and the FUSE handshake); safe to call from `tokio::task::spawn_blocking`.
+    pub fn start(path: impl Into<PathBuf>, state: Arc<AgentState>) -> Result<Mounted, MountError> {
+        let path = path.into();
+        prepare_mountpoint(&path)?;
+        let dev_fuse = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(MountError::NoFuse)?;
+        let fd: OwnedFd = dev_fuse.into();
+        mount_fuse(&path, &fd)?;
+        // From here on, a failure must not leave the mount behind (`Drop` detaches). Until the
+        // session serves requests, nothing may touch the mount: the kernel holds every request
+        // until the INIT handshake is answered.
+        let mut mounted = Mounted {
+            path,
+            dev: None,
+            session: None,
+            invalidation: None,
+            detached: false,
+        };
+        let session_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| MountError::Session { path, source }
+        };
+        let inodes = Arc::new(Inodes::new());
+        let fs = SecretFs::new(state.clone(), inodes.clone());
+        let mut config = Config::default();
+        config.n_threads = Some(FUSE_THREADS);
+        config.acl = SessionACL::All;
+        // The handshake reads the kernel's INIT, which the mount already queued.
+        let session = Session::from_fd(fs, fd, SessionACL::All, config)
+            .map_err(session_err(&mounted.path))?;
+        let notifier = session.notifier();
+        mounted.session = Some(session.spawn().map_err(session_err(&mounted.path))?);
+        mounted.dev = Some(
+            std::fs::metadata(&mounted.path)
+                .map_err(session_err(&mounted.path))?
+                .dev(),
+        );
+        mounted.invalidation = Some(
+            spawn_invalidation(notifier, inodes, state.subscribe())
+                .map_err(session_err(&mounted.path))?,
+        );
+        tracing::info!(path = %mounted.path.display(), "fuse: mounted");
+        Ok(mounted)
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Detaches the mount lazily now: the path stops showing the secrets at once (and leaves
+    /// `/proc/mounts`); already open files keep reading until they are closed. Idempotent.
+    pub fn detach(&mut self) {
+        if !self.detached {
+            self.detached = true;
+            if self.is_ours() {
+                detach_path(&self.path);
+                tracing::info!(path = %self.path.display(), "fuse: detached");
+            }
+        }
+        if let Some((stop, thread)) = self.invalidation.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+
+    /// Detaches lazily, then waits (without limit) until every open file is closed and the
+    /// FUSE session has ended. Blocking.
+    pub fn shutdown(mut self) -> Result<(), MountError> {
+        self.detach();
+        match self.session.take() {
+            Some(s) => s.join().map_err(|source| MountError::Session {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but gives open readers at most `limit` to finish.
+    /// On timeout the session is left to end with the process (the kernel then fails the
+    /// remaining readers' next reads) and `ReadersStillOpen` is returned.
+    pub fn shutdown_timeout(mut self, limit: Duration) -> Result<(), MountError> {
+        self.detach();
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fuse-join".into())
+            .spawn(move || {
+                let _ = tx.send(session.join());
+            })
+            .map_err(|source| MountError::Session {
+                path: self.path.clone(),
+                source,
+            })?;
+        match rx.recv_timeout(limit) {
+            Ok(r) => r.map_err(|source| MountError::Session {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(_) => Err(MountError::ReadersStillOpen {
+                path: self.path.clone(),
+                waited: limit,
+            }),
+        }
+    }
+
+    /// Does the path still carry this mount (or a dead FUSE mount, which can only be ours)?
+    /// Before the session serves requests (a failed start) it is ours without asking: a `stat`
+    /// would wait for a handshake nobody answers.
+    fn is_ours(&self) -> bool {
+        let Some(dev) = self.dev else {
+            return true;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) => m.dev() == dev,
+            Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    /// Detaches if not shut down; does not wait for readers.
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Lazily detaches whatever is mounted at `path`, ignoring errors (nothing mounted, already
+/// detached).
+fn detach_path(path: &Path) {
+    if let Err(e) = nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        tracing::debug!(path = %path.display(), error = %e, "fuse: lazy unmount");
+    }
+}
+
+/// Makes `path` a usable mountpoint: created (0755) if missing, a stale FUSE mount left by a
+/// crash ("Transport endpoint is not connected") detached, and refused when it is a file, a
+/// non-empty directory or another live mount.
+pub fn prepare_mountpoint(path: &Path) -> Result<(), MountError> {
+    let err = |source: io::Error| MountError::Mountpoint {
+        path: path.to_owned(),
+        source,
+    };
+    // `statfs` always reaches the filesystem (a `stat` may be answered from cached attributes
+    // of a mount whose server just died), so a dead FUSE mount shows as ENOTCONN here.
+    let probe = nix::sys::statfs::statfs(path)
+        .map_err(io::Error::from)
+        .and_then(|_| std::fs::metadata(path));
+    let meta = match probe {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(path = %path.display(), "fuse: cleaning a stale mount left by a crash");
+            nix::mount::umount2(path, MntFlags::MNT_DETACH).map_err(|e| MountError::Unmount {
+                path: path.to_owned(),
+                source: e.into(),
+            })?;
+            std::fs::metadata(path).map_err(err)?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(path)
+                .map_err(err)?;
+            std::fs::metadata(path).map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+        Ok(m) => m,
+    };
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory {
+            path: path.to_owned(),
+        });
+    }
+    let parent = path
+        .canonicalize()
+        .map_err(err)?
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let parent_dev = std::fs::metadata(&parent).map_err(err)?.dev();
+    if parent_dev != meta.dev() {
+        return Err(MountError::AlreadyMounted {
+            path: path.to_owned(),
+            what: describe_mount(path).unwrap_or_else(|| "unknown filesystem".into()),
+        });
+    }
+    if std::fs::read_dir(path).map_err(err)?.next().is_some() {
+        return Err(MountError::NotEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn mount_fuse(path: &Path, fd: &OwnedFd) -> Result<(), MountError> {
+    let data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},allow_other",
+        fd.as_raw_fd(),
+        nix::unistd::geteuid(),
+        nix::unistd::getegid(),
+    );
+    nix::mount::mount(
+        Some("fyvault"),
+        path,
+        Some("fuse.fyvault"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| MountError::Mount {
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// "TYPE from SOURCE" of the mount at `path`, from `/proc/self/mountinfo`.
+fn describe_mount(path: &Path) -> Option<String> {
+    let want = path.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let mount_point = unescape_mountinfo(fields.get(4)?);
+        (Path::new(&mount_point) == want).then(|| {
+            format!(
+                "{} from {}",
+                fields.get(sep + 1).unwrap_or(&"?"),
+                fields.get(sep + 2).unwrap_or(&"?")
+            )
+        })
+    })
+}
+
+/// Decodes the `\ooo` octal escapes `/proc/self/mountinfo` uses for spaces and the like.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Keeps the kernel's caches in step with the view: for every change, drop the cached
+/// entries and attributes it affects. Runs on its own thread (never inside a FUSE callback:
+/// an entry invalidation waits for the directory's lock, which a callback may be serving).
+fn spawn_invalidation(
+    notifier: Notifier,
+    inodes: Arc<Inodes>,
+    mut changes: broadcast::Receiver<Change>,
+) -> io::Result<(oneshot::Sender<()>, JoinHandle<()>)> {
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let thread = std::thread::Builder::new()
+        .name("fuse-inval".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        change = changes.recv() => match change {
+                            Ok(c) => invalidate(&notifier, &inodes, &c),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::debug!(missed = n, "fuse: change feed lagged; invalidating all");
+                                for name in inodes.all_names() {
+                                    invalidate_name(&notifier, &inodes, &name, true, true);
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        },
+                    }
+                }
+            })
+        })?;
+    Ok((stop_tx, thread))
+}
+
+fn invalidate(notifier: &Notifier, inodes: &Inodes, change: &Change) {
+    let (root_entry, previous_entry) = match change {
+        Change::Added { .. } => (true, false),
+        Change::Rotated { .. } => (false, true),
+        Change::Revoked { .. } => (true, true),
+        Change::PreviousExpired { .. } => (false, true),
+        Change::RefusedRollback { .. } => return,
+    };
+    invalidate_name(notifier, inodes, change.name(), root_entry, previous_entry);
+}
+
+/// Errors are expected and ignored: the kernel answers ENOENT for what it does not cache.
+fn invalidate_name(
+    notifier: &Notifier,
+    inodes: &Inodes,
+    name: &str,
+    root_entry: bool,
+    previous_entry: bool,
+) {
+    use fuser::INodeNo;
+    use std::ffi::OsStr;
+    let _ = notifier.inval_inode(INodeNo(crate::agent::fs::DOTENV), 0, 0);
+    let (Some(cur), Some(prev)) = (
+        inodes.get(name, Which::Current),
+        inodes.get(name, Which::Previous),
+    ) else {
+        return; // never looked up: the kernel holds nothing for it
+    };
+    let _ = notifier.inval_inode(INodeNo(cur), 0, 0);
+    let _ = notifier.inval_inode(INodeNo(prev), 0, 0);
+    if root_entry {
+        let _ = notifier.inval_entry(INodeNo(crate::agent::fs::ROOT), OsStr::new(name));
+    }
+    if previous_entry {
+        let _ = notifier.inval_entry(INodeNo(PREVIOUS_DIR), OsStr::new(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounted_can_live_in_async_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Mounted>();
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
+
+    #[test]
+    fn mountpoint_preparation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a/b/mnt");
+        prepare_mountpoint(&fresh).unwrap();
+        assert!(fresh.is_dir());
+        std::fs::write(fresh.join("f"), b"x").unwrap();
+        assert!(matches!(
+            prepare_mountpoint(&fresh),
+            Err(MountError::NotEmpty { .. })
+        ));
+        assert!(matches!(
+            prepare_mountpoint(&fresh.join("f")),
+            Err(MountError::NotADirectory { .. })
+        ));
+        // /proc is a mount point of its own.
+        let e = prepare_mountpoint(Path::new("/proc")).unwrap_err();
+        assert!(matches!(e, MountError::AlreadyMounted { .. }), "{e}");
+        assert!(e.to_string().contains("proc"), "{e}");
+    }
+}

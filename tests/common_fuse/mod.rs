@@ -1,0 +1,200 @@
+//! Shared helpers for the real-mount FUSE tests: skipping (or failing, with
+//! `FYVAULT_REQUIRE_FUSE=1`) when `/dev/fuse` is missing, a mount guard that always unmounts,
+//! and a populated `AgentState`.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use fyvault::agent::access::Policy;
+use fyvault::agent::audit::Auditor;
+use fyvault::agent::mount::Mounted;
+use fyvault::agent::state::AgentState;
+use fyvault::agent::view::{Update, UpdateState};
+use fyvault::secret::Secret;
+
+/// True when FUSE tests can run. Without `/dev/fuse` they skip (printing why), unless
+/// `FYVAULT_REQUIRE_FUSE=1`, which turns the skip into a failure.
+pub fn fuse_available(test: &str) -> bool {
+    let present = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
+    if !present {
+        if std::env::var("FYVAULT_REQUIRE_FUSE").as_deref() == Ok("1") {
+            panic!("{test}: FYVAULT_REQUIRE_FUSE=1 but /dev/fuse is missing or we are not root");
+        }
+        eprintln!("SKIP {test}: /dev/fuse missing or not root");
+    }
+    present
+}
+
+/// Waits for `cond` with a deadline; panics with `what` when it never holds.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An update making `name` version `version` current, optionally with a previous version in
+/// grace for `grace`.
+pub fn active(
+    name: &str,
+    version: u64,
+    value: &[u8],
+    previous: Option<(u64, &[u8], Duration)>,
+) -> Update {
+    Update {
+        name: name.into(),
+        version,
+        state: UpdateState::Active {
+            value: Secret::copy_from(value),
+            previous: previous.map(|(v, val, g)| (v, Secret::copy_from(val), g)),
+        },
+        updated_at: SystemTime::now(),
+    }
+}
+
+pub fn revoked(name: &str, version: u64) -> Update {
+    Update {
+        name: name.into(),
+        version,
+        state: UpdateState::Revoked,
+        updated_at: SystemTime::now(),
+    }
+}
+
+/// A real mount in a fresh temp dir (traversable by every uid) over a fresh `AgentState`,
+/// with the grace-expiry task running. Dropping it detaches the mount, even when the test
+/// panicked.
+pub struct TestMount {
+    pub state: Arc<AgentState>,
+    pub path: PathBuf,
+    mounted: Option<Mounted>,
+    revision: AtomicU64,
+    rt: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestMount {
+    pub fn new(policy: Policy) -> TestMount {
+        capture_logs();
+        let dir = tempfile::Builder::new()
+            .prefix("fyvault-fuse-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let path = dir.path().join("mnt");
+        let state = AgentState::new(policy, Auditor::disabled());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(state.clone().run_expiry());
+        let mounted = Mounted::start(&path, state.clone()).expect("mount");
+        TestMount {
+            state,
+            path,
+            mounted: Some(mounted),
+            revision: AtomicU64::new(0),
+            rt: Some(rt),
+            _dir: dir,
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn previous(&self, name: &str) -> PathBuf {
+        self.path.join(".previous").join(name)
+    }
+
+    pub fn apply(&self, updates: Vec<Update>) {
+        let rev = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.apply(rev, false, updates);
+    }
+
+    pub fn put(&self, name: &str, version: u64, value: &[u8]) {
+        self.apply(vec![active(name, version, value, None)]);
+    }
+
+    /// Detaches now and waits for the session to end (every file must be closed).
+    pub fn shutdown(&mut self) -> Result<(), fyvault::agent::mount::MountError> {
+        match self.mounted.take() {
+            Some(m) => m.shutdown_timeout(Duration::from_secs(20)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        drop(self.mounted.take()); // lazy detach
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The errno of an I/O result (panics on success).
+pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
+    }
+}
+
+/// Is `path` listed as a mount point in `/proc/self/mounts`?
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+// ---- log capture: the agent's tracing output, so tests can see denial log lines ----------
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("fyvault=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    });
+}
+
+/// Everything the agent logged so far in this test process.
+pub fn logs() -> String {
+    LOGS.get()
+        .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
+        .unwrap_or_default()
+}
