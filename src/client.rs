@@ -117,7 +117,7 @@ pub struct WriteRequest {
     pub secret_name: String,
     pub environment: String,
     pub value: WriteValue,
-    /// Only sent on rotations.
+    /// Only sent on rotations (`push` ignores it: the environment's default grace applies).
     pub grace_period_seconds: Option<u64>,
     /// `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
@@ -374,6 +374,7 @@ impl VaultClient {
         path: String,
         req: &WriteRequest,
     ) -> Result<PushResponse, ClientError> {
+        let rotation = method == Method::PATCH;
         let (value, sealed_value) = match &req.value {
             WriteValue::Plaintext(s) => (Some(s), None),
             WriteValue::Sealed(s) => (None, Some(s.as_str())),
@@ -383,7 +384,8 @@ impl VaultClient {
             environment: &req.environment,
             value,
             sealed_value,
-            grace_period_seconds: req.grace_period_seconds,
+            // The push route does not take a grace period (the environment's default applies).
+            grace_period_seconds: req.grace_period_seconds.filter(|_| rotation),
         };
         let mut buf = Zeroizing::new(Vec::new());
         serde_json::to_writer(&mut *buf, &body)
@@ -598,9 +600,7 @@ impl VaultClient {
             .timeout(REQUEST_TIMEOUT);
         Ok(self.send(req).await?.1)
     }
-}
 
-impl VaultClient {
     /// `GET /api/v1/admin/audit?…` (admin token): every org, plus org-less records.
     pub async fn audit_all(&self, query: &AuditQuery) -> Result<AuditQueryResponse, ClientError> {
         let req = self

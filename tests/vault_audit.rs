@@ -66,6 +66,14 @@ async fn server_records_writes_token_events_and_denials_without_tokens() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(403));
+    // A denial: another provider reaches for K.
+    let (p2, t2) = tv.provider(&f.org, "intruder").await;
+    let e = tv
+        .client(&t2)
+        .push(&f.org, &p2, &write("K", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_secret_owner"));
     // A revoked token used again.
     assert!(
         tv.client(&extra.token)

@@ -133,26 +133,34 @@ impl FromRequestParts<AppState> for Auth {
             None
         };
         if let Some((code, message)) = refusal {
-            record_denial(state, &principal, principal.org_id.clone(), None, code).await;
+            let target = DeniedTarget {
+                org_id: principal.org_id.clone(),
+                environment: principal.environment.clone(),
+                secret: None,
+            };
+            record_denial(state, &principal, target, code).await;
             return Err(ApiError::unauthorized(code, message));
         }
         Ok(Auth(principal))
     }
 }
 
+/// What a denial was about, for its audit record.
+#[derive(Debug, Clone, Default)]
+pub struct DeniedTarget {
+    pub org_id: Option<String>,
+    pub environment: Option<String>,
+    pub secret: Option<String>,
+}
+
 /// Appends a `denied` audit record (failures to record are logged, not fatal).
-pub async fn record_denial(
-    state: &AppState,
-    p: &Principal,
-    org_id: Option<String>,
-    environment: Option<String>,
-    reason: &str,
-) {
+pub async fn record_denial(state: &AppState, p: &Principal, target: DeniedTarget, reason: &str) {
     tracing::info!(token_id = %p.token_id, actor = %p.actor(), reason, "request denied");
     let rec = NewAuditRecord {
         time_ms: now_ms(),
-        org_id,
-        environment,
+        org_id: target.org_id,
+        environment: target.environment,
+        secret: target.secret,
         action: "denied".into(),
         actor: p.actor(),
         source_ip: p.source_ip.clone(),
@@ -163,25 +171,24 @@ pub async fn record_denial(
     }
 }
 
-/// Scope checks. Each failure is a 403 and a `denied` audit record in the token's org.
+/// Scope checks. Each failure is a 403 and a `denied` audit record in the token's own org
+/// (never in the org the token reached for, which may not exist).
 impl Principal {
-    async fn deny(
-        &self,
-        state: &AppState,
-        env: Option<&str>,
-        code: &str,
-        message: String,
-    ) -> ApiError {
-        let env = env.filter(|e| self.environment.as_deref() == Some(*e) || self.org_id.is_some());
-        record_denial(
-            state,
-            self,
-            self.org_id.clone(),
-            env.map(str::to_string),
-            code,
-        )
-        .await;
+    async fn deny(&self, state: &AppState, code: &str, message: impl Into<String>) -> ApiError {
+        let target = DeniedTarget {
+            org_id: self.org_id.clone(),
+            environment: self.environment.clone(),
+            secret: None,
+        };
+        record_denial(state, self, target, code).await;
         ApiError::forbidden(code, message)
+    }
+
+    fn kind_message(&self, wanted: &str) -> String {
+        format!(
+            "this call needs {wanted} token, not a {} token",
+            self.kind.as_str()
+        )
     }
 
     /// A provider token of `org` and `provider`.
@@ -191,104 +198,61 @@ impl Principal {
         org: &str,
         provider: &str,
     ) -> Result<(), ApiError> {
-        if self.kind != TokenKind::Provider {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_token_kind",
-                    format!(
-                        "this call needs a provider token, not an {} token",
-                        self.kind.as_str()
-                    ),
-                )
-                .await);
+        let refusal = if self.kind != TokenKind::Provider {
+            Some(("wrong_token_kind", self.kind_message("a provider")))
+        } else if self.org_id.as_deref() != Some(org) {
+            Some(("wrong_org", "the token belongs to another org".into()))
+        } else if self.provider_id.as_deref() != Some(provider) {
+            Some((
+                "wrong_provider",
+                "the token belongs to another provider".into(),
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some((code, msg)) => Err(self.deny(state, code, msg).await),
+            None => Ok(()),
         }
-        if self.org_id.as_deref() != Some(org) {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_org",
-                    "the token belongs to another org".into(),
-                )
-                .await);
-        }
-        if self.provider_id.as_deref() != Some(provider) {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_provider",
-                    "the token belongs to another provider".into(),
-                )
-                .await);
-        }
-        Ok(())
     }
 
-    /// An agent token of `org` and `env`.
+    /// An agent token of `org` (and of `env` when given).
     pub async fn require_agent(
         &self,
         state: &AppState,
         org: &str,
         env: Option<&str>,
     ) -> Result<(), ApiError> {
-        if self.kind != TokenKind::Agent {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_token_kind",
-                    format!(
-                        "this call needs an agent token, not a {} token",
-                        self.kind.as_str()
-                    ),
-                )
-                .await);
+        let refusal = if self.kind != TokenKind::Agent {
+            Some(("wrong_token_kind", self.kind_message("an agent")))
+        } else if self.org_id.as_deref() != Some(org) {
+            Some(("wrong_org", "the token belongs to another org".into()))
+        } else if env.is_some_and(|e| self.environment.as_deref() != Some(e)) {
+            Some((
+                "wrong_environment",
+                "the agent token belongs to another environment".into(),
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some((code, msg)) => Err(self.deny(state, code, msg).await),
+            None => Ok(()),
         }
-        if self.org_id.as_deref() != Some(org) {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_org",
-                    "the token belongs to another org".into(),
-                )
-                .await);
-        }
-        if let Some(env) = env
-            && self.environment.as_deref() != Some(env)
-        {
-            return Err(self
-                .deny(
-                    state,
-                    None,
-                    "wrong_environment",
-                    "the agent token belongs to another environment".into(),
-                )
-                .await);
-        }
-        Ok(())
     }
 
     /// An admin token.
     pub async fn require_admin(&self, state: &AppState) -> Result<(), ApiError> {
         if self.kind != TokenKind::Admin {
             return Err(self
-                .deny(
-                    state,
-                    None,
-                    "admin_only",
-                    "this call needs an admin token".into(),
-                )
+                .deny(state, "admin_only", "this call needs an admin token")
                 .await);
         }
         Ok(())
     }
 
-    /// Any token allowed to read `org`/`env`'s public key: an admin, a provider of the org,
-    /// or the environment's agent.
+    /// A token allowed to read `org`/`env`'s public key: an admin, a provider of the org, or
+    /// the environment's agent.
     pub async fn require_key_reader(
         &self,
         state: &AppState,
@@ -308,9 +272,8 @@ impl Principal {
             Err(self
                 .deny(
                     state,
-                    None,
                     "wrong_org",
-                    "the token may not read this environment's key".into(),
+                    "the token may not read this environment's key",
                 )
                 .await)
         }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use fyvault::api::{AccessAction, AccessEvent, AccessVia, SecretState};
 use fyvault::crypto::TokenKind;
 use fyvault::vault::store::{
-    AgentBatch, AuditContext, AuditFilter, Environment, Idempotency, NewAuditRecord, Org, Provider,
-    RevokeSecret, Store, StoreError, TokenFilter, TokenRecord, WriteKind, WriteVersion,
+    AgentBatch, AuditContext, AuditFilter, Environment, IDEMPOTENCY_RETENTION_MS, Idempotency,
+    NewAuditRecord, Org, Provider, RevokeSecret, Store, StoreError, TokenFilter, TokenRecord,
+    WriteKind, WriteVersion,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -354,6 +355,12 @@ pub async fn idempotency(store: Arc<dyn Store>) {
     assert_eq!(s.secrets[0].sealed_value.as_deref(), Some("s1"));
     let changed = store.write_version(with_key("p1", "fp2", "s2")).await;
     assert_eq!(changed.unwrap_err(), StoreError::IdempotencyMismatch);
+    // After the retention period the key is forgotten: the same key makes a new version.
+    let mut late = with_key("p1", "fp2", "s3");
+    late.now_ms = T0 + IDEMPOTENCY_RETENTION_MS + 1;
+    let late = store.write_version(late).await.unwrap();
+    assert!(!late.replayed);
+    assert_eq!(late.response.version, 2);
     // Keys are scoped per provider: p2's own key "key-p2" is independent (and p2 does not
     // own K, so it is refused for ownership, not replayed).
     let p2 = store.write_version(with_key("p2", "fp1", "s1")).await;

@@ -14,11 +14,11 @@ use crate::api::{
 use crate::crypto::{self, PublicKey};
 use crate::secret::Secret;
 use crate::vault::AppState;
-use crate::vault::auth::{Auth, Principal};
+use crate::vault::auth::{Auth, DeniedTarget, Principal, record_denial};
 use crate::vault::clock::{fmt_ms, now_ms};
 use crate::vault::error::ApiError;
 use crate::vault::extract::{JsonBody, OptJsonBody, P, Q};
-use crate::vault::store::{Idempotency, RevokeSecret, WriteKind, WriteVersion};
+use crate::vault::store::{Idempotency, RevokeSecret, StoreError, WriteKind, WriteVersion};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -194,7 +194,7 @@ async fn write(
         (None, Some(sealed)) => sealed,
         (None, None) => unreachable!("checked above"),
     };
-    let outcome = state
+    let written = state
         .store
         .write_version(WriteVersion {
             org_id: org.to_string(),
@@ -208,7 +208,9 @@ async fn write(
             now_ms: now_ms(),
             audit: p.audit(),
         })
-        .await?;
+        .await;
+    let outcome =
+        denied_if_not_owner(state, p, org, Some(&w.environment), &w.secret_name, written).await?;
     if let Some(rev) = outcome.revision {
         state.feed.publish(org, &w.environment, rev);
     }
@@ -231,6 +233,26 @@ async fn write(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// Records a `denied` audit event when a provider reached for another provider's secret.
+async fn denied_if_not_owner<T>(
+    state: &AppState,
+    p: &Principal,
+    org: &str,
+    env: Option<&str>,
+    secret: &str,
+    result: Result<T, StoreError>,
+) -> Result<T, ApiError> {
+    if matches!(result, Err(StoreError::NotOwner)) {
+        let target = DeniedTarget {
+            org_id: Some(org.to_string()),
+            environment: env.map(str::to_string),
+            secret: Some(secret.to_string()),
+        };
+        record_denial(state, p, target, "not_secret_owner").await;
+    }
+    result.map_err(ApiError::from)
 }
 
 /// `POST …/orgs/:org_id/providers/:id/push`
@@ -304,7 +326,7 @@ pub async fn revoke(
     };
     check_secret_name(&name)?;
     let now = now_ms();
-    let outcome = state
+    let revoked = state
         .store
         .revoke_secret(RevokeSecret {
             org_id: org.clone(),
@@ -313,7 +335,8 @@ pub async fn revoke(
             now_ms: now,
             audit: p.audit(),
         })
-        .await?;
+        .await;
+    let outcome = denied_if_not_owner(&state, &p, &org, None, &name, revoked).await?;
     for (env, rev) in &outcome.changed {
         state.feed.publish(&org, env, *rev);
     }

@@ -16,6 +16,9 @@ use crate::crypto::TokenKind;
 
 pub mod sqlite;
 
+/// How long an `Idempotency-Key` is remembered (24 h): a retry later than that is a new request.
+pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
 /// The future every store operation returns (object-safe async).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -245,8 +248,9 @@ pub trait Store: Send + Sync + 'static {
     fn count_live_admin_tokens(&self, now_ms: i64) -> StoreFuture<'_, u64>;
 
     // --- secrets
-    /// Writes a new version atomically: idempotency replay or mismatch, ownership, the
-    /// replaced version's grace, the environment's revision, the audit record.
+    /// Writes a new version atomically: idempotency replay or mismatch (keys remembered for
+    /// [`IDEMPOTENCY_RETENTION_MS`]), ownership, the replaced version's grace, the
+    /// environment's revision, the audit record.
     fn write_version(&self, write: WriteVersion) -> StoreFuture<'_, WriteOutcome>;
     /// Revokes a secret name in every environment of the org, with no grace.
     fn revoke_secret(&self, revoke: RevokeSecret) -> StoreFuture<'_, RevokeOutcome>;

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_ms  INTEGER NOT NULL,
     PRIMARY KEY (org_id, provider_id, key_hash)
 );
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency(created_ms);
 CREATE TABLE IF NOT EXISTS audit (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms     INTEGER NOT NULL,

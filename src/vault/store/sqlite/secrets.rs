@@ -7,7 +7,8 @@ use super::{be, i, u};
 use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind, WriteOutcome, WriteVersion,
+    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind,
+    WriteOutcome, WriteVersion,
 };
 
 pub(super) fn write_version_tx(
@@ -15,6 +16,11 @@ pub(super) fn write_version_tx(
     w: &WriteVersion,
 ) -> Result<WriteOutcome, StoreError> {
     if let Some(idem) = &w.idempotency {
+        tx.execute(
+            "DELETE FROM idempotency WHERE created_ms < ?1",
+            [w.now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS)],
+        )
+        .map_err(be)?;
         let prior: Option<(String, String)> = tx
             .query_row(
                 "SELECT fingerprint, response FROM idempotency
