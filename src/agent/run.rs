@@ -320,11 +320,18 @@ async fn start_mount(
             Ok(Some(m))
         }
         Err(e) if optional => {
-            tracing::warn!("no filesystem at {}: {e}; serving the socket only", path.display());
+            let mut reason = e.to_string();
+            if !nix::unistd::geteuid().is_root() {
+                reason.push_str(
+                    " (the agent mounts FUSE itself, with mount(2) and no fusermount3, which \
+                     needs root or CAP_SYS_ADMIN)",
+                );
+            }
+            tracing::warn!("no filesystem at {}: {reason}; serving the socket only", path.display());
             info.set_mount(MountHealth {
                 path: shown,
                 state: "unavailable".into(),
-                reason: Some(e.to_string()),
+                reason: Some(reason),
             });
             Ok(None)
         }
