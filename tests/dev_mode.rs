@@ -49,7 +49,13 @@ impl Dev {
         Self::start_with(Command::new(fyvault()), data, mount, socket, extra)
     }
 
-    fn start_with(mut cmd: Command, data: &Path, mount: &Path, socket: &Path, extra: &[&str]) -> Dev {
+    fn start_with(
+        mut cmd: Command,
+        data: &Path,
+        mount: &Path,
+        socket: &Path,
+        extra: &[&str],
+    ) -> Dev {
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .arg("--mount")
@@ -226,23 +232,36 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
     assert!(f["agent_token"].as_str().unwrap().starts_with("fvagent_"));
     assert_eq!(f["mount_active"], fuse, "{f}");
     for file in ["dev.json", "agent.toml", "agent.token", "admin.token"] {
-        let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{file} is readable by others");
     }
     let printed = dev.stdout().join("\n");
     let sock = socket.to_str().unwrap();
-    assert!(printed.contains(&format!("fyvault get STRIPE_SK --socket {sock}")), "{printed}");
+    assert!(
+        printed.contains(&format!("fyvault get STRIPE_SK --socket {sock}")),
+        "{printed}"
+    );
     assert!(printed.contains("fyvault audit --url"), "{printed}");
     if fuse {
         assert!(
             printed.contains(&format!("cat {}/STRIPE_SK", mount.display())),
             "{printed}"
         );
-        assert!(is_mounted(&mount), "the dev agent mounted {}", mount.display());
+        assert!(
+            is_mounted(&mount),
+            "the dev agent mounted {}",
+            mount.display()
+        );
     }
 
     // The two demo secrets are there.
-    assert_eq!(get("DEMO_GREETING", &socket).unwrap(), b"hello from fyvault");
+    assert_eq!(
+        get("DEMO_GREETING", &socket).unwrap(),
+        b"hello from fyvault"
+    );
     assert!(get("DEMO_DATABASE_URL", &socket).is_some());
 
     // Push and rotate with the printed commands; read through the socket and the mount.
@@ -254,7 +273,10 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
         (get("STRIPE_SK", &socket)? == b"sk_test_first").then_some(())
     });
     if fuse {
-        assert_eq!(std::fs::read(mount.join("STRIPE_SK")).unwrap(), b"sk_test_first");
+        assert_eq!(
+            std::fs::read(mount.join("STRIPE_SK")).unwrap(),
+            b"sk_test_first"
+        );
     }
     sh(&cmds[1]);
     eventually("the rotated value", || {
@@ -263,7 +285,10 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
     let prev = cli(&["get", "STRIPE_SK", "--previous"], &socket);
     assert_eq!(prev.stdout, b"sk_test_first");
     if fuse {
-        assert_eq!(std::fs::read(mount.join("STRIPE_SK")).unwrap(), b"sk_test_second");
+        assert_eq!(
+            std::fs::read(mount.join("STRIPE_SK")).unwrap(),
+            b"sk_test_second"
+        );
         assert_eq!(
             std::fs::read(mount.join(".previous/STRIPE_SK")).unwrap(),
             b"sk_test_first"
@@ -283,9 +308,12 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
     assert!(dev.stop(Signal::SIGINT), "Ctrl-C exits 0");
     assert!(!is_mounted(&mount), "the mount is gone after Ctrl-C");
     assert!(!socket.exists(), "the socket file is removed");
-    let after = serde_json::from_slice::<Value>(&std::fs::read(data.join("dev.json")).unwrap())
-        .unwrap();
-    assert!(after.get("pid").is_none(), "a stopped dev leaves no pid: {after}");
+    let after =
+        serde_json::from_slice::<Value>(&std::fs::read(data.join("dev.json")).unwrap()).unwrap();
+    assert!(
+        after.get("pid").is_none(),
+        "a stopped dev leaves no pid: {after}"
+    );
 
     // Same data dir again: same org, tokens and secrets. SIGTERM stops it as cleanly.
     let dev = Dev::start(&data, &mount, &socket, &[]);
@@ -302,7 +330,10 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
     }
     assert_eq!(get("STRIPE_SK", &socket).unwrap(), b"sk_test_second");
     if fuse {
-        assert_eq!(std::fs::read(mount.join("STRIPE_SK")).unwrap(), b"sk_test_second");
+        assert_eq!(
+            std::fs::read(mount.join("STRIPE_SK")).unwrap(),
+            b"sk_test_second"
+        );
     }
     let again = sh(&dev.curl_commands()[0]);
     assert_eq!(again["version"], 3, "history survived the restart");
@@ -323,8 +354,14 @@ fn dev_no_agent_writes_a_config_for_a_separate_agent() {
     let f = dev.facts();
     let config = PathBuf::from(f["agent_config"].as_str().unwrap());
     let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains(&format!("socket = \"{}\"", socket.display())), "{text}");
-    assert!(text.contains(&format!("mount = \"{}\"", mount.display())), "{text}");
+    assert!(
+        text.contains(&format!("socket = \"{}\"", socket.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("mount = \"{}\"", mount.display())),
+        "{text}"
+    );
     assert!(
         dev.stdout()
             .join("\n")
@@ -338,7 +375,11 @@ fn dev_no_agent_writes_a_config_for_a_separate_agent() {
         let no_fuse = format!("fuse = false\n{text}");
         std::fs::write(&config, no_fuse).unwrap();
     }
-    let mut agent = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut agent = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     struct Kill<'a>(&'a mut Child, &'a Path);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -352,9 +393,14 @@ fn dev_no_agent_writes_a_config_for_a_separate_agent() {
         }
     }
     let guard = Kill(&mut agent, &mount);
-    eventually("the separate agent to serve", || get("DEMO_GREETING", &socket));
+    eventually("the separate agent to serve", || {
+        get("DEMO_GREETING", &socket)
+    });
     if fuse {
-        assert_eq!(std::fs::read(mount.join("DEMO_GREETING")).unwrap(), b"hello from fyvault");
+        assert_eq!(
+            std::fs::read(mount.join("DEMO_GREETING")).unwrap(),
+            b"hello from fyvault"
+        );
     }
     kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).unwrap();
     let status = eventually("the agent to exit", || guard.0.try_wait().unwrap());
@@ -379,7 +425,9 @@ fn dev_as_non_root_runs_socket_only_and_says_why() {
         .status()
         .is_ok_and(|s| s.success());
     if !runs {
-        eprintln!("SKIP dev_as_non_root_runs_socket_only_and_says_why: uid 65534 cannot run the binary here");
+        eprintln!(
+            "SKIP dev_as_non_root_runs_socket_only_and_says_why: uid 65534 cannot run the binary here"
+        );
         return;
     }
     let out = Command::new("setpriv")
@@ -390,7 +438,10 @@ fn dev_as_non_root_runs_socket_only_and_says_why() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("XDG_RUNTIME_DIR") && err.contains("--mount"), "{err}");
+    assert!(
+        err.contains("XDG_RUNTIME_DIR") && err.contains("--mount"),
+        "{err}"
+    );
 
     let dir = open_tempdir();
     let home = dir.path().join("nobody");
@@ -406,7 +457,10 @@ fn dev_as_non_root_runs_socket_only_and_says_why() {
     let printed = dev.stdout().join("\n");
     assert!(printed.contains("mount:        none: "), "{printed}");
     assert!(printed.contains("socket only"), "{printed}");
-    assert!(!printed.contains("cat "), "no cat command without a mount: {printed}");
+    assert!(
+        !printed.contains("cat "),
+        "no cat command without a mount: {printed}"
+    );
     assert_eq!(dev.facts()["mount_active"], false);
     // The user who runs dev mode reads its secrets (a rule grants them).
     let got = Command::new("setpriv")
@@ -415,7 +469,12 @@ fn dev_as_non_root_runs_socket_only_and_says_why() {
         .arg(&socket)
         .output()
         .unwrap();
-    assert_eq!(got.stdout, b"hello from fyvault", "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(
+        got.stdout,
+        b"hello from fyvault",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     let status = cli(&["status"], &socket);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("unavailable: "), "{text}");

@@ -269,11 +269,8 @@ fn start_auditor(
     ac.backoff_initial = tuning.backoff_initial;
     ac.backoff_max = tuning.backoff_max;
     ac.spool_max_bytes = tuning.spool_max_bytes;
-    let auditor = Auditor::start(
-        ac,
-        VaultUplink::new(client.clone(), config.org_id.clone()),
-    )
-    .map_err(err)?;
+    let auditor =
+        Auditor::start(ac, VaultUplink::new(client.clone(), config.org_id.clone())).map_err(err)?;
     let st = auditor.stats();
     tracing::info!(
         agent_id,
@@ -327,7 +324,10 @@ async fn start_mount(
                      needs root or CAP_SYS_ADMIN)",
                 );
             }
-            tracing::warn!("no filesystem at {}: {reason}; serving the socket only", path.display());
+            tracing::warn!(
+                "no filesystem at {}: {reason}; serving the socket only",
+                path.display()
+            );
             info.set_mount(MountHealth {
                 path: shown,
                 state: "unavailable".into(),

@@ -73,7 +73,10 @@ fn is_root() -> bool {
 }
 
 /// `--mount` / `--socket`, or their defaults: `/run/…` as root, `$XDG_RUNTIME_DIR/…` otherwise.
-fn agent_paths(mount: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn agent_paths(
+    mount: Option<PathBuf>,
+    socket: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let base = || -> anyhow::Result<PathBuf> {
         if is_root() {
             return Ok(PathBuf::from("/run"));
@@ -135,7 +138,9 @@ fn dev_readers() -> Vec<u32> {
     if me != 0 {
         uids.push(me);
     }
-    if let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok())
+    if let Some(uid) = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse::<u32>().ok())
         && uid != 0
         && !uids.contains(&uid)
     {
@@ -258,13 +263,7 @@ fn print_walkthrough(
     print!("{}", dev::curl_commands(facts));
     println!();
     println!("Read the value as an app would:");
-    let no_mount = matches!(
-        agent,
-        AgentState::Running {
-            mounted: None,
-            ..
-        }
-    );
+    let no_mount = matches!(agent, AgentState::Running { mounted: None, .. });
     if !no_mount {
         println!("  cat {}", shell(&mount.join("STRIPE_SK")));
     }

@@ -212,7 +212,9 @@ fn audit_line(a: &AuditHealth) -> String {
         a.backlog_events + a.pending_events,
         bytes(a.backlog_bytes),
         bytes(a.spool_max_bytes),
-        a.last_shipped_at.as_deref().unwrap_or("never (since start)"),
+        a.last_shipped_at
+            .as_deref()
+            .unwrap_or("never (since start)"),
         a.shipped_total,
         a.dropped_total,
         a.corrupt_skipped,
@@ -246,7 +248,10 @@ mod tests {
             corrupt_skipped: 5,
         };
         let l = audit_line(&a);
-        assert!(l.starts_with("audit: 3 events waiting (2.0 KiB of 64.0 MiB), last shipped never"), "{l}");
+        assert!(
+            l.starts_with("audit: 3 events waiting (2.0 KiB of 64.0 MiB), last shipped never"),
+            "{l}"
+        );
         assert!(l.contains("4 dropped, 5 corrupt skipped; shipping failing since 2025-01-01T00:00:00Z: vault unreachable"), "{l}");
         a.enabled = false;
         assert_eq!(audit_line(&a), "audit: off");

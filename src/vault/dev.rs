@@ -73,7 +73,10 @@ impl std::fmt::Debug for DevFacts {
             .field("provider_id", &self.provider_id)
             .field("provider_token", &"[REDACTED]")
             .field("admin_token", &"[REDACTED]")
-            .field("agent_token", &self.agent_token.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "agent_token",
+                &self.agent_token.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("environment_key_file", &self.environment_key_file)
             .field("agent_config", &self.agent_config)
             .field("mount", &self.mount)

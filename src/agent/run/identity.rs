@@ -34,13 +34,23 @@ fn valid(id: &str) -> bool {
 }
 
 /// The id derived for a first start (see the module docs).
-fn derive(host: Option<&str>, machine_id: Option<&[u8]>, org: &str, env: &str, state: &Path) -> String {
+fn derive(
+    host: Option<&str>,
+    machine_id: Option<&[u8]>,
+    org: &str,
+    env: &str,
+    state: &Path,
+) -> String {
     let mut h = Sha256::new();
     match machine_id {
         Some(m) => h.update(m.trim_ascii()),
         None => h.update(rand::random::<[u8; 32]>()),
     }
-    for part in [org.as_bytes(), env.as_bytes(), state.as_os_str().as_encoded_bytes()] {
+    for part in [
+        org.as_bytes(),
+        env.as_bytes(),
+        state.as_os_str().as_encoded_bytes(),
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -73,7 +83,9 @@ pub fn agent_id(state_dir: &Path, org: &str, env: &str) -> std::io::Result<Strin
         Err(e) => return Err(e),
     }
     let machine_id = std::fs::read("/etc/machine-id").ok();
-    let state = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
+    let state = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_owned());
     let id = derive(
         host_name().as_deref(),
         machine_id.as_deref().filter(|m| !m.trim_ascii().is_empty()),
@@ -97,11 +109,23 @@ mod tests {
         let a = derive(Some("web 1.example"), Some(b"abc\n"), "org_a", "prod", p);
         assert!(valid(&a), "{a}");
         assert!(a.starts_with("web_1.example-"));
-        assert_eq!(a, derive(Some("web 1.example"), Some(b"abc"), "org_a", "prod", p));
-        assert_ne!(a, derive(Some("web 1.example"), Some(b"abc"), "org_a", "dev", p));
+        assert_eq!(
+            a,
+            derive(Some("web 1.example"), Some(b"abc"), "org_a", "prod", p)
+        );
         assert_ne!(
             a,
-            derive(Some("web 1.example"), Some(b"abc"), "org_a", "prod", Path::new("/x"))
+            derive(Some("web 1.example"), Some(b"abc"), "org_a", "dev", p)
+        );
+        assert_ne!(
+            a,
+            derive(
+                Some("web 1.example"),
+                Some(b"abc"),
+                "org_a",
+                "prod",
+                Path::new("/x")
+            )
         );
         assert!(valid(&derive(None, None, "o", "e", p)));
         assert!(valid(&derive(Some(&"h".repeat(300)), None, "o", "e", p)));

@@ -53,7 +53,10 @@ pub fn reload_and_log(current: &mut AgentConfig, state: &AgentState) -> Option<R
 
 fn log_report(path: &Path, r: &ReloadReport) {
     if r.policy_changes.is_empty() {
-        tracing::info!("config reloaded from {}: access rules unchanged", path.display());
+        tracing::info!(
+            "config reloaded from {}: access rules unchanged",
+            path.display()
+        );
     } else {
         tracing::info!(
             "config reloaded from {}: access rules changed: {}",
