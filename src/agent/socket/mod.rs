@@ -43,6 +43,8 @@ pub struct RunInfo {
     pub mlock: RwLock<MlockStatus>,
     /// When the last sync answer was applied.
     pub last_sync: RwLock<Option<SystemTime>>,
+    /// The FUSE mount as `run` left it (None until `run` says).
+    pub mount: RwLock<Option<wire::MountHealth>>,
 }
 
 impl RunInfo {
@@ -53,7 +55,16 @@ impl RunInfo {
             started_at: SystemTime::now(),
             mlock: RwLock::new(MlockStatus::Off),
             last_sync: RwLock::new(None),
+            mount: RwLock::new(None),
         }
+    }
+
+    pub fn set_mount(&self, m: wire::MountHealth) {
+        *self.mount.write().expect("info lock") = Some(m);
+    }
+
+    pub fn mount(&self) -> Option<wire::MountHealth> {
+        self.mount.read().expect("info lock").clone()
     }
 
     pub fn set_mlock(&self, m: MlockStatus) {
