@@ -71,14 +71,17 @@ struct Baseline {
 impl Baseline {
     fn start(dir: &Path) -> Baseline {
         let socket = dir.join("baseline.sock");
-        let child = Command::new(std::env::current_exe().unwrap())
-            .env(BASELINE_ENV, &socket)
-            .spawn()
-            .expect("start the baseline server");
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(BASELINE_ENV, &socket);
+        cleanup::clean_signal_mask(&mut cmd);
+        let child = cmd.spawn().expect("start the baseline server");
         cleanup::register_child(child.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the baseline server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "the baseline server did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Baseline { child, socket }
@@ -95,7 +98,9 @@ impl Drop for Baseline {
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect(sock: &Path) -> Sender {
-    let stream = tokio::net::UnixStream::connect(sock).await.expect("connect");
+    let stream = tokio::net::UnixStream::connect(sock)
+        .await
+        .expect("connect");
     let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -133,7 +138,12 @@ async fn one_client(sock: &Path, path: &str, n: usize, out: &mut Samples) {
 
 /// `clients` connections, each sending requests back to back for `duration`; returns (requests,
 /// wall time).
-async fn many_clients(sock: &Path, path: &str, clients: usize, duration: Duration) -> (u64, Duration) {
+async fn many_clients(
+    sock: &Path,
+    path: &str,
+    clients: usize,
+    duration: Duration,
+) -> (u64, Duration) {
     let mut senders = Vec::new();
     for _ in 0..clients {
         let mut tx = connect(sock).await;
@@ -169,7 +179,10 @@ fn main() {
         return;
     }
     support::install_cleanup();
-    print_header("socket", "GET /v1/secrets/NAME over the Unix socket, keep-alive");
+    print_header(
+        "socket",
+        "GET /v1/secrets/NAME over the Unix socket, keep-alive",
+    );
 
     let setup = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -197,13 +210,22 @@ fn main() {
 
     let servers: [(&str, &str, &Path); 2] = [
         ("fyvault", "fyvault agent", agent.socket.as_path()),
-        ("baseline", "bare hyper (baseline)", baseline.socket.as_path()),
+        (
+            "baseline",
+            "bare hyper (baseline)",
+            baseline.socket.as_path(),
+        ),
     ];
     let mut lat: Vec<Samples> = vec![Samples::new(), Samples::new()];
     let mut rate: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
         for (i, (_, _, sock)) in servers.iter().enumerate() {
-            single.block_on(one_client(sock, &secret_path, ONE_CLIENT_REQUESTS, &mut lat[i]));
+            single.block_on(one_client(
+                sock,
+                &secret_path,
+                ONE_CLIENT_REQUESTS,
+                &mut lat[i],
+            ));
             let (n, wall) = multi.block_on(many_clients(sock, &secret_path, MANY, MANY_DURATION));
             rate[i].push(n as f64 / wall.as_secs_f64());
         }
@@ -217,7 +239,13 @@ fn main() {
     };
     let mut table = Table::new(
         "socket: GET /v1/secrets/NAME (64-byte value), keep-alive",
-        &["server", "1 client p50", "1 client p99", "16 clients", "target"],
+        &[
+            "server",
+            "1 client p50",
+            "1 client p99",
+            "16 clients",
+            "target",
+        ],
     );
     let mut rows = Vec::new();
     for (i, (key, label, _)) in servers.iter().enumerate() {
@@ -228,7 +256,12 @@ fn main() {
             fmt_dur(p50),
             fmt_dur(p99),
             fmt_rate(r),
-            if i == 0 { "p50 ≤ 30 µs; ≥ 60,000/s" } else { "" }.into(),
+            if i == 0 {
+                "p50 ≤ 30 µs; ≥ 60,000/s"
+            } else {
+                ""
+            }
+            .into(),
         ]);
         rows.push(json!({
             "server": key,

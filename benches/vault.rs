@@ -85,13 +85,14 @@ async fn fanout(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.held_long_polls(&org, &env) < n {
-        assert!(Instant::now() < deadline, "the vault never held {n} long-polls");
+        assert!(
+            Instant::now() < deadline,
+            "the vault never held {n} long-polls"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let sent = Instant::now();
-    world
-        .push("FANOUT_KEY", &value64(round))
-        .await;
+    world.push("FANOUT_KEY", &value64(round)).await;
     let answered = Instant::now();
     let mut reach = Samples::with_capacity(n);
     let mut revision = since;
@@ -106,7 +107,10 @@ async fn fanout(
 
 fn main() {
     support::install_cleanup();
-    print_header("vault", "pushes/s with 8 providers; one push reaching 1,000 long-polls");
+    print_header(
+        "vault",
+        "pushes/s with 8 providers; one push reaching 1,000 long-polls",
+    );
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,9 +162,9 @@ fn main() {
                 let req = fyvault::client::WriteRequest {
                     secret_name: format!("P{c}_S{}", i as usize % NAMES_PER_PROVIDER),
                     environment: env,
-                    value: fyvault::client::WriteValue::Plaintext(
-                        fyvault::secret::Secret::new(value64(i)),
-                    ),
+                    value: fyvault::client::WriteValue::Plaintext(fyvault::secret::Secret::new(
+                        value64(i),
+                    )),
                     grace_period_seconds: None,
                     idempotency_key: None,
                 };
@@ -173,7 +177,11 @@ fn main() {
         move |c: usize, _i: u64| {
             let (providers, org, env) = (providers.clone(), org.clone(), env.clone());
             async move {
-                providers[c].0.public_key(&org, &env).await.expect("public key");
+                providers[c]
+                    .0
+                    .public_key(&org, &env)
+                    .await
+                    .expect("public key");
             }
         }
     };
@@ -218,8 +226,13 @@ fn main() {
     let mut one = Samples::new();
     let mut fan_push = Samples::new();
     for round in 0..FANOUT_ROUNDS {
-        let (push, mut reach, rev) =
-            client_rt.block_on(fanout(&world, &server, WAITERS, since, round as u64 * 2 + 1));
+        let (push, mut reach, rev) = client_rt.block_on(fanout(
+            &world,
+            &server,
+            WAITERS,
+            since,
+            round as u64 * 2 + 1,
+        ));
         since = rev;
         fan_push.push(push);
         many_max.push(reach.max());

@@ -21,8 +21,8 @@ fn lock<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
 }
 
 /// Call first thing in `main`, before any thread is started: signals are then taken by one
-/// thread (every later thread inherits the blocked mask; children get a clean mask from
-/// `std::process`), and a panic anywhere cleans up too.
+/// thread (every later thread inherits the blocked mask; children are given a clean mask by
+/// [`clean_signal_mask`]), and a panic anywhere cleans up too.
 pub fn install_cleanup() {
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -44,6 +44,17 @@ pub fn install_cleanup() {
         default(info);
         cleanup_all();
     }));
+}
+
+/// Children must not inherit the blocked signals of [`install_cleanup`] (they would ignore
+/// SIGTERM): unblock them between fork and exec.
+pub fn clean_signal_mask(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // pthread_sigmask, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
+    }
 }
 
 /// Stops every registered child (SIGTERM, then SIGKILL after 10 s) and detaches every
@@ -137,8 +148,13 @@ pub struct MountGuard {
 
 impl MountGuard {
     pub fn start(path: &Path, state: Arc<AgentState>) -> MountGuard {
+        Self::start_with_threads(path, state, fyvault::agent::mount::FUSE_THREADS)
+    }
+
+    pub fn start_with_threads(path: &Path, state: Arc<AgentState>, threads: usize) -> MountGuard {
         register_mount(path);
-        let mounted = Mounted::start(path, state).expect("mount (needs root and /dev/fuse)");
+        let mounted = Mounted::start_with_threads(path, state, threads)
+            .expect("mount (needs root and /dev/fuse)");
         MountGuard {
             mounted: Some(mounted),
             path: path.to_owned(),

@@ -3,8 +3,11 @@
 #![allow(dead_code)] // each benchmark uses a different part
 
 pub mod cleanup;
+pub mod floor_fs;
 pub mod report;
 pub mod world;
 
+#[allow(unused_imports)]
 pub use cleanup::{MountGuard, install_cleanup};
+#[allow(unused_imports)]
 pub use report::{Report, Samples, Table, fmt_dur, fmt_rate};

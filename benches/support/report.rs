@@ -73,7 +73,9 @@ impl Samples {
 
     pub fn min(&mut self) -> Duration {
         self.sort();
-        self.ns.first().map_or(Duration::ZERO, |n| Duration::from_nanos(*n))
+        self.ns
+            .first()
+            .map_or(Duration::ZERO, |n| Duration::from_nanos(*n))
     }
 
     /// `{"n", "p50_us", "p99_us", "max_us"}`.
@@ -268,6 +270,24 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
+}
+
+/// `RssAnon`, `RssFile`, `RssShmem` (bytes) and `Threads` of `pid`.
+pub fn memory_breakdown(pid: u32) -> serde_json::Value {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    json!({
+        "rss_anon_bytes": field("RssAnon:") * 1024,
+        "rss_file_bytes": field("RssFile:") * 1024,
+        "rss_shmem_bytes": field("RssShmem:") * 1024,
+        "vm_lck_bytes": field("VmLck:") * 1024,
+        "threads": field("Threads:"),
+    })
 }
 
 /// `12.3 MB` (MiB).

@@ -41,6 +41,7 @@ pub fn write_private(path: &Path, content: &[u8]) {
 pub type Log = Arc<Mutex<String>>;
 
 fn spawn_logged(mut cmd: Command, log: &Log) -> (Child, std::sync::mpsc::Receiver<String>) {
+    cleanup::clean_signal_mask(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -319,6 +320,7 @@ pub fn value64(i: u64) -> Vec<u8> {
 /// `fyvault agent` in a subprocess; ready when it sent `READY=1` to our notify socket.
 pub struct AgentProc {
     child: Child,
+    stopped: bool,
     pub socket: PathBuf,
     pub mount: PathBuf,
     /// From spawn to `READY=1`.
@@ -340,7 +342,19 @@ impl AgentProc {
         let mount = dir.join("mnt");
         let guard = ForeignMount::new(&mount);
         let log = Log::default();
-        let mut cmd = Command::new(fyvault_bin());
+        let mut cmd = if std::env::var_os("FOOTPRINT_NO_MLOCK").is_some() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--bounding-set=-ipc_lock",
+                "--inh-caps=-ipc_lock",
+                "prlimit",
+                "--memlock=0:0",
+            ])
+            .arg(fyvault_bin());
+            c
+        } else {
+            Command::new(fyvault_bin())
+        };
         cmd.arg("agent")
             .arg("--config")
             .arg(config)
@@ -372,6 +386,7 @@ impl AgentProc {
         };
         AgentProc {
             child,
+            stopped: false,
             socket: dir.join("agent.sock"),
             mount,
             ready_after,
@@ -386,9 +401,16 @@ impl AgentProc {
 
     /// Stops the agent (SIGTERM) and waits; true if it exited 0.
     pub fn stop(&mut self) -> bool {
+        if std::mem::replace(&mut self.stopped, true) {
+            return true;
+        }
         let status = cleanup::stop_pid(self.child.id(), Duration::from_secs(20));
         cleanup::unregister_child(self.child.id());
-        matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0)))
+        let ok = matches!(status, Some(nix::sys::wait::WaitStatus::Exited(_, 0)));
+        if !ok {
+            eprintln!("the agent ended with {status:?}");
+        }
+        ok
     }
 }
 
