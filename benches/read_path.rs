@@ -387,7 +387,11 @@ fn main() {
     let mut rows = Vec::new();
     for op in ops {
         for &c in &concurrency {
-            let base_p50 = figures.get_mut(&(op, c, "tmpfs".into())).unwrap().samples.p50();
+            let base_p50 = figures
+                .get_mut(&(op, c, "tmpfs".into()))
+                .unwrap()
+                .samples
+                .p50();
             for t in &targets {
                 let f = figures.get_mut(&(op, c, t.key.clone())).unwrap();
                 let p50 = f.samples.p50();

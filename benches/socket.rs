@@ -20,7 +20,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use support::report::{print_header, us};
+use support::report::{cpu_ns, print_header, us};
 use support::world::{AgentProc, World, open_tempdir, value64};
 use support::{Report, Samples, Table, cleanup, fmt_dur, fmt_rate};
 
@@ -33,10 +33,32 @@ const BASELINE_ENV: &str = "FYVAULT_BENCH_BASELINE_SOCKET";
 
 /// The baseline server: hyper, HTTP/1.1, keep-alive, 64 bytes for every request.
 fn baseline_server(path: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = if std::env::var_os("FYVAULT_BENCH_BASELINE_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    if std::env::var_os("FYVAULT_BENCH_BASELINE_AXUM").is_some() {
+        rt.block_on(async {
+            let listener = tokio::net::UnixListener::bind(path).unwrap();
+            let body = Bytes::from(value64(1));
+            let app = axum::Router::new().route(
+                "/v1/secrets/{name}",
+                axum::routing::get(move || {
+                    let body = body.clone();
+                    async move { body }
+                }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+        return;
+    }
     rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let body = Bytes::from(value64(1));
@@ -69,10 +91,28 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn start(dir: &Path) -> Baseline {
-        let socket = dir.join("baseline.sock");
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Baseline {
+    fn start(dir: &Path, axum: bool) -> Baseline {
+        Self::start_variant(dir, axum, false)
+    }
+
+    fn start_variant(dir: &Path, axum: bool, current_thread: bool) -> Baseline {
+        let socket = dir.join(format!("baseline-{axum}-{current_thread}.sock"));
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.env(BASELINE_ENV, &socket);
+        if axum {
+            cmd.env("FYVAULT_BENCH_BASELINE_AXUM", "1");
+        }
+        if current_thread {
+            cmd.env("FYVAULT_BENCH_BASELINE_CURRENT_THREAD", "1");
+        } else {
+            cmd.env_remove("FYVAULT_BENCH_BASELINE_CURRENT_THREAD");
+        }
         cleanup::clean_signal_mask(&mut cmd);
         let child = cmd.spawn().expect("start the baseline server");
         cleanup::register_child(child.id());
@@ -194,7 +234,11 @@ fn main() {
     let dir = open_tempdir("fyvault-bench-socket-");
     let config = world.agent_config(dir.path(), false, 30);
     let agent = AgentProc::start(dir.path(), &config, "warn");
-    let baseline = Baseline::start(dir.path());
+    let baseline = Baseline::start(dir.path(), false);
+    let axum_base =
+        std::env::var_os("SOCKET_AXUM_BASELINE").map(|_| Baseline::start(dir.path(), true));
+    let ct_base = std::env::var_os("SOCKET_CURRENT_THREAD_BASELINE")
+        .map(|_| Baseline::start_variant(dir.path(), false, true));
     let secret_path = format!("/v1/secrets/{SECRET}");
 
     // Client runtimes: one thread for the single client, two for the 16.
@@ -208,26 +252,78 @@ fn main() {
         .build()
         .unwrap();
 
-    let servers: [(&str, &str, &Path); 2] = [
-        ("fyvault", "fyvault agent", agent.socket.as_path()),
+    // Profiling aid: `SOCKET_PROFILE_SECONDS=N` only drives one client against the agent for N
+    // seconds (attach `perf record -p PID` to the pid printed).
+    if let Some(secs) = std::env::var("SOCKET_PROFILE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let (pid, sock) = if std::env::var_os("SOCKET_PROFILE_BASELINE").is_some() {
+            (baseline.pid(), baseline.socket.as_path())
+        } else {
+            (agent.pid(), agent.socket.as_path())
+        };
+        eprintln!("agent pid {pid}");
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut s = Samples::new();
+        while Instant::now() < until {
+            single.block_on(one_client(sock, &secret_path, 10_000, &mut s));
+        }
+        eprintln!("p50 {}", fmt_dur(s.p50()));
+        return;
+    }
+    let mut servers: Vec<(&str, &str, &Path, u32)> = vec![
+        (
+            "fyvault",
+            "fyvault agent",
+            agent.socket.as_path(),
+            agent.pid(),
+        ),
         (
             "baseline",
             "bare hyper (baseline)",
             baseline.socket.as_path(),
+            baseline.pid(),
         ),
     ];
-    let mut lat: Vec<Samples> = vec![Samples::new(), Samples::new()];
-    let mut rate: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    if let Some(a) = &axum_base {
+        servers.push((
+            "axum",
+            "axum::serve, constant handler",
+            a.socket.as_path(),
+            a.pid(),
+        ));
+    }
+    if let Some(a) = &ct_base {
+        servers.push((
+            "baseline_current_thread",
+            "bare hyper, current_thread runtime",
+            a.socket.as_path(),
+            a.pid(),
+        ));
+    }
+    let mut lat: Vec<Samples> = servers.iter().map(|_| Samples::new()).collect();
+    let mut rate: Vec<Vec<f64>> = servers.iter().map(|_| Vec::new()).collect();
+    // Server CPU per request: (ns, requests) for one client and for 16.
+    let mut cpu1: Vec<(u64, u64)> = servers.iter().map(|_| (0, 0)).collect();
+    let mut cpu16: Vec<(u64, u64)> = servers.iter().map(|_| (0, 0)).collect();
     for round in 0..ROUNDS {
-        for (i, (_, _, sock)) in servers.iter().enumerate() {
+        for (i, (_, _, sock, pid)) in servers.iter().enumerate() {
+            let c0 = cpu_ns(*pid);
             single.block_on(one_client(
                 sock,
                 &secret_path,
                 ONE_CLIENT_REQUESTS,
                 &mut lat[i],
             ));
+            let c1 = cpu_ns(*pid);
+            // +20: the warm-up requests of `one_client`.
+            cpu1[i].0 += c1 - c0;
+            cpu1[i].1 += ONE_CLIENT_REQUESTS as u64 + 20;
             let (n, wall) = multi.block_on(many_clients(sock, &secret_path, MANY, MANY_DURATION));
             rate[i].push(n as f64 / wall.as_secs_f64());
+            cpu16[i].0 += cpu_ns(*pid) - c1;
+            cpu16[i].1 += n + MANY as u64;
         }
         eprint!("\rround {}/{ROUNDS}", round + 1);
     }
@@ -244,18 +340,21 @@ fn main() {
             "1 client p50",
             "1 client p99",
             "16 clients",
+            "server CPU/request (1 client; 16)",
             "target",
         ],
     );
     let mut rows = Vec::new();
-    for (i, (key, label, _)) in servers.iter().enumerate() {
+    for (i, (key, label, _, _)) in servers.iter().enumerate() {
         let r = median(&mut rate[i]);
         let (p50, p99) = (lat[i].p50(), lat[i].p99());
+        let per = |(ns, n): (u64, u64)| Duration::from_nanos(ns / n.max(1));
         table.row(vec![
             (*label).into(),
             fmt_dur(p50),
             fmt_dur(p99),
             fmt_rate(r),
+            format!("{}; {}", fmt_dur(per(cpu1[i])), fmt_dur(per(cpu16[i]))),
             if i == 0 {
                 "p50 ≤ 30 µs; ≥ 60,000/s"
             } else {
@@ -268,6 +367,10 @@ fn main() {
             "one_client": {"p50_us": us(p50), "p99_us": us(p99), "n": lat[i].len()},
             "clients_16_requests_per_s": r.round(),
             "clients_16_rounds": rate[i].iter().map(|x| x.round()).collect::<Vec<_>>(),
+            "server_cpu_per_request_us": {
+                "one_client": us(per(cpu1[i])),
+                "clients_16": us(per(cpu16[i])),
+            },
         }));
     }
     table.print();
@@ -279,6 +382,8 @@ fn main() {
     report.set("rounds", json!(ROUNDS));
     report.set("results", json!(rows));
     report.write();
+    drop(ct_base);
+    drop(axum_base);
     drop(baseline);
     drop(agent);
 }

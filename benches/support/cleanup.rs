@@ -168,10 +168,10 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if let Some(m) = self.mounted.take() {
-            if let Err(e) = m.shutdown_timeout(Duration::from_secs(10)) {
-                eprintln!("unmount {}: {e}", self.path.display());
-            }
+        if let Some(m) = self.mounted.take()
+            && let Err(e) = m.shutdown_timeout(Duration::from_secs(10))
+        {
+            eprintln!("unmount {}: {e}", self.path.display());
         }
         detach(&self.path);
         unregister_mount(&self.path);
