@@ -61,6 +61,20 @@ pub(super) fn row<T>(
 /// Statements kept prepared per connection (the store has about 40 distinct ones).
 const STATEMENT_CACHE: usize = 64;
 
+/// Settings every connection of the store gets: a statement cache, and the query planner
+/// stability guarantee. Without it, this SQLite (built with STAT4) re-prepares a statement
+/// whenever a value bound to a range constraint changes (`changed_rev > ?`, `grace_until_ms >
+/// ?`), i.e. on every sync: parsing and planning again each time.
+pub(super) fn tune(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(be)?;
+    Ok(())
+}
+
 pub(super) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -96,7 +110,7 @@ impl SqliteStore {
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
         create_private_file(path)?;
         let conn = Connection::open(path).map_err(be)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        tune(&conn)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(be)?;
         let mode: String = conn

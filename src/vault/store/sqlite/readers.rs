@@ -38,7 +38,7 @@ impl Readers {
                 c.busy_timeout(std::time::Duration::from_secs(10))
                     .map_err(be)?;
                 c.execute_batch("PRAGMA query_only=ON").map_err(be)?;
-                c.set_prepared_statement_cache_capacity(super::STATEMENT_CACHE);
+                super::tune(&c)?;
                 Ok(Mutex::new(c))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
