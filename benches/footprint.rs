@@ -195,7 +195,7 @@ fn print_smaps(pid: u32) {
             rows.push((kb, current.clone()));
         }
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (kb, what) in rows.iter().take(15) {
         eprintln!("  {kb:>7} kB  {what}");
     }
