@@ -30,6 +30,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--data-dir",
                 data.to_str().unwrap(),
+                // The vault alone: the dev agent is tested in tests/dev_mode.rs.
+                "--no-agent",
             ])
             .args(extra)
             .stdout(Stdio::piped())

@@ -1,28 +1,40 @@
 //! Wiring, readiness, shutdown: the only place that knows every part of the agent.
 //!
 //! Startup order (DESIGN §4.1): config (validated by the caller) → memory hygiene → token and
-//! key → first full sync → mount → bind the socket → `READY=1`. Then the sync loop, the token
-//! file watch, the grace expiry task and the socket server run until shutdown.
+//! key → audit pipeline (spool in `state_dir`) → first full sync → mount (a stale mount left by
+//! a crash is cleaned first) → bind the socket → `READY=1`. Then the sync loop, the token file
+//! watch, the grace expiry task, the socket server, the supervisor (`STATUS=`, `WATCHDOG=1`;
+//! see [`supervise`]) and, in the binary, the `SIGHUP` reload ([`reload`]) run until shutdown.
 //!
 //! Shutdown (SIGTERM/SIGINT, or the future given to [`run`]): `STOPPING=1`, stop accepting on
-//! the socket and end event streams, stop syncing, detach the mount, flush the audit spool,
-//! remove the socket file, zeroize every held value, return.
+//! the socket and end event streams, stop syncing, detach the mount lazily and give open
+//! readers a bounded time to finish, flush the audit spool (bounded), remove the socket file,
+//! zeroize every held value, return.
 //!
 //! Tests start the agent in-process with [`start`] (or [`run`]) and a [`RunOptions`] that
-//! skips process-wide hygiene and shortens timings.
+//! skips process-wide hygiene and signal handling and shortens timings.
+
+mod identity;
+pub mod reload;
+mod supervise;
+
+pub use identity::{AGENT_ID_FILE, host_name};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::agent::audit::Auditor;
+use crate::agent::audit::{AuditConfig, AuditError, Auditor};
 use crate::agent::config::AgentConfig;
 use crate::agent::hygiene::{self, MlockStatus};
+use crate::agent::mount::{MountError, Mounted};
+use crate::agent::ship::VaultUplink;
+use crate::agent::socket::wire::MountHealth;
 use crate::agent::socket::{self, Ctx, RunInfo, SocketError};
 use crate::agent::state::AgentState;
 use crate::agent::sync::{SyncError, SyncTiming, Syncer};
@@ -31,8 +43,41 @@ use crate::agent::view::View;
 use crate::client::{ClientError, ClientOptions, VaultClient};
 use crate::crypto::PrivateKey;
 
+use self::reload::ReloadReport;
+
 /// How long shutdown waits for socket requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for readers of files opened before the mount was detached.
+const MOUNT_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown gives the audit shipper to get the spool acknowledged (what is left is
+/// on disk and shipped at the next start).
+const AUDIT_SHIP_GRACE: Duration = Duration::from_secs(5);
+/// …and the disk half of the audit flush, on top.
+const AUDIT_DISK_GRACE: Duration = Duration::from_secs(5);
+
+/// Audit pipeline knobs (the binary uses the defaults; tests shorten them).
+#[derive(Debug, Clone)]
+pub struct AuditTuning {
+    /// Record and ship access events (off: the disabled auditor).
+    pub enabled: bool,
+    pub coalesce_window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub spool_max_bytes: u64,
+}
+
+impl Default for AuditTuning {
+    fn default() -> Self {
+        let d = AuditConfig::new(Path::new("/"), "x", None);
+        AuditTuning {
+            enabled: true,
+            coalesce_window: d.coalesce_window,
+            backoff_initial: d.backoff_initial,
+            backoff_max: d.backoff_max,
+            spool_max_bytes: d.spool_max_bytes,
+        }
+    }
+}
 
 /// How to run (the binary uses the defaults).
 #[derive(Debug, Clone)]
@@ -43,6 +88,13 @@ pub struct RunOptions {
     pub timing: SyncTiming,
     /// Interval of keep-alive comments on `/v1/events`.
     pub keep_alive: Duration,
+    /// When the mount fails, keep running with the socket only (and say why in the health)
+    /// instead of failing the start. `fyvault dev` sets it; a production agent must mount.
+    pub mount_optional: bool,
+    /// Re-read the config on `SIGHUP` (process-wide: off for in-process tests, which call
+    /// [`Agent::reload`]).
+    pub reload_on_sighup: bool,
+    pub audit: AuditTuning,
 }
 
 impl Default for RunOptions {
@@ -51,15 +103,19 @@ impl Default for RunOptions {
             hygiene: true,
             timing: SyncTiming::default(),
             keep_alive: Duration::from_secs(15),
+            mount_optional: false,
+            reload_on_sighup: true,
+            audit: AuditTuning::default(),
         }
     }
 }
 
 impl RunOptions {
-    /// Options for an agent inside a test process: no process-wide hygiene.
+    /// Options for an agent inside a test process: no process-wide hygiene or signal handling.
     pub fn in_process() -> Self {
         RunOptions {
             hygiene: false,
+            reload_on_sighup: false,
             ..RunOptions::default()
         }
     }
@@ -82,8 +138,14 @@ pub enum RunError {
     Client(ClientError),
     #[error("cannot watch the token file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
+    #[error("audit spool in {path}: {source}")]
+    Audit { path: PathBuf, source: AuditError },
     #[error("first sync: {0}")]
     Sync(#[from] SyncError),
+    #[error("mount: {0}")]
+    Mount(#[from] MountError),
     #[error("socket: {0}")]
     Socket(#[from] SocketError),
     #[error("the socket server failed: {0}")]
@@ -101,14 +163,31 @@ impl Drop for Tasks {
     }
 }
 
+impl Tasks {
+    async fn stop(&mut self) {
+        let tasks = std::mem::take(&mut self.0);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// A started agent: serving, syncing, watching.
 pub struct Agent {
     state: Arc<AgentState>,
     info: Arc<RunInfo>,
+    config: Arc<Mutex<AgentConfig>>,
     socket: PathBuf,
+    mount: Option<Mounted>,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    /// Sync, supervisor, SIGHUP: stopped first on shutdown.
     tasks: Tasks,
+    /// The grace expiry task: runs until the mount's readers are done.
+    expiry: Tasks,
     _token_watch: TokenWatch,
 }
 
@@ -116,6 +195,7 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("socket", &self.socket)
+            .field("mount", &self.mount.as_ref().map(Mounted::path))
             .finish_non_exhaustive()
     }
 }
@@ -162,12 +242,121 @@ async fn check_key(syncer: &Syncer, config: &AgentConfig) -> Result<(), RunError
     }
 }
 
-/// Starts the agent: returns once it is ready (first sync done, socket bound, `READY=1` sent).
-/// Dropping the returned future before then leaves nothing running.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts the access-event pipeline: spool in `STATE_DIR/spool`, shipping through `client`.
+fn start_auditor(
+    config: &AgentConfig,
+    client: &VaultClient,
+    tuning: &AuditTuning,
+) -> Result<Auditor, RunError> {
+    if !tuning.enabled {
+        return Ok(Auditor::disabled());
+    }
+    let err = |source| RunError::Audit {
+        path: config.state_dir.join("spool"),
+        source,
+    };
+    let agent_id = identity::agent_id(&config.state_dir, &config.org_id, &config.environment)
+        .map_err(|source| RunError::StateDir {
+            path: config.state_dir.join(AGENT_ID_FILE),
+            source,
+        })?;
+    let mut ac = AuditConfig::new(&config.state_dir, agent_id.clone(), host_name());
+    ac.coalesce_window = tuning.coalesce_window;
+    ac.backoff_initial = tuning.backoff_initial;
+    ac.backoff_max = tuning.backoff_max;
+    ac.spool_max_bytes = config
+        .audit_spool_max_bytes
+        .unwrap_or(tuning.spool_max_bytes);
+    let auditor =
+        Auditor::start(ac, VaultUplink::new(client.clone(), config.org_id.clone())).map_err(err)?;
+    let st = auditor.stats();
+    tracing::info!(
+        agent_id,
+        backlog_events = st.backlog_events,
+        corrupt_skipped = st.corrupt_skipped,
+        "audit: spool open"
+    );
+    Ok(auditor)
+}
+
+/// Mounts the filesystem (blocking work on the blocking pool). With `optional`, a failure
+/// leaves the agent serving the socket only and says why in the health.
+async fn start_mount(
+    path: Option<&Path>,
+    state: &Arc<AgentState>,
+    info: &RunInfo,
+    optional: bool,
+) -> Result<Option<Mounted>, RunError> {
+    let Some(path) = path else {
+        info.set_mount(MountHealth {
+            path: None,
+            state: "off".into(),
+            reason: None,
+        });
+        return Ok(None);
+    };
+    let (p, st) = (path.to_owned(), state.clone());
+    let result = tokio::task::spawn_blocking(move || Mounted::start(p, st))
+        .await
+        .unwrap_or_else(|e| {
+            Err(MountError::Session {
+                path: path.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    let shown = Some(path.display().to_string());
+    match result {
+        Ok(m) => {
+            info.set_mount(MountHealth {
+                path: shown,
+                state: "mounted".into(),
+                reason: None,
+            });
+            Ok(Some(m))
+        }
+        Err(e) if optional => {
+            let mut reason = e.to_string();
+            if !nix::unistd::geteuid().is_root() {
+                reason.push_str(
+                    " (the agent mounts FUSE itself, with mount(2) and no fusermount3, which \
+                     needs root or CAP_SYS_ADMIN)",
+                );
+            }
+            tracing::warn!(
+                "no filesystem at {}: {reason}; serving the socket only",
+                path.display()
+            );
+            info.set_mount(MountHealth {
+                path: shown,
+                state: "unavailable".into(),
+                reason: Some(reason),
+            });
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Starts the agent: returns once it is ready (first sync done, mounted, socket bound,
+/// `READY=1` sent). Dropping the returned future before then leaves nothing running (a mount
+/// made meanwhile is detached).
 pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, RunError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // Before anything can take long: a SIGHUP must never kill the agent.
+    let hangup = if options.reload_on_sighup {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(RunError::Signal)?,
+        )
+    } else {
+        None
+    };
     let info = Arc::new(RunInfo::new(&config.org_id, &config.environment));
     if options.hygiene {
         let report = hygiene::apply();
@@ -193,11 +382,11 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         source,
     })?;
 
-    // HOOK(audit): the spooling auditor (state_dir + client) replaces the stub here.
-    let auditor = Auditor::disabled();
+    let auditor = start_auditor(&config, &client, &options.audit)?;
     let state = AgentState::new(config.policy.clone(), auditor);
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);
+    let expiry = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);
+    let mut tasks = Tasks(Vec::new());
 
     let token_changed = Arc::new(Notify::new());
     let token_watch = {
@@ -233,13 +422,13 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     );
     check_key(&syncer, &config).await?;
 
-    // HOOK(fuse): mount the filesystem here when `config.mount` is Some (clean a stale mount
-    // first), before the socket is bound and READY is sent:
-    //     let mount = crate::agent::mount::mount(path, state.clone())?;
-    // and keep the handle in `Agent` for the unmount in `shutdown`.
-    if let Some(m) = &config.mount {
-        tracing::debug!("filesystem mount at {} is not wired yet", m.display());
-    }
+    let mount = start_mount(
+        config.mount.as_deref(),
+        &state,
+        &info,
+        options.mount_optional,
+    )
+    .await?;
 
     let listener = socket::bind(&config.socket)?;
     let ctx = Ctx {
@@ -250,31 +439,53 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     };
     let server = tokio::spawn(socket::serve(listener, ctx));
     tasks.0.push(tokio::spawn(syncer.run(revision)));
-    if let Some(interval) = sd_notify::watchdog_enabled() {
+    tasks.0.push(tokio::spawn(
+        supervise::Supervisor {
+            state: state.clone(),
+            info: info.clone(),
+            socket: config.socket.clone(),
+            mount: mount.as_ref().map(|m| m.path().to_owned()),
+            watchdog: sd_notify::watchdog_enabled(),
+            stop: stop_rx.clone(),
+        }
+        .run(),
+    ));
+    let socket_path = config.socket.clone();
+    let config = Arc::new(Mutex::new(config));
+    if let Some(mut hup) = hangup {
+        let (config, state) = (config.clone(), state.clone());
         tasks.0.push(tokio::spawn(async move {
-            loop {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                tokio::time::sleep(interval / 2).await;
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config");
+                let mut msg = vec![sd_notify::NotifyState::Reloading];
+                msg.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                let _ = sd_notify::notify(&msg);
+                reload::reload_and_log(&mut lock(&config), &state);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
         }));
     }
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("ready"),
-    ]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
-        "agent ready: serving {}/{} on {}",
-        config.org_id,
-        config.environment,
-        config.socket.display()
+        "agent ready: serving {}/{} on {}{}",
+        info.org_id,
+        info.environment,
+        socket_path.display(),
+        mount
+            .as_ref()
+            .map(|m| format!(" and {}", m.path().display()))
+            .unwrap_or_default()
     );
     Ok(Agent {
         state,
         info,
-        socket: config.socket,
+        config,
+        socket: socket_path,
+        mount,
         stop,
         server,
         tasks,
+        expiry,
         _token_watch: token_watch,
     })
 }
@@ -292,13 +503,24 @@ impl Agent {
         &self.socket
     }
 
+    /// Where the filesystem is mounted (None: `fuse = false`, or the mount was optional and
+    /// failed).
+    pub fn mount_path(&self) -> Option<&Path> {
+        self.mount.as_ref().map(Mounted::path)
+    }
+
+    /// Re-reads the config file and applies the access rules (what `SIGHUP` does).
+    pub fn reload(&self) -> Result<ReloadReport, crate::agent::config::ConfigError> {
+        reload::reload(&mut lock(&self.config), &self.state)
+    }
+
     /// Orderly shutdown; see the module docs for the order.
     pub async fn shutdown(mut self) -> Result<(), RunError> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down");
         let _ = self.stop.send(true);
-        // Requests in flight get a few seconds; a client that holds its connection longer is
-        // cut off.
+        // 1. The socket: requests in flight get a few seconds; a client that holds its
+        // connection longer is cut off.
         let mut server = self.server;
         let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
             Ok(Ok(r)) => r.map_err(RunError::Serve),
@@ -309,21 +531,45 @@ impl Agent {
                 Ok(())
             }
         };
-        // HOOK(fuse): detach the mount lazily here (open readers finish).
-        // HOOK(audit): flush the audit spool here.
-        let tasks = std::mem::take(&mut self.tasks.0);
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
         if let Err(e) = std::fs::remove_file(&self.socket)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("cannot remove {}: {e}", self.socket.display());
         }
-        // Drop every value now (zeroized), whoever still holds the state.
+        // 2. Sync, supervisor, reload.
+        self.tasks.stop().await;
+        // 3. The mount: detached at once (the path is free), open readers get a bounded time.
+        if let Some(m) = self.mount.take() {
+            let path = m.path().to_owned();
+            self.info.set_mount(MountHealth {
+                path: Some(path.display().to_string()),
+                state: "detached".into(),
+                reason: None,
+            });
+            match tokio::task::spawn_blocking(move || m.shutdown_timeout(MOUNT_GRACE)).await {
+                Ok(Ok(())) => tracing::info!("{} unmounted", path.display()),
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!("unmounting {}: {e}", path.display()),
+            }
+        }
+        self.expiry.stop().await;
+        // 4. The audit spool: everything to disk, a bounded time to ship the rest.
+        let auditor = self.state.auditor.clone();
+        match tokio::time::timeout(
+            AUDIT_SHIP_GRACE + AUDIT_DISK_GRACE,
+            auditor.shutdown(AUDIT_SHIP_GRACE),
+        )
+        .await
+        {
+            Ok(Ok(o)) if o.shipped_all => tracing::info!("audit: everything shipped"),
+            Ok(Ok(o)) => tracing::info!(
+                "audit: {} events kept in the spool; they are shipped at the next start",
+                o.backlog_events
+            ),
+            Ok(Err(e)) => tracing::warn!("audit: flush failed: {e}"),
+            Err(_) => tracing::warn!("audit: the spool did not flush in time"),
+        }
+        // 5. Drop every value now (zeroized), whoever still holds the state.
         *self.state.view.write().expect("view lock") = View::new();
         tracing::info!("stopped");
         served

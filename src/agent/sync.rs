@@ -6,7 +6,8 @@
 //! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
 //! serving and reports `degraded` (since the first failure); it reconnects with capped
 //! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
-//! is reported as such and retried slowly, and at once when the token file changes.
+//! is reported as such and retried slowly, and at once when the token file changes. (systemd's
+//! `STATUS=` line follows the health; `run`'s supervisor sends it.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -309,7 +310,6 @@ impl Syncer {
                     refused.reset();
                     if !was_ready {
                         tracing::info!("vault reachable again; synced to revision {rev}");
-                        run_status("ready");
                         was_ready = true;
                     }
                     self.state.set_health(Health::Ready);
@@ -345,7 +345,6 @@ impl Syncer {
                         tracing::debug!("sync failed again: {e}; next try in {delay:?}");
                     }
                     was_ready = false;
-                    run_status(&format!("degraded: {reason}"));
                     self.state.set_health(Health::Degraded {
                         since: SystemTime::now(),
                         reason,
@@ -365,10 +364,6 @@ impl Syncer {
             }
         }
     }
-}
-
-fn run_status(s: &str) {
-    crate::agent::run::notify_status(s);
 }
 
 fn log_change(c: &Change) {

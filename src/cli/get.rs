@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::agent::config::DEFAULT_SOCKET;
 use crate::agent::hygiene::MlockStatus;
-use crate::agent::socket::wire::{Health, SecretList};
+use crate::agent::socket::wire::{AuditHealth, Health, MountHealth, SecretList};
 use crate::api::ErrorBody;
 
 #[derive(Debug, clap::Args)]
@@ -172,9 +172,100 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "{state}; {}/{} revision {}, {} secrets, {mlock}",
         h.org_id, h.environment, h.revision, h.secrets
     );
+    if let Some(m) = &h.mount {
+        println!("{}", mount_line(m));
+    }
+    if let Some(a) = &h.audit {
+        println!("{}", audit_line(a));
+    }
     Ok(if h.status == "ready" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn mount_line(m: &MountHealth) -> String {
+    let path = m.path.as_deref().unwrap_or("-");
+    match (m.state.as_str(), &m.reason) {
+        ("off", _) => "mount: off (fuse = false)".to_owned(),
+        (state, Some(reason)) => format!("mount: {path} {state}: {reason}"),
+        (state, None) => format!("mount: {path} ({state})"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn audit_line(a: &AuditHealth) -> String {
+    if !a.enabled {
+        return "audit: off".to_owned();
+    }
+    let mut line = format!(
+        "audit: {} events waiting ({} of {}), last shipped {}, {} shipped, {} dropped, {} corrupt \
+         skipped",
+        a.backlog_events + a.pending_events,
+        bytes(a.backlog_bytes),
+        bytes(a.spool_max_bytes),
+        a.last_shipped_at
+            .as_deref()
+            .unwrap_or("never (since start)"),
+        a.shipped_total,
+        a.dropped_total,
+        a.corrupt_skipped,
+    );
+    if let Some(since) = &a.failing_since {
+        line.push_str(&format!(
+            "; shipping failing since {since}: {}",
+            a.last_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let mut a = AuditHealth {
+            enabled: true,
+            pending_events: 1,
+            backlog_events: 2,
+            backlog_bytes: 2048,
+            spool_max_bytes: 64 << 20,
+            last_shipped_at: None,
+            last_error: Some("vault unreachable".into()),
+            failing_since: Some("2025-01-01T00:00:00Z".into()),
+            shipped_total: 0,
+            dropped_total: 4,
+            corrupt_skipped: 5,
+        };
+        let l = audit_line(&a);
+        assert!(
+            l.starts_with("audit: 3 events waiting (2.0 KiB of 64.0 MiB), last shipped never"),
+            "{l}"
+        );
+        assert!(l.contains("4 dropped, 5 corrupt skipped; shipping failing since 2025-01-01T00:00:00Z: vault unreachable"), "{l}");
+        a.enabled = false;
+        assert_eq!(audit_line(&a), "audit: off");
+        let m = MountHealth {
+            path: Some("/run/fyvault".into()),
+            state: "mounted".into(),
+            reason: None,
+        };
+        assert_eq!(mount_line(&m), "mount: /run/fyvault (mounted)");
+        let m = MountHealth {
+            path: Some("/x".into()),
+            state: "unavailable".into(),
+            reason: Some("no /dev/fuse".into()),
+        };
+        assert_eq!(mount_line(&m), "mount: /x unavailable: no /dev/fuse");
+    }
 }

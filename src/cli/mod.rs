@@ -64,13 +64,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Sets up logging to stderr from `FYVAULT_LOG` / `RUST_LOG` (default `info`).
+/// Sets up logging to stderr from `FYVAULT_LOG` / `RUST_LOG` (default `info`); colours only
+/// when stderr is a terminal (never in journald or a captured log).
 pub fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FYVAULT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -1,6 +1,7 @@
 //! The bootstrap of `fyvault dev`: an org, an environment `production` (private key file in the
-//! data dir), a provider with its token, an admin token and a demo secret, remembered in
-//! `DATA_DIR/dev.json` (0600) so a second run on the same data dir keeps everything.
+//! data dir), a provider with its token, an admin token, an agent token and two demo secrets,
+//! remembered in `DATA_DIR/dev.json` (0600) so a second run on the same data dir keeps
+//! everything.
 //!
 //! Other parts (the agent) add their own fields to `dev.json` through [`DevFacts::extra`];
 //! fields this module does not know are kept when it rewrites the file.
@@ -24,8 +25,16 @@ use crate::vault::store::{
 pub const FACTS_FILE: &str = "dev.json";
 /// The environment dev mode creates.
 pub const DEV_ENVIRONMENT: &str = "production";
-/// The demo secret pushed on the first run.
+/// The demo secrets pushed on the first run.
 pub const DEMO_SECRET: &str = "DEMO_GREETING";
+pub const DEMO_SECRET_2: &str = "DEMO_DATABASE_URL";
+const DEMO_VALUES: [(&str, &[u8]); 2] = [
+    (DEMO_SECRET, b"hello from fyvault"),
+    (
+        DEMO_SECRET_2,
+        b"postgres://app:demo-password@127.0.0.1:5432/app",
+    ),
+];
 
 /// What `fyvault dev` set up: written to `DATA_DIR/dev.json`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -36,8 +45,20 @@ pub struct DevFacts {
     pub provider_id: String,
     pub provider_token: String,
     pub admin_token: String,
+    /// An agent token for the environment (absent only in a `dev.json` of an older version;
+    /// [`bootstrap`] then makes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<String>,
     /// The environment's private key (0600), for the agent.
     pub environment_key_file: PathBuf,
+    /// A ready config file for `fyvault agent --config …` (set by the dev command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<PathBuf>,
+    /// Where the dev agent mounts the secrets filesystem, and its socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     /// Fields added by other parts of dev mode, kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -52,7 +73,14 @@ impl std::fmt::Debug for DevFacts {
             .field("provider_id", &self.provider_id)
             .field("provider_token", &"[REDACTED]")
             .field("admin_token", &"[REDACTED]")
+            .field(
+                "agent_token",
+                &self.agent_token.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("environment_key_file", &self.environment_key_file)
+            .field("agent_config", &self.agent_config)
+            .field("mount", &self.mount)
+            .field("socket", &self.socket)
             .finish_non_exhaustive()
     }
 }
@@ -141,12 +169,16 @@ pub async fn bootstrap(
         .map_err(|_| StoreError::Backend("opening the store failed".into()))??;
     let store: Arc<dyn Store> = Arc::new(store);
     let facts = match DevFacts::load(data_dir)? {
-        Some(facts) => {
+        Some(mut facts) => {
             check_facts(&store, &facts, data_dir).await?;
             if let Some(g) = grace {
                 store
                     .set_environment_grace(&facts.org_id, &facts.environment, g)
                     .await?;
+            }
+            if !agent_token_usable(&store, facts.agent_token.as_deref()).await? {
+                facts.agent_token = Some(new_agent_token(&store, &facts.org_id).await?);
+                facts.save(data_dir)?;
             }
             facts
         }
@@ -186,6 +218,34 @@ async fn check_facts(
         return Err(mismatch());
     }
     Ok(())
+}
+
+/// Is `token` a live token in this store?
+async fn agent_token_usable(store: &Arc<dyn Store>, token: Option<&str>) -> Result<bool, DevError> {
+    let Some(token) = token else {
+        return Ok(false);
+    };
+    Ok(store
+        .find_token(&crypto::hash_token(token.as_bytes()))
+        .await?
+        .is_some_and(|rec| rec.revoked_ms.is_none()))
+}
+
+/// A new agent token for the dev environment.
+async fn new_agent_token(store: &Arc<dyn Store>, org_id: &str) -> Result<String, DevError> {
+    let (issued, record) = new_token(
+        TokenKind::Agent,
+        Some(org_id.to_owned()),
+        Some(DEV_ENVIRONMENT.to_owned()),
+        None,
+        &CreateTokenRequest {
+            label: Some("fyvault dev agent".into()),
+            expires_in_seconds: None,
+        },
+    )
+    .map_err(|e| StoreError::Backend(e.message))?;
+    store.create_token(record, system()).await?;
+    Ok(String::from_utf8_lossy(issued.token.expose()).into_owned())
 }
 
 async fn first_run(
@@ -256,31 +316,34 @@ async fn first_run(
     )
     .map_err(|e| StoreError::Backend(e.message))?;
     store.create_token(admin_record, system()).await?;
-    // A demo secret, sealed like any other.
-    let demo = Secret::copy_from(b"hello from fyvault");
-    let sealed = pk
-        .seal(
-            demo.expose(),
-            &crypto::aad(&org.org_id, DEV_ENVIRONMENT, DEMO_SECRET),
-        )
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    store
-        .write_version(WriteVersion {
-            org_id: org.org_id.clone(),
-            environment: DEV_ENVIRONMENT.into(),
-            secret_name: DEMO_SECRET.into(),
-            provider_id: provider_id.clone(),
-            kind: WriteKind::Push,
-            sealed_value: sealed,
-            grace_seconds: None,
-            idempotency: None,
-            now_ms: now,
-            audit: AuditContext {
-                actor: format!("provider:{provider_id}"),
-                source_ip: None,
-            },
-        })
-        .await?;
+    // The demo secrets, sealed like any other.
+    for (name, value) in DEMO_VALUES {
+        let value = Secret::copy_from(value);
+        let sealed = pk
+            .seal(
+                value.expose(),
+                &crypto::aad(&org.org_id, DEV_ENVIRONMENT, name),
+            )
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        store
+            .write_version(WriteVersion {
+                org_id: org.org_id.clone(),
+                environment: DEV_ENVIRONMENT.into(),
+                secret_name: name.into(),
+                provider_id: provider_id.clone(),
+                kind: WriteKind::Push,
+                sealed_value: sealed,
+                grace_seconds: None,
+                idempotency: None,
+                now_ms: now,
+                audit: AuditContext {
+                    actor: format!("provider:{provider_id}"),
+                    source_ip: None,
+                },
+            })
+            .await?;
+    }
+    let agent_token = new_agent_token(store, &org.org_id).await?;
     let text = |s: &Secret| String::from_utf8_lossy(s.expose()).into_owned();
     Ok(DevFacts {
         url: String::new(),
@@ -289,7 +352,11 @@ async fn first_run(
         provider_id,
         provider_token: text(&prov_token.token),
         admin_token: text(&admin_token.token),
+        agent_token: Some(agent_token),
         environment_key_file: key_file,
+        agent_config: None,
+        mount: None,
+        socket: None,
         extra: serde_json::Map::new(),
     })
 }

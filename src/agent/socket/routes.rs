@@ -261,6 +261,8 @@ async fn health(State(ctx): State<Ctx>) -> Response {
         let view = ctx.state.view.read().expect("view lock");
         (view.revision(), view.len())
     };
+    let stats = ctx.state.auditor.stats();
+    let audit = stats.enabled.then(|| wire::AuditHealth::from(stats));
     let body = Health {
         status: status.into(),
         since,
@@ -277,7 +279,9 @@ async fn health(State(ctx): State<Ctx>) -> Response {
             .map(wire::rfc3339),
         started_at: wire::rfc3339(ctx.info.started_at),
         mlock: ctx.info.mlock.read().expect("info lock").clone(),
-        audit_backlog: None,
+        audit_backlog: audit.as_ref().map(|a| a.backlog_events),
+        audit,
+        mount: ctx.info.mount(),
     };
     no_store(Json(body).into_response())
 }

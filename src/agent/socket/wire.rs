@@ -45,9 +45,67 @@ pub struct Health {
     pub last_sync_at: Option<String>,
     pub started_at: String,
     pub mlock: MlockStatus,
-    /// Access events waiting to be shipped to the vault, when known.
+    /// Access events waiting to be shipped to the vault, when known (same as
+    /// `audit.backlog_events`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_backlog: Option<u64>,
+    /// The access-event pipeline's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditHealth>,
+    /// The FUSE mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<MountHealth>,
+}
+
+/// `/v1/health` → `"audit"`: the fields of [`crate::agent::audit::AuditStats`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditHealth {
+    pub enabled: bool,
+    pub pending_events: u64,
+    pub backlog_events: u64,
+    pub backlog_bytes: u64,
+    pub spool_max_bytes: u64,
+    #[serde(default)]
+    pub last_shipped_at: Option<String>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub failing_since: Option<String>,
+    pub shipped_total: u64,
+    pub dropped_total: u64,
+    pub corrupt_skipped: u64,
+}
+
+impl From<crate::agent::audit::AuditStats> for AuditHealth {
+    fn from(s: crate::agent::audit::AuditStats) -> Self {
+        AuditHealth {
+            enabled: s.enabled,
+            pending_events: s.pending_events,
+            backlog_events: s.backlog_events,
+            backlog_bytes: s.backlog_bytes,
+            spool_max_bytes: s.spool_max_bytes,
+            last_shipped_at: s.last_shipped_at,
+            last_error: s.last_error,
+            failing_since: s.failing_since,
+            shipped_total: s.shipped_total,
+            dropped_total: s.dropped_total,
+            corrupt_skipped: s.corrupt_skipped,
+        }
+    }
+}
+
+/// `/v1/health` → `"mount"`: where the secrets filesystem is and how it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountHealth {
+    /// The configured mount point (absent when `fuse = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `mounted`, `off` (`fuse = false`), `unavailable` (could not mount; socket only) or
+    /// `detached` (shutting down).
+    pub state: String,
+    /// Why it is `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The data of every `/v1/events` event (`added`, `updated`, `rotated`, `revoked`, `expired`).
