@@ -2,6 +2,8 @@
 //! data dir, fixtures made through the real admin API, and raw HTTP calls for error cases.
 #![allow(dead_code)]
 
+pub mod concurrency;
+pub mod pg;
 pub mod store_suite;
 
 use std::future::Future;
