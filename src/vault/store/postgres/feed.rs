@@ -87,7 +87,9 @@ impl Drop for PgChangeFeed {
 
 impl ChangeFeed for PgChangeFeed {
     fn subscribe(&self, org_id: &str, env: &str) -> watch::Receiver<u64> {
-        self.local.subscribe(org_id, env)
+        let rx = self.local.subscribe(org_id, env);
+        tracing::debug!(org_id, env, "change feed: subscribed");
+        rx
     }
 
     /// Local waiters learn at once; other instances learn from the NOTIFY the writing
