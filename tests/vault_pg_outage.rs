@@ -77,7 +77,13 @@ async fn push(tv: &TestVault, f: &common::Fixture, value: &str) -> (u16, serde_j
     let started = Instant::now();
     let r = tokio::time::timeout(
         HANG,
-        raw("POST", &url, Some(&tok(&f.provider_token)), Some(&body), &[]),
+        raw(
+            "POST",
+            &url,
+            Some(&tok(&f.provider_token)),
+            Some(&body),
+            &[],
+        ),
     )
     .await
     .expect("a request hung while the database was away");
@@ -134,7 +140,10 @@ async fn database_outage_gives_fast_503s_then_instances_recover() {
             HANG,
             raw(
                 "GET",
-                &format!("{}/api/v1/orgs/{}/environments/{ENV}/sync?since=0", tv.url, f.org),
+                &format!(
+                    "{}/api/v1/orgs/{}/environments/{ENV}/sync?since=0",
+                    tv.url, f.org
+                ),
                 Some(&tok(&f.agent_token)),
                 None,
                 &[],
@@ -145,7 +154,13 @@ async fn database_outage_gives_fast_503s_then_instances_recover() {
         assert_error(&r, 503, "database_unavailable");
         let r = tokio::time::timeout(
             HANG,
-            raw("GET", &format!("{}/api/v1/whoami", tv.url), Some(&tok(&f.agent_token)), None, &[]),
+            raw(
+                "GET",
+                &format!("{}/api/v1/whoami", tv.url),
+                Some(&tok(&f.agent_token)),
+                None,
+                &[],
+            ),
         )
         .await
         .expect("whoami hung");
@@ -201,6 +216,9 @@ async fn database_outage_gives_fast_503s_then_instances_recover() {
         .expect("the long-poll woke")
         .unwrap()
         .unwrap();
-    assert!(got.revision > since, "woken by B's NOTIFY through A's new LISTEN");
+    assert!(
+        got.revision > since,
+        "woken by B's NOTIFY through A's new LISTEN"
+    );
     drop(guard);
 }

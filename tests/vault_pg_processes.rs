@@ -160,7 +160,10 @@ async fn agent_on_one_instance_gets_a_rotation_pushed_through_another() {
             .unwrap();
         // Without fan-out the poll would answer "no change" only after MAX_WAIT_SECONDS.
         let got = poll.await.unwrap().unwrap();
-        assert!(got.revision > since, "the long-poll returned without the change");
+        assert!(
+            got.revision > since,
+            "the long-poll returned without the change"
+        );
         let s = got
             .secrets
             .iter()

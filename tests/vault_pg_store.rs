@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::concurrency as http_suite;
 use common::pg::{TestDb, base_url};
 use common::{ENV, TestVault, assert_error, raw, tok};
-use common::concurrency as http_suite;
 use fyvault::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgOptions, PgStore};
 use fyvault::vault::store::{Store, StoreError};
 use fyvault::vault::sync::{ChangeFeed, LocalChangeFeed};
@@ -85,7 +85,10 @@ async fn migrations_run_once_when_instances_start_together_and_refuse_newer_sche
     }
     let c = db.client().await;
     let rows = c
-        .query("SELECT version, name FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, name FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
@@ -136,7 +139,10 @@ async fn a_write_through_one_instance_wakes_the_feed_of_another() {
         .expect("the NOTIFY reached the other instance")
         .unwrap();
     assert_eq!(*rx.borrow_and_update(), rev);
-    assert!(!other.has_changed().unwrap(), "only the changed environment wakes");
+    assert!(
+        !other.has_changed().unwrap(),
+        "only the changed environment wakes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +162,10 @@ async fn an_unreachable_database_gives_a_fast_503_and_nothing_else() {
     let url = DatabaseUrl::parse(&dead).unwrap();
     let shown = format!("{url:?} {}", url.describe());
     assert!(!shown.contains("s3cret-pw"), "{shown}");
-    assert!(shown.contains(&format!("fyvault@127.0.0.1:{port}/nowhere")), "{shown}");
+    assert!(
+        shown.contains(&format!("fyvault@127.0.0.1:{port}/nowhere")),
+        "{shown}"
+    );
     assert!(DatabaseUrl::parse("mysql://x@y/z").is_err());
 
     // A served instance whose database goes away answers 503 JSON, fast, then recovers:
@@ -167,6 +176,13 @@ async fn an_unreachable_database_gives_a_fast_503_and_nothing_else() {
     drop(db); // DROP DATABASE … WITH (FORCE): every connection of the instance is cut.
     let url = format!("{}/push", tv.provider_base(&f));
     let body = serde_json::json!({"secret_name":"K","value":"v","environment":ENV}).to_string();
-    let r = raw("POST", &url, Some(&tok(&f.provider_token)), Some(&body), &[]).await;
+    let r = raw(
+        "POST",
+        &url,
+        Some(&tok(&f.provider_token)),
+        Some(&body),
+        &[],
+    )
+    .await;
     assert_error(&r, 503, "database_unavailable");
 }

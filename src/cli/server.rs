@@ -40,7 +40,12 @@ pub struct RunArgs {
     pub tls_key: Option<PathBuf>,
     /// A reverse proxy whose X-Forwarded-For is believed (repeatable; the environment
     /// variable takes a comma-separated list).
-    #[arg(long, value_name = "IP", env = "FYVAULT_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "FYVAULT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxy: Vec<IpAddr>,
     #[command(flatten)]
     pub db: DatabaseArg,
@@ -51,7 +56,12 @@ pub struct DatabaseArg {
     /// PostgreSQL instead of the embedded SQLite: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
     /// (several instances may share one database). Prefer the environment variable, so a
     /// password never shows in the process list.
-    #[arg(long = "database", env = "FYVAULT_DATABASE", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long = "database",
+        env = "FYVAULT_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database: Option<String>,
 }
 

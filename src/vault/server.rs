@@ -150,10 +150,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
         let store = PgStore::connect(url.expose()).await?;
         let local = Arc::new(LocalChangeFeed::new());
         let feed = Arc::new(PgChangeFeed::start(&store, local.clone()));
-        if !feed
-            .wait_listening(store.options().connect_timeout)
-            .await
-        {
+        if !feed.wait_listening(store.options().connect_timeout).await {
             tracing::warn!("no LISTEN connection yet: cross-instance wake-ups start once it is up");
         }
         tracing::info!(database = %store.describe(), "using PostgreSQL");
@@ -213,7 +210,9 @@ async fn start_inner(
     let tls = acceptor.is_some();
     match &config.database {
         Some(db) => tracing::info!(%addr, tls, database = %db.describe(), "vault listening"),
-        None => tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening"),
+        None => {
+            tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening")
+        }
     }
     let task = tokio::spawn(accept_loop(listener, acceptor, app, rx));
     Ok(ServerHandle {

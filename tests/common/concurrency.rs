@@ -39,7 +39,11 @@ pub async fn fifty_concurrent_pushes_make_fifty_consecutive_versions(vaults: &[&
     // The current value is the one of the request that got version 50, on every instance.
     let last = got.iter().find(|(v, _)| *v == 50).unwrap().1;
     for tv in vaults {
-        let s = tv.client(&f.agent_token).sync(&f.org, ENV, 0, 0).await.unwrap();
+        let s = tv
+            .client(&f.agent_token)
+            .sync(&f.org, ENV, 0, 0)
+            .await
+            .unwrap();
         assert_eq!(s.secrets[0].version, 50);
         assert_eq!(
             open(
@@ -98,7 +102,11 @@ pub async fn fifty_retries_with_one_idempotency_key_make_one_version(vaults: &[&
     assert_eq!(answers[0].0["version"], 1);
     assert_eq!(answers.iter().filter(|(_, replayed)| !replayed).count(), 1);
     for tv in vaults {
-        let s = tv.client(&f.agent_token).sync(&f.org, ENV, 0, 0).await.unwrap();
+        let s = tv
+            .client(&f.agent_token)
+            .sync(&f.org, ENV, 0, 0)
+            .await
+            .unwrap();
         assert_eq!(s.secrets[0].version, 1);
     }
 }

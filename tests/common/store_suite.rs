@@ -779,7 +779,12 @@ async fn mixed_writers_never_deadlock(stores: &[Arc<dyn Store>]) {
     let before: u64 = {
         let mut sum = 0;
         for env in ["prod", "staging"] {
-            sum += stores[0].get_environment("o1", env).await.unwrap().unwrap().revision;
+            sum += stores[0]
+                .get_environment("o1", env)
+                .await
+                .unwrap()
+                .unwrap()
+                .revision;
         }
         sum
     };

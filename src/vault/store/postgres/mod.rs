@@ -190,6 +190,18 @@ pub(super) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// True when an I/O timeout caused the error.
+fn is_timeout(e: &tokio_postgres::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// Maps a query error: lost connections are [`StoreError::Unavailable`].
 pub(super) fn pe(e: tokio_postgres::Error) -> StoreError {
     if is_connection_error(&e) {
@@ -354,29 +366,37 @@ impl PgStore {
     }
 
     /// A pooled connection, or `Unavailable` at once while the breaker is open.
+    ///
+    /// A connection the database refuses or drops opens the breaker; a slow one (a timeout)
+    /// does not, since a loaded but healthy database would otherwise turn every request away.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.breaker.check()?;
-        match self.pool.get().await {
+        let e = match self.pool.get().await {
             Ok(c) => {
                 self.breaker.succeeded();
-                Ok(c)
+                return Ok(c);
             }
-            Err(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => Err(
-                StoreError::Unavailable("every database connection is busy".into()),
-            ),
-            Err(PoolError::Backend(e)) => {
-                let delay = self.breaker.failed();
-                tracing::warn!(database = %self.describe(), error = %err_text(&e),
-                    retry_in_ms = delay.as_millis() as u64, "cannot connect to the database");
-                Err(StoreError::Unavailable(err_text(&e)))
+            Err(e) => e,
+        };
+        let (text, trip) = match &e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                return Err(StoreError::Unavailable(
+                    "every database connection is busy".into(),
+                ));
             }
-            Err(e) => {
-                let delay = self.breaker.failed();
-                tracing::warn!(database = %self.describe(), error = %e,
-                    retry_in_ms = delay.as_millis() as u64, "cannot connect to the database");
-                Err(StoreError::Unavailable(e.to_string()))
-            }
+            PoolError::Timeout(_) => (e.to_string(), false),
+            PoolError::Backend(pg) => (err_text(pg), !is_timeout(pg)),
+            _ => (e.to_string(), true),
+        };
+        if trip {
+            let delay = self.breaker.failed();
+            tracing::warn!(database = %self.describe(), error = %text,
+                retry_in_ms = delay.as_millis() as u64, "cannot connect to the database");
+        } else {
+            tracing::warn!(database = %self.describe(), error = %text,
+                "connecting to the database timed out");
         }
+        Err(StoreError::Unavailable(text))
     }
 
     /// Runs `fut` within [`PgOptions::op_timeout`].

@@ -203,12 +203,7 @@ pub(super) async fn notify_change<C: GenericClient>(
     revision: u64,
 ) -> Result<(), StoreError> {
     let payload = format!("{org_id}|{env}|{revision}");
-    exec(
-        c,
-        "SELECT pg_notify($1, $2)",
-        &[&CHANGES_CHANNEL, &payload],
-    )
-    .await?;
+    exec(c, "SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload]).await?;
     Ok(())
 }
 

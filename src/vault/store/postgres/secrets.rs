@@ -6,7 +6,9 @@
 
 use deadpool_postgres::Transaction;
 
-use super::rows::{audit_of, bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of};
+use super::rows::{
+    audit_of, bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of,
+};
 use super::{i, u};
 use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::vault::clock::fmt_ms;
@@ -118,7 +120,6 @@ pub(super) async fn write_version_tx(
             previous_expires = Some(fmt_ms(until));
         }
     }
-    let revision = bump_revision(tx, &w.org_id, &w.environment).await?;
     exec(
         tx,
         "INSERT INTO secret_versions
@@ -131,25 +132,6 @@ pub(super) async fn write_version_tx(
             &version,
             &w.sealed_value,
             &w.provider_id,
-            &w.now_ms,
-        ],
-    )
-    .await?;
-    exec(
-        tx,
-        "INSERT INTO secrets (org_id, environment, name, owner_provider, current_version, state,
-                              changed_rev, updated_ms)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)
-         ON CONFLICT (org_id, environment, name) DO UPDATE SET
-           current_version = EXCLUDED.current_version, state = 'active',
-           changed_rev = EXCLUDED.changed_rev, updated_ms = EXCLUDED.updated_ms",
-        &[
-            &w.org_id,
-            &w.environment,
-            &w.secret_name,
-            &w.provider_id,
-            &version,
-            &i(revision),
             &w.now_ms,
         ],
     )
@@ -196,6 +178,28 @@ pub(super) async fn write_version_tx(
         )
         .await?;
     }
+    // Last: from the revision bump to the commit, the environment row is locked and every
+    // other writer of the environment waits, so keep that span short.
+    let revision = bump_revision(tx, &w.org_id, &w.environment).await?;
+    exec(
+        tx,
+        "INSERT INTO secrets (org_id, environment, name, owner_provider, current_version, state,
+                              changed_rev, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET
+           current_version = EXCLUDED.current_version, state = 'active',
+           changed_rev = EXCLUDED.changed_rev, updated_ms = EXCLUDED.updated_ms",
+        &[
+            &w.org_id,
+            &w.environment,
+            &w.secret_name,
+            &w.provider_id,
+            &version,
+            &i(revision),
+            &w.now_ms,
+        ],
+    )
+    .await?;
     notify_change(tx, &w.org_id, &w.environment, revision).await?;
     Ok(WriteOutcome {
         response,
