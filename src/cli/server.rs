@@ -27,7 +27,11 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directory of the database (`vault.db`), created 0700 if missing.
-    #[arg(long, env = "FYVAULT_DATA_DIR", default_value = "/var/lib/fyvault-server")]
+    #[arg(
+        long,
+        env = "FYVAULT_DATA_DIR",
+        default_value = "/var/lib/fyvault-server"
+    )]
     pub data_dir: PathBuf,
     /// Address to listen on. Without TLS only a loopback address is accepted.
     #[arg(long, env = "FYVAULT_LISTEN", default_value = "127.0.0.1:8200")]
@@ -83,7 +87,11 @@ pub enum ServerCommand {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    #[arg(long, env = "FYVAULT_DATA_DIR", default_value = "/var/lib/fyvault-server")]
+    #[arg(
+        long,
+        env = "FYVAULT_DATA_DIR",
+        default_value = "/var/lib/fyvault-server"
+    )]
     pub data_dir: PathBuf,
     /// Create another admin token even if one exists (recovery of a lost token).
     #[arg(long)]
