@@ -519,3 +519,64 @@ async fn events_are_filtered_by_policy() {
     let _ = child.wait();
     a.stop().await;
 }
+
+/// `GET /v1/secrets/NAME` has a fast path that skips the router; a percent-encoded form of the
+/// same request goes through the router. Both must answer exactly alike.
+#[tokio::test]
+async fn fast_path_and_router_answer_alike() {
+    let a = Agent::start(Policy::default()).await;
+    let s = a.sock.clone();
+    a.push("SAME", 1, b"old-value", None);
+    a.push(
+        "SAME",
+        2,
+        b"new-value",
+        Some((1, b"old-value", Duration::from_secs(600))),
+    );
+    let pairs = [
+        ("/v1/secrets/SAME", "/v1/secrets/%53AME", None),
+        (
+            "/v1/secrets/SAME",
+            "/v1/secrets/SAME?version=cur%72ent",
+            None,
+        ),
+        (
+            "/v1/secrets/SAME?version=previous",
+            "/v1/secrets/SAME?version=previou%73",
+            None,
+        ),
+        (
+            "/v1/secrets/SAME",
+            "/v1/secrets/%53AME",
+            Some("application/json"),
+        ),
+        ("/v1/secrets/NOPE", "/v1/secrets/N%4FPE", None),
+        (
+            "/v1/secrets/NOPE?version=previous",
+            "/v1/secrets/N%4FPE?version=previous",
+            None,
+        ),
+    ];
+    for (fast, routed, accept) in pairs {
+        let f = request(&s, "GET", fast, accept).await;
+        let r = request(&s, "GET", routed, accept).await;
+        assert_eq!(f.status, r.status, "{fast} vs {routed}");
+        assert_eq!(f.body, r.body, "{fast} vs {routed}");
+        for h in ["content-type", "fyvault-version", "cache-control"] {
+            assert_eq!(
+                f.headers.get(h),
+                r.headers.get(h),
+                "{h}: {fast} vs {routed}"
+            );
+        }
+    }
+    let f = get(&s, "/v1/secrets/SAME").await;
+    assert_eq!((f.status, f.text()), (200, "new-value".to_string()));
+    assert_eq!(f.headers["fyvault-version"], "2");
+    assert_eq!(f.headers["cache-control"], "no-store");
+    // Other methods on the same path still get the router's 405.
+    let p = request(&s, "POST", "/v1/secrets/SAME", None).await;
+    assert_eq!(p.status, 405);
+    assert_eq!(p.error_code(), "method_not_allowed");
+    a.stop().await;
+}

@@ -356,3 +356,43 @@ fn fuse_dotenv_is_a_snapshot_that_goes_stale() {
         "THREE='3'\nTWO='2'\n".len() as u64
     );
 }
+
+#[test]
+fn fuse_policy_reload_shows_the_new_group_at_once() {
+    let Some(m) = mount("fuse_policy_reload_shows_the_new_group_at_once") else {
+        return;
+    };
+    m.put("GROUPED", 1, b"value");
+    // Attributes are cached by the kernel now (file and directory)...
+    assert_eq!(std::fs::metadata(m.file("GROUPED")).unwrap().gid(), 4242);
+    assert_eq!(std::fs::metadata(&m.path).unwrap().gid(), 4242);
+    // ...and a policy reload drops them before it returns.
+    m.state.set_policy(Policy::new(Some(4343), vec![]));
+    assert_eq!(std::fs::metadata(m.file("GROUPED")).unwrap().gid(), 4343);
+    assert_eq!(std::fs::metadata(&m.path).unwrap().gid(), 4343);
+    assert_eq!(std::fs::metadata(m.path.join(".env")).unwrap().gid(), 4343);
+}
+
+#[test]
+fn fuse_stat_between_rotations_is_answered_from_the_kernel_cache() {
+    let Some(m) = mount("fuse_stat_between_rotations_is_answered_from_the_kernel_cache") else {
+        return;
+    };
+    m.put("CACHED", 1, b"12345");
+    assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 5);
+    // Change the view behind the mount's back (no invalidation): a cached size stays visible,
+    // which shows the kernel really caches attributes...
+    {
+        let mut view = m.state.view.write().unwrap();
+        view.apply(
+            100,
+            false,
+            vec![active("CACHED", 2, b"1234567", None)],
+            std::time::Instant::now(),
+        );
+    }
+    assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 5);
+    // ...while going through the state invalidates it at once.
+    m.apply(vec![active("CACHED", 3, b"123456789", None)]);
+    assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 9);
+}

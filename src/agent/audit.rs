@@ -240,6 +240,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `s` with control characters shown as `?`, cut to at most `max` bytes at a character
 /// boundary (what the vault accepts for `exe` and `unit`).
 fn printable(s: &str, max: usize) -> String {
+    // The common case (on every recorded access): plain ASCII, short enough.
+    if s.len() <= max && s.bytes().all(|b| b.is_ascii() && !b.is_ascii_control()) {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(s.len().min(max));
     for c in s.chars() {
         let c = if c.is_control() { '?' } else { c };

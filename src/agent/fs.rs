@@ -17,16 +17,25 @@
 //! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
 //!
 //! ## Cache lifetimes
-//! - Entries (name → inode) are cached [`ENTRY_TTL`]: an inode number never changes meaning, and
-//!   the invalidation task (`mount`) drops entries on add/revoke/expiry. Even a stale entry is
-//!   harmless, because every `getattr` and `open` asks the view and answers ENOENT for a name
-//!   that is gone.
-//! - File attributes are never cached ([`FILE_ATTR_TTL`] = 0): sizes change on every rotation,
-//!   and `.env`'s size depends on who asks (the kernel's attribute cache is shared by all
-//!   callers). A `getattr` is one short read-locked map lookup, and `stat` is exact even in the
-//!   instant between a rotation and its cache invalidation.
-//! - Directory attributes are cached [`DIR_ATTR_TTL`]; only the shown group can change (policy
-//!   reload).
+//! The kernel may cache entries (name → inode) and file attributes for [`ENTRY_TTL`] /
+//! [`FILE_ATTR_TTL`], because every change to the view drops exactly what it affects before the
+//! change is complete: the mount registers a cache invalidator with the state, which runs it
+//! synchronously in `AgentState::apply` (and at grace expiry and policy reload) after the view
+//! lock is released. A reply computed from the old view that reaches the kernel after the
+//! invalidation is discarded by the kernel (its attribute version is older). So a `stat` issued
+//! once a rotation has been applied shows the new size, and a `stat` between rotations costs no
+//! round trip to the agent. Exceptions:
+//! - `.env`'s attributes are never cached ([`DOTENV_ATTR_TTL`] = 0): its size depends on who
+//!   asks, and the kernel's attribute cache is shared by all callers.
+//! - `.previous/NAME` is cached at most until the earliest grace deadline, so the kernel drops
+//!   it on time by itself, even before the expiry's invalidation arrives.
+//! - Inode numbers are stable per name, so even a stale entry is harmless: `open` always asks
+//!   the view and answers ENOENT for a name that is gone.
+//!
+//! ## Requests per read
+//! `open` + `read` + `close` costs OPEN, READ and (asynchronously, after `close` returned)
+//! RELEASE. FLUSH is not wanted: files are opened with `FOPEN_NOFLUSH`, and `flush` answers
+//! ENOSYS, which makes kernels without `FOPEN_NOFLUSH` stop sending it.
 
 mod inodes;
 
@@ -53,10 +62,12 @@ pub use inodes::{DOTENV, DOTENV_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_N
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
-/// How long the kernel may cache a file's attributes (never: see the module docs).
-pub const FILE_ATTR_TTL: Duration = Duration::ZERO;
-/// How long the kernel may cache a directory's attributes.
-pub const DIR_ATTR_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache a secret file's attributes (changes invalidate them at once).
+pub const FILE_ATTR_TTL: Duration = Duration::from_secs(60);
+/// `.env`'s attributes depend on the caller: never cached.
+pub const DOTENV_ATTR_TTL: Duration = Duration::ZERO;
+/// How long the kernel may cache a directory's attributes (a policy reload invalidates them).
+pub const DIR_ATTR_TTL: Duration = Duration::from_secs(60);
 
 const FILE_MODE: u16 = 0o440;
 const DIR_MODE: u16 = 0o555;
@@ -149,35 +160,52 @@ impl SecretFs {
         self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
     }
 
-    /// Attributes of `ino` as `req`'s caller sees them, or ENOENT.
+    /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
+    /// ENOENT.
     fn attr_of(&self, req: &Request, ino: u64) -> Result<(FileAttr, Duration), Errno> {
         match self.inodes.node(ino).ok_or(Errno::ENOENT)? {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
-            Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), FILE_ATTR_TTL)),
+            Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
-                let meta = self
-                    .state
-                    .view
-                    .read()
-                    .expect("view lock")
-                    .meta(&name, which, Instant::now())
-                    .ok_or(Errno::ENOENT)?;
-                Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+                let (meta, ttl) = self.secret_meta(&name, which)?;
+                Ok((self.meta_attr(ino, meta), ttl))
             }
         }
     }
 
-    /// Resolves `name` in directory `parent` to (inode, attributes, attr TTL).
+    /// A secret's facts and how long the kernel may cache them: [`FILE_ATTR_TTL`], or for a
+    /// previous version no longer than until the earliest grace deadline.
+    fn secret_meta(&self, name: &str, which: Which) -> Result<(Meta, Duration), Errno> {
+        let now = Instant::now();
+        let view = self.state.view.read().expect("view lock");
+        let meta = view.meta(name, which, now).ok_or(Errno::ENOENT)?;
+        let ttl = match which {
+            Which::Current => FILE_ATTR_TTL,
+            Which::Previous => view
+                .next_deadline()
+                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
+                .min(FILE_ATTR_TTL),
+        };
+        Ok((meta, ttl))
+    }
+
+    /// Resolves `name` in directory `parent` to (attributes, attr TTL, entry TTL).
     fn resolve(
         &self,
         req: &Request,
         parent: u64,
         name: &OsStr,
-    ) -> Result<(FileAttr, Duration), Errno> {
+    ) -> Result<(FileAttr, Duration, Duration), Errno> {
         let raw = name.as_bytes();
         match (parent, raw) {
-            (ROOT, b".previous") => return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL)),
-            (ROOT, b".env") => return self.attr_of(req, DOTENV),
+            (ROOT, b".previous") => {
+                return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL, ENTRY_TTL));
+            }
+            (ROOT, b".env") => {
+                return self
+                    .attr_of(req, DOTENV)
+                    .map(|(attr, ttl)| (attr, ttl, ENTRY_TTL));
+            }
             (ROOT | PREVIOUS_DIR, _) => {}
             _ => return Err(Errno::ENOTDIR),
         }
@@ -191,15 +219,13 @@ impl SecretFs {
         } else {
             Which::Previous
         };
-        let meta = self
-            .state
-            .view
-            .read()
-            .expect("view lock")
-            .meta(name, which, Instant::now())
-            .ok_or(Errno::ENOENT)?;
+        let (meta, ttl) = self.secret_meta(name, which)?;
         let ino = self.inodes.intern(name, which);
-        Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+        let entry_ttl = match which {
+            Which::Current => ENTRY_TTL,
+            Which::Previous => ttl.min(ENTRY_TTL),
+        };
+        Ok((self.meta_attr(ino, meta), ttl, entry_ttl))
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
@@ -248,8 +274,8 @@ impl SecretFs {
 impl Filesystem for SecretFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.resolve(req, parent.0, name) {
-            Ok((attr, attr_ttl)) => {
-                reply.entry_with_ttls(&attr_ttl, &ENTRY_TTL, &attr, Generation(0))
+            Ok((attr, attr_ttl, entry_ttl)) => {
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &attr, Generation(0))
             }
             Err(e) => reply.error(e),
         }
@@ -275,7 +301,10 @@ impl Filesystem for SecretFs {
             Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
         };
         match opened {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -327,6 +356,8 @@ impl Filesystem for SecretFs {
         reply.ok();
     }
 
+    /// Nothing to flush (read-only, no locks). ENOSYS makes the kernel stop sending FLUSH
+    /// (where `FOPEN_NOFLUSH` is not already honoured): one round trip less per `close`.
     fn flush(
         &self,
         _req: &Request,
@@ -335,7 +366,7 @@ impl Filesystem for SecretFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

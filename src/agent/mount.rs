@@ -21,15 +21,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fuser::{BackgroundSession, Config, Notifier, Session, SessionACL};
-use nix::mount::{MntFlags, MsFlags};
-use tokio::sync::{broadcast, oneshot};
+use std::ffi::OsStr;
 
-use crate::agent::fs::{Inodes, PREVIOUS_DIR, SecretFs};
-use crate::agent::state::AgentState;
+use fuser::{BackgroundSession, Config, INodeNo, Notifier, Session, SessionACL};
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::agent::fs::{Inodes, PREVIOUS_DIR, ROOT, SecretFs};
+use crate::agent::state::{AgentState, Invalidate};
 use crate::agent::view::{Change, Which};
 
 /// FUSE worker threads serving requests.
@@ -81,7 +81,8 @@ pub struct Mounted {
     /// (None until the session serves requests).
     dev: Option<u64>,
     session: Option<BackgroundSession>,
-    invalidation: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The state and the id of our cache invalidator in it (removed on detach).
+    invalidator: Option<(Arc<AgentState>, u64)>,
     detached: bool,
 }
 
@@ -89,6 +90,15 @@ impl Mounted {
     /// Prepares `path` and mounts the filesystem there, serving `state`. Blocking (a few
     /// syscalls and the FUSE handshake); safe to call from `tokio::task::spawn_blocking`.
     pub fn start(path: impl Into<PathBuf>, state: Arc<AgentState>) -> Result<Mounted, MountError> {
+        Self::start_with_threads(path, state, FUSE_THREADS)
+    }
+
+    /// [`start`](Self::start) with `threads` FUSE worker threads (at least 1; benchmarks).
+    pub fn start_with_threads(
+        path: impl Into<PathBuf>,
+        state: Arc<AgentState>,
+        threads: usize,
+    ) -> Result<Mounted, MountError> {
         let path = path.into();
         prepare_mountpoint(&path)?;
         let dev_fuse = OpenOptions::new()
@@ -105,7 +115,7 @@ impl Mounted {
             path,
             dev: None,
             session: None,
-            invalidation: None,
+            invalidator: None,
             detached: false,
         };
         let session_err = |path: &Path| {
@@ -115,7 +125,7 @@ impl Mounted {
         let inodes = Arc::new(Inodes::new());
         let fs = SecretFs::new(state.clone(), inodes.clone());
         let mut config = Config::default();
-        config.n_threads = Some(FUSE_THREADS);
+        config.n_threads = Some(threads.max(1));
         config.acl = SessionACL::All;
         // The handshake reads the kernel's INIT, which the mount already queued.
         let session = Session::from_fd(fs, fd, SessionACL::All, config)
@@ -127,10 +137,8 @@ impl Mounted {
                 .map_err(session_err(&mounted.path))?
                 .dev(),
         );
-        mounted.invalidation = Some(
-            spawn_invalidation(notifier, inodes, state.subscribe())
-                .map_err(session_err(&mounted.path))?,
-        );
+        let id = state.add_invalidator(Arc::new(move |what| invalidate(&notifier, &inodes, what)));
+        mounted.invalidator = Some((state, id));
         tracing::info!(path = %mounted.path.display(), "fuse: mounted");
         Ok(mounted)
     }
@@ -150,9 +158,8 @@ impl Mounted {
                 tracing::info!(path = %self.path.display(), "fuse: detached");
             }
         }
-        if let Some((stop, thread)) = self.invalidation.take() {
-            let _ = stop.send(());
-            let _ = thread.join();
+        if let Some((state, id)) = self.invalidator.take() {
+            state.remove_invalidator(id);
         }
     }
 
@@ -345,52 +352,43 @@ pub fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Keeps the kernel's caches in step with the view: for every change, drop the cached
-/// entries and attributes it affects. Runs on its own thread (never inside a FUSE callback:
-/// an entry invalidation waits for the directory's lock, which a callback may be serving).
-fn spawn_invalidation(
-    notifier: Notifier,
-    inodes: Arc<Inodes>,
-    mut changes: broadcast::Receiver<Change>,
-) -> io::Result<(oneshot::Sender<()>, JoinHandle<()>)> {
-    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let thread = std::thread::Builder::new()
-        .name("fuse-inval".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => break,
-                        change = changes.recv() => match change {
-                            Ok(c) => invalidate(&notifier, &inodes, &c),
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                tracing::debug!(missed = n, "fuse: change feed lagged; invalidating all");
-                                for name in inodes.all_names() {
-                                    invalidate_name(&notifier, &inodes, &name, true, true);
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Closed) => break,
-                        },
-                    }
-                }
-            })
-        })?;
-    Ok((stop_tx, thread))
+/// Keeps the kernel's caches in step with the view: for every change, drops the cached entries
+/// and attributes it affects. Runs synchronously inside `AgentState::apply` / expiry / policy
+/// reload, after the view lock is released (see `state`), never inside a FUSE callback: an entry
+/// invalidation waits for the directory's lock, which a request our threads serve may hold.
+/// Errors are expected and ignored: the kernel answers ENOENT for what it does not cache, and
+/// ENODEV once the mount is gone.
+fn invalidate(notifier: &Notifier, inodes: &Inodes, what: Invalidate<'_>) {
+    match what {
+        Invalidate::All => {
+            for ino in [ROOT, PREVIOUS_DIR] {
+                inval_attrs(notifier, ino);
+            }
+            for name in inodes.all_names() {
+                invalidate_name(notifier, inodes, &name, false, false);
+            }
+        }
+        Invalidate::Changes(changes) => {
+            for change in changes {
+                let (root_entry, previous_entry) = match change {
+                    Change::Added { .. } => (true, false),
+                    Change::Rotated { .. } => (false, true),
+                    Change::Revoked { .. } => (true, true),
+                    Change::PreviousExpired { .. } => (false, true),
+                    Change::RefusedRollback { .. } => continue,
+                };
+                invalidate_name(notifier, inodes, change.name(), root_entry, previous_entry);
+            }
+        }
+    }
 }
 
-fn invalidate(notifier: &Notifier, inodes: &Inodes, change: &Change) {
-    let (root_entry, previous_entry) = match change {
-        Change::Added { .. } => (true, false),
-        Change::Rotated { .. } => (false, true),
-        Change::Revoked { .. } => (true, true),
-        Change::PreviousExpired { .. } => (false, true),
-        Change::RefusedRollback { .. } => return,
-    };
-    invalidate_name(notifier, inodes, change.name(), root_entry, previous_entry);
+/// Drops the cached attributes of `ino` only (a negative offset leaves the data cache alone:
+/// there is none, every file is direct I/O).
+fn inval_attrs(notifier: &Notifier, ino: u64) {
+    let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
 }
 
-/// Errors are expected and ignored: the kernel answers ENOENT for what it does not cache.
 fn invalidate_name(
     notifier: &Notifier,
     inodes: &Inodes,
@@ -398,19 +396,17 @@ fn invalidate_name(
     root_entry: bool,
     previous_entry: bool,
 ) {
-    use fuser::INodeNo;
-    use std::ffi::OsStr;
-    let _ = notifier.inval_inode(INodeNo(crate::agent::fs::DOTENV), 0, 0);
+    // `.env`'s attributes are never cached (FILE_ATTR_TTL of `.env` is 0): nothing to drop.
     let (Some(cur), Some(prev)) = (
         inodes.get(name, Which::Current),
         inodes.get(name, Which::Previous),
     ) else {
         return; // never looked up: the kernel holds nothing for it
     };
-    let _ = notifier.inval_inode(INodeNo(cur), 0, 0);
-    let _ = notifier.inval_inode(INodeNo(prev), 0, 0);
+    inval_attrs(notifier, cur);
+    inval_attrs(notifier, prev);
     if root_entry {
-        let _ = notifier.inval_entry(INodeNo(crate::agent::fs::ROOT), OsStr::new(name));
+        let _ = notifier.inval_entry(INodeNo(ROOT), OsStr::new(name));
     }
     if previous_entry {
         let _ = notifier.inval_entry(INodeNo(PREVIOUS_DIR), OsStr::new(name));

@@ -24,14 +24,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use std::convert::Infallible;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::agent::hygiene::MlockStatus;
 use crate::agent::state::AgentState;
 
 pub use peer::Peer;
+
+/// A connection that has not sent a whole request head within this long is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Facts `/v1/health` reports besides the state's health.
 #[derive(Debug)]
@@ -168,13 +178,56 @@ pub fn router(ctx: Ctx) -> Router {
 
 /// Serves the API on `listener` until `ctx.shutdown` turns true: then stops accepting, ends
 /// event streams, lets requests in flight finish, and returns.
+///
+/// HTTP/1.1 only (hyper's HTTP/1 connection, keep-alive), the caller resolved once per
+/// connection ([`Peer::of`]). `GET /v1/secrets/NAME` is answered on a fast path that skips the
+/// router (same answer, see `routes::fast_read`); everything else goes through the router.
 pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
     let mut stop = ctx.shutdown.clone();
-    let app = router(ctx).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let app = router(ctx.clone());
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             // An Err means the sender is gone: shut down too.
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer = Peer::of(&stream);
+        let (ctx, app) = (ctx.clone(), app.clone());
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let fast = routes::fast_read(&ctx, &peer, &req);
+            if fast.is_none() {
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            }
+            let app = app.clone();
+            async move {
+                match fast {
+                    Some(r) => Ok::<_, Infallible>(r),
+                    None => app.oneshot(req).await,
+                }
+            }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("socket connection ended with an error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

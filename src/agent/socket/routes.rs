@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
@@ -115,11 +115,40 @@ async fn read(
             );
         }
     };
+    read_value(&ctx, &peer, &name, which, &headers)
+}
+
+/// The fast path of the hottest request, `GET /v1/secrets/NAME[?version=current|previous]`,
+/// answered without the router and its extractors (the answer is exactly the handler's:
+/// both call [`read_value`]). Anything else — another method, path or query, a name that is
+/// not plainly valid (e.g. percent-encoded) — is `None` and goes through the router.
+pub(super) fn fast_read<B>(
+    ctx: &Ctx,
+    peer: &Peer,
+    req: &axum::http::Request<B>,
+) -> Option<Response> {
+    if req.method() != axum::http::Method::GET {
+        return None;
+    }
+    let name = req.uri().path().strip_prefix("/v1/secrets/")?;
+    if !valid_secret_name(name) {
+        return None;
+    }
+    let which = match req.uri().query() {
+        None | Some("version=current") => Which::Current,
+        Some("version=previous") => Which::Previous,
+        Some(_) => return None,
+    };
+    Some(read_value(ctx, peer, name, which, req.headers()))
+}
+
+/// One policy check, one view lookup, one audit call, the answer.
+fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &HeaderMap) -> Response {
     let caller = &peer.caller;
-    if !ctx.state.policy().allows(caller, &name) {
+    if !ctx.state.policy().allows(caller, name) {
         ctx.state
             .auditor
-            .record(caller, AccessAction::Denied, &name, None, AccessVia::Socket);
+            .record(caller, AccessAction::Denied, name, None, AccessVia::Socket);
         tracing::debug!(
             uid = caller.uid,
             pid = caller.pid,
@@ -139,9 +168,9 @@ async fn read(
     let found = {
         let view = ctx.state.view.read().expect("view lock");
         let now = Instant::now();
-        match view.get(&name, which, now) {
+        match view.get(name, which, now) {
             Some((meta, value)) => Ok((meta, value.clone())),
-            None => Err(view.meta(&name, Which::Current, now).is_some()),
+            None => Err(view.meta(name, Which::Current, now).is_some()),
         }
     };
     let (meta, value) = match found {
@@ -170,7 +199,7 @@ async fn read(
     ctx.state.auditor.record(
         caller,
         AccessAction::Accessed,
-        &name,
+        name,
         Some(meta.version),
         AccessVia::Socket,
     );
@@ -180,7 +209,7 @@ async fn read(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/json"));
     let (content_type, body) = if wants_json {
-        ("application/json", json_body(&name, &meta, &value))
+        ("application/json", json_body(name, &meta, &value))
     } else if std::str::from_utf8(value.expose()).is_ok() {
         ("text/plain; charset=utf-8", value)
     } else {
@@ -189,9 +218,12 @@ async fn read(
     let mut r = Response::new(secret_body(body));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert("fyvault-version", HeaderValue::from(meta.version));
-    no_store(r)
+    h.insert(FYVAULT_VERSION, HeaderValue::from(meta.version));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
+
+const FYVAULT_VERSION: HeaderName = HeaderName::from_static("fyvault-version");
 
 fn no_store(mut r: Response) -> Response {
     r.headers_mut()

@@ -1,0 +1,170 @@
+//! `cargo bench --bench footprint`: the agent's resident memory and its startup-to-ready time
+//! with 10, 1,000 and 10,000 secrets.
+//!
+//! For each size: a fresh real vault (`fyvault server` subprocess) holding N secrets of 64
+//! bytes, then the real `fyvault agent` binary started as a subprocess (FUSE mount, socket,
+//! audit spool, long-poll) with `NOTIFY_SOCKET` pointing at a datagram socket this benchmark
+//! owns. Ready = `READY=1` received (the agent sends it after the first sync, the mount and the
+//! socket bind). RSS = `VmRSS` of `/proc/PID/status` right after ready, and again after one
+//! second of idling. The agent is started `STARTS` times per size (the vault stays).
+//!
+//! Baseline in the same run: a bare client fetching the full state (`sync?since=0`) and opening
+//! every sealed value, in this process — the floor of "synced".
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fyvault::crypto::aad;
+use serde_json::json;
+
+use support::report::{fmt_mb, memory_breakdown, print_header, rss_bytes, us};
+use support::world::{AgentProc, World, open_tempdir};
+use support::{Report, Samples, Table, cleanup, fmt_dur};
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+/// `FOOTPRINT_SIZES=10,1000` runs only those sizes.
+fn sizes() -> Vec<usize> {
+    match std::env::var("FOOTPRINT_SIZES") {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
+const STARTS: usize = 3;
+
+fn main() {
+    support::install_cleanup();
+    support::cleanup::require_fuse();
+    print_header("footprint", "agent RSS and startup-to-ready");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut t = Table::new(
+        "footprint: fyvault agent (real binary, FUSE + socket + audit spool)",
+        &[
+            "secrets",
+            "ready p50 (max)",
+            "baseline: fetch + open all",
+            "RSS at ready",
+            "RSS after 1 s",
+            "target",
+        ],
+    );
+    let mut rows = Vec::new();
+    for n in sizes() {
+        let world = rt.block_on(World::new());
+        let t0 = Instant::now();
+        rt.block_on(world.push_many(n, 8));
+        eprintln!("{n} secrets pushed in {}", fmt_dur(t0.elapsed()));
+
+        let mut ready = Samples::new();
+        let mut fetch = Samples::new();
+        let mut fetch_only = Samples::new();
+        let mut rss_ready = Vec::new();
+        let mut rss_idle = Vec::new();
+        let mut breakdowns = Vec::new();
+        for i in 0..STARTS {
+            // Baseline: fetch the full state and open every value.
+            let t = Instant::now();
+            let opened = rt.block_on(async {
+                let resp = world
+                    .agent_client
+                    .sync(&world.org, &world.env, 0, 0)
+                    .await
+                    .unwrap();
+                fetch_only.push(t.elapsed());
+                resp.secrets
+                    .iter()
+                    .filter_map(|s| {
+                        let sealed = s.sealed_value.as_deref()?;
+                        world
+                            .key
+                            .open(sealed, &aad(&world.org, &world.env, &s.name))
+                            .ok()
+                    })
+                    .count()
+            });
+            fetch.push(t.elapsed());
+            assert_eq!(opened, n);
+
+            let dir = open_tempdir("fyvault-bench-fp-");
+            let config = world.agent_config(dir.path(), true, 30);
+            let mut agent = AgentProc::start(dir.path(), &config, "warn");
+            let rss0 = rss_bytes(agent.pid()).expect("VmRSS");
+            let breakdown = memory_breakdown(agent.pid());
+            ready.push(agent.ready_after);
+            assert!(
+                cleanup::is_mounted(&agent.mount),
+                "the agent said READY=1 without its mount"
+            );
+            let entries = std::fs::read_dir(&agent.mount).unwrap().count();
+            assert_eq!(
+                entries,
+                n + 2,
+                "the mount lists every secret (+ .env, .previous)"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            let rss1 = rss_bytes(agent.pid()).expect("VmRSS");
+            rss_ready.push(rss0);
+            rss_idle.push(rss1);
+            assert!(
+                agent.stop(),
+                "the agent stops cleanly: {}",
+                agent.log.lock().unwrap()
+            );
+            eprintln!(
+                "{n} secrets, start {}: ready after {}, RSS {} → {} (at ready: {breakdown})",
+                i + 1,
+                fmt_dur(agent.ready_after),
+                fmt_mb(rss0),
+                fmt_mb(rss1)
+            );
+            breakdowns.push(breakdown);
+        }
+        rss_ready.sort_unstable();
+        rss_idle.sort_unstable();
+        let (r0, r1) = (rss_ready[STARTS / 2], rss_idle[STARTS / 2]);
+        let target = match n {
+            10 => "ready ≤ 100 ms; RSS ≤ 12 MB",
+            1_000 => "ready ≤ 500 ms",
+            _ => "RSS ≤ 30 MB",
+        };
+        t.row(vec![
+            format!("{n}"),
+            format!("{} ({})", fmt_dur(ready.p50()), fmt_dur(ready.max())),
+            format!(
+                "{} (fetch {})",
+                fmt_dur(fetch.p50()),
+                fmt_dur(fetch_only.p50())
+            ),
+            fmt_mb(r0),
+            fmt_mb(r1),
+            target.into(),
+        ]);
+        rows.push(json!({
+            "secrets": n,
+            "ready_us": ready.json(),
+            "baseline_fetch_and_open_us": fetch.json(),
+            "baseline_fetch_only_us": fetch_only.json(),
+            "ready_p50_ms": us(ready.p50()) / 1000.0,
+            "rss_at_ready_bytes": rss_ready,
+            "rss_after_1s_bytes": rss_idle,
+            "memory_at_ready": breakdowns,
+            "rss_at_ready_mb": (r0 as f64 / 1048576.0 * 10.0).round() / 10.0,
+            "rss_after_1s_mb": (r1 as f64 / 1048576.0 * 10.0).round() / 10.0,
+        }));
+        drop(world);
+    }
+    t.print();
+    println!(
+        "reference (issue 7): AWS Secrets Manager Agent 13.5 MB RSS, about 50 ms to first answer"
+    );
+    let mut report = Report::new("footprint");
+    report.set("starts_per_size", json!(STARTS));
+    report.set("results", json!(rows));
+    report.write();
+}
