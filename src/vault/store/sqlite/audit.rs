@@ -22,12 +22,9 @@ pub(super) fn action_str(a: AccessAction) -> &'static str {
     }
 }
 
-pub(super) fn ingest_tx(
-    tx: &rusqlite::Transaction<'_>,
-    b: &AgentBatch,
-) -> Result<AuditBatchResponse, StoreError> {
+pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchResponse, StoreError> {
     let mut st = tx
-        .prepare(
+        .prepare_cached(
             "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor,
                 source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq)
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)
@@ -71,7 +68,7 @@ pub(super) fn query_audit_q(
     f: &AuditFilter,
 ) -> Result<Vec<AuditRecord>, StoreError> {
     let mut st = conn
-        .prepare(
+        .prepare_cached(
             "SELECT id, time_ms, org_id, environment, secret, version, action, actor, source_ip,
                     host, via, pid, uid, gid, exe, unit, count
              FROM audit

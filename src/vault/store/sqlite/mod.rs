@@ -1,13 +1,18 @@
-//! The embedded store: one SQLite file (`vault.db`, WAL) in the data dir.
+//! The embedded store: one SQLite file (`vault.db`, WAL, `synchronous=FULL`) in the data dir.
 //!
-//! One connection behind a mutex, used from `spawn_blocking`: every operation is one
-//! `BEGIN IMMEDIATE` transaction, so concurrent writers are serialized and versions are
-//! consecutive. Only sealed values, token hashes and metadata are ever written.
+//! - Writes go to one read-write connection through the group-commit writer ([`writer`]): the
+//!   writes waiting together run one after another (each in its own savepoint) in one
+//!   `BEGIN IMMEDIATE` transaction and share one durable `COMMIT`. Writes stay serialized, so
+//!   versions and revisions are consecutive, and each is on disk before it is answered.
+//! - Reads use a small pool of read-only connections from `spawn_blocking` (WAL readers
+//!   neither wait for the writer nor block it; each read sees every write answered before it).
+//!
+//! Only sealed values, token hashes and metadata are ever written.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AgentBatch, AuditContext, AuditFilter, Environment, NewAuditRecord, Org, Provider,
@@ -17,9 +22,11 @@ use super::{
 use crate::api::{AuditBatchResponse, AuditRecord, SyncResponse};
 
 mod audit;
+mod readers;
 mod rows;
 mod schema;
 mod secrets;
+mod writer;
 
 use audit::{ingest_tx, query_audit_q};
 use rows::{
@@ -36,6 +43,38 @@ pub(super) fn be(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Executes `sql` through the connection's statement cache (parsed once per connection).
+pub(super) fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// One row of `sql`, through the connection's statement cache.
+pub(super) fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
+/// Statements kept prepared per connection (the store has about 40 distinct ones).
+const STATEMENT_CACHE: usize = 64;
+
+/// Settings every connection of the store gets: a statement cache, and the query planner
+/// stability guarantee. Without it, this SQLite (built with STAT4) re-prepares a statement
+/// whenever a value bound to a range constraint changes (`changed_rev > ?`, `grace_until_ms >
+/// ?`), i.e. on every sync: parsing and planning again each time.
+pub(super) fn tune(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(be)?;
+    Ok(())
+}
+
 pub(super) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -47,7 +86,8 @@ pub(super) fn i(v: u64) -> i64 {
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
+    readers: Arc<readers::Readers>,
     path: PathBuf,
 }
 
@@ -70,6 +110,7 @@ impl SqliteStore {
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
         create_private_file(path)?;
         let conn = Connection::open(path).map_err(be)?;
+        tune(&conn)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(be)?;
         let mode: String = conn
@@ -93,8 +134,10 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(be)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(be)?;
+        let readers = readers::Readers::open(path)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: writer::Writer::start(Arc::new(Mutex::new(conn)))?,
+            readers: Arc::new(readers),
             path: path.to_path_buf(),
         })
     }
@@ -104,37 +147,28 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the connection in the blocking pool.
+    /// Runs the read `f` on a read-only connection in the blocking pool.
     fn run<T, F>(&self, f: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let readers = self.readers.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&mut guard)
-            })
-            .await
-            .map_err(|_| StoreError::Backend("a storage task failed".into()))?
+            tokio::task::spawn_blocking(move || readers.with(f))
+                .await
+                .map_err(|_| StoreError::Backend("a storage task failed".into()))?
         })
     }
 
-    /// Runs `f` in one immediate (write-locking) transaction.
+    /// Runs the write `f` atomically (in the next group commit); resolves once it is durable.
     fn tx<T, F>(&self, f: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(be)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(be)?;
-            Ok(out)
-        })
+        let writer = self.writer.clone();
+        Box::pin(async move { writer.write(f).await })
     }
 }
 
@@ -176,7 +210,8 @@ impl Store for SqliteStore {
             if org_exists(tx, &org.org_id)? {
                 return Err(StoreError::AlreadyExists("org"));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO orgs (org_id, name, created_ms) VALUES (?1, ?2, ?3)",
                 params![org.org_id, org.name, org.created_ms],
             )
@@ -195,7 +230,8 @@ impl Store for SqliteStore {
     fn get_org(&self, org_id: &str) -> StoreFuture<'_, Option<Org>> {
         let org_id = org_id.to_string();
         self.run(move |c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT org_id, name, created_ms FROM orgs WHERE org_id = ?1",
                 [org_id],
                 |r| {
@@ -214,7 +250,9 @@ impl Store for SqliteStore {
     fn list_orgs(&self) -> StoreFuture<'_, Vec<Org>> {
         self.run(|c| {
             let mut st = c
-                .prepare("SELECT org_id, name, created_ms FROM orgs ORDER BY created_ms, org_id")
+                .prepare_cached(
+                    "SELECT org_id, name, created_ms FROM orgs ORDER BY created_ms, org_id",
+                )
                 .map_err(be)?;
             st.query_map([], |r| {
                 Ok(Org {
@@ -238,18 +276,19 @@ impl Store for SqliteStore {
             if !org_exists(tx, &env.org_id)? {
                 return Err(StoreError::NotFound("org"));
             }
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM environments WHERE org_id = ?1 AND name = ?2",
-                    params![env.org_id, env.name],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(be)?;
+            let exists = row(
+                tx,
+                "SELECT 1 FROM environments WHERE org_id = ?1 AND name = ?2",
+                params![env.org_id, env.name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(be)?;
             if exists.is_some() {
                 return Err(StoreError::AlreadyExists("environment"));
             }
-            tx.execute(
+            exec(
+                tx,
                 &format!("INSERT INTO environments ({ENV_COLS}) VALUES (?1,?2,?3,?4,0,?5)"),
                 params![
                     env.org_id,
@@ -280,7 +319,8 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, Environment> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
         self.tx(move |tx| {
-            tx.query_row(
+            row(
+                tx,
                 &format!(
                     "UPDATE environments SET default_grace_s = ?3 WHERE org_id = ?1 AND name = ?2
                      RETURNING {ENV_COLS}"
@@ -297,7 +337,8 @@ impl Store for SqliteStore {
     fn get_environment(&self, org_id: &str, env: &str) -> StoreFuture<'_, Option<Environment>> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
         self.run(move |c| {
-            c.query_row(
+            row(
+                c,
                 &format!("SELECT {ENV_COLS} FROM environments WHERE org_id = ?1 AND name = ?2"),
                 params![org_id, env],
                 env_row,
@@ -311,7 +352,7 @@ impl Store for SqliteStore {
         let org_id = org_id.to_string();
         self.run(move |c| {
             let mut st = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {ENV_COLS} FROM environments WHERE org_id = ?1 ORDER BY name"
                 ))
                 .map_err(be)?;
@@ -332,8 +373,7 @@ impl Store for SqliteStore {
             if !org_exists(tx, &provider.org_id)? {
                 return Err(StoreError::NotFound("org"));
             }
-            let exists = tx
-                .query_row(
+            let exists = row(tx,
                     "SELECT 1 FROM providers WHERE provider_id = ?1",
                     [&provider.provider_id],
                     |_| Ok(()),
@@ -343,7 +383,7 @@ impl Store for SqliteStore {
             if exists.is_some() {
                 return Err(StoreError::AlreadyExists("provider"));
             }
-            tx.execute(
+            exec(tx,
                 "INSERT INTO providers (provider_id, org_id, name, created_ms) VALUES (?1,?2,?3,?4)",
                 params![
                     provider.provider_id,
@@ -372,7 +412,8 @@ impl Store for SqliteStore {
     fn get_provider(&self, org_id: &str, provider_id: &str) -> StoreFuture<'_, Option<Provider>> {
         let (org_id, provider_id) = (org_id.to_string(), provider_id.to_string());
         self.run(move |c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT org_id, provider_id, name, created_ms FROM providers
                  WHERE org_id = ?1 AND provider_id = ?2",
                 params![org_id, provider_id],
@@ -394,7 +435,7 @@ impl Store for SqliteStore {
         let org_id = org_id.to_string();
         self.run(move |c| {
             let mut st = c
-                .prepare(
+                .prepare_cached(
                     "SELECT org_id, provider_id, name, created_ms FROM providers
                      WHERE org_id = ?1 ORDER BY created_ms, provider_id",
                 )
@@ -431,7 +472,8 @@ impl Store for SqliteStore {
     fn find_token(&self, hash: &str) -> StoreFuture<'_, Option<TokenRecord>> {
         let hash = hash.to_string();
         self.run(move |c| {
-            c.query_row(
+            row(
+                c,
                 &format!("SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?1"),
                 [hash],
                 token_row,
@@ -444,7 +486,7 @@ impl Store for SqliteStore {
     fn list_tokens(&self, filter: TokenFilter) -> StoreFuture<'_, Vec<TokenRecord>> {
         self.run(move |c| {
             let mut st = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {TOKEN_COLS} FROM tokens
                      WHERE (?1 IS NULL OR org_id = ?1) AND (?2 IS NULL OR kind = ?2)
                        AND (?3 OR revoked_ms IS NULL)
@@ -473,19 +515,20 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, TokenRecord> {
         let token_id = token_id.to_string();
         self.tx(move |tx| {
-            let t = tx
-                .query_row(
-                    &format!("SELECT {TOKEN_COLS} FROM tokens WHERE token_id = ?1"),
-                    [&token_id],
-                    token_row,
-                )
-                .optional()
-                .map_err(be)?
-                .ok_or(StoreError::NotFound("token"))?;
+            let t = row(
+                tx,
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE token_id = ?1"),
+                [&token_id],
+                token_row,
+            )
+            .optional()
+            .map_err(be)?
+            .ok_or(StoreError::NotFound("token"))?;
             if t.revoked_ms.is_some() {
                 return Ok(t);
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE tokens SET revoked_ms = ?2 WHERE token_id = ?1",
                 params![token_id, now_ms],
             )
@@ -500,7 +543,8 @@ impl Store for SqliteStore {
 
     fn count_live_admin_tokens(&self, now_ms: i64) -> StoreFuture<'_, u64> {
         self.run(move |c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT COUNT(*) FROM tokens WHERE kind = 'admin' AND revoked_ms IS NULL
                  AND (expires_ms IS NULL OR expires_ms > ?1)",
                 [now_ms],

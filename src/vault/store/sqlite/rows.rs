@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{be, i, u};
+use super::{be, exec, i, row, u};
 use crate::crypto::TokenKind;
 use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
 
@@ -50,11 +50,8 @@ pub(super) fn env_row(r: &Row<'_>) -> rusqlite::Result<Environment> {
     })
 }
 
-pub(super) fn insert_audit(
-    tx: &rusqlite::Transaction<'_>,
-    rec: &NewAuditRecord,
-) -> Result<(), StoreError> {
-    tx.execute(
+pub(super) fn insert_audit(tx: &Connection, rec: &NewAuditRecord) -> Result<(), StoreError> {
+    exec(tx,
         "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -83,17 +80,17 @@ pub(super) fn audit_of(ctx: &AuditContext, time_ms: i64, action: &str) -> NewAud
 }
 
 pub(super) fn org_exists(tx: &Connection, org_id: &str) -> Result<bool, StoreError> {
-    tx.query_row("SELECT 1 FROM orgs WHERE org_id = ?1", [org_id], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-        .map_err(be)
+    row(tx, "SELECT 1 FROM orgs WHERE org_id = ?1", [org_id], |_| {
+        Ok(())
+    })
+    .optional()
+    .map(|o| o.is_some())
+    .map_err(be)
 }
 
-pub(super) fn insert_token(
-    tx: &rusqlite::Transaction<'_>,
-    t: &TokenRecord,
-) -> Result<(), StoreError> {
-    tx.execute(
+pub(super) fn insert_token(tx: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    exec(
+        tx,
         &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
         params![
             t.token_id,
@@ -138,7 +135,8 @@ pub(super) fn owner_of(
     org_id: &str,
     name: &str,
 ) -> Result<Option<String>, StoreError> {
-    tx.query_row(
+    row(
+        tx,
         "SELECT owner_provider FROM secrets WHERE org_id = ?1 AND name = ?2 LIMIT 1",
         params![org_id, name],
         |r| r.get(0),
@@ -148,7 +146,8 @@ pub(super) fn owner_of(
 }
 
 pub(super) fn bump_revision(tx: &Connection, org_id: &str, env: &str) -> Result<u64, StoreError> {
-    tx.query_row(
+    row(
+        tx,
         "UPDATE environments SET revision = revision + 1 WHERE org_id = ?1 AND name = ?2
          RETURNING revision",
         params![org_id, env],

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{audit_of, bump_revision, insert_audit, owner_of};
-use super::{be, i, u};
+use super::{be, exec, i, row, u};
 use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
@@ -12,24 +12,25 @@ use crate::vault::store::{
 };
 
 pub(super) fn write_version_tx(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     w: &WriteVersion,
 ) -> Result<WriteOutcome, StoreError> {
     if let Some(idem) = &w.idempotency {
-        tx.execute(
+        exec(
+            tx,
             "DELETE FROM idempotency WHERE created_ms < ?1",
             [w.now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS)],
         )
         .map_err(be)?;
-        let prior: Option<(String, String)> = tx
-            .query_row(
-                "SELECT fingerprint, response FROM idempotency
+        let prior: Option<(String, String)> = row(
+            tx,
+            "SELECT fingerprint, response FROM idempotency
                  WHERE org_id = ?1 AND provider_id = ?2 AND key_hash = ?3",
-                params![w.org_id, w.provider_id, idem.key_hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(be)?;
+            params![w.org_id, w.provider_id, idem.key_hash],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(be)?;
         if let Some((fingerprint, response)) = prior {
             if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
                 return Err(StoreError::IdempotencyMismatch);
@@ -43,29 +44,29 @@ pub(super) fn write_version_tx(
             });
         }
     }
-    let default_grace: i64 = tx
-        .query_row(
-            "SELECT default_grace_s FROM environments WHERE org_id = ?1 AND name = ?2",
-            params![w.org_id, w.environment],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(be)?
-        .ok_or(StoreError::NotFound("environment"))?;
+    let default_grace: i64 = row(
+        tx,
+        "SELECT default_grace_s FROM environments WHERE org_id = ?1 AND name = ?2",
+        params![w.org_id, w.environment],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(be)?
+    .ok_or(StoreError::NotFound("environment"))?;
     if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name)?
         && owner != w.provider_id
     {
         return Err(StoreError::NotOwner);
     }
-    let current: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT current_version, state FROM secrets
+    let current: Option<(i64, String)> = row(
+        tx,
+        "SELECT current_version, state FROM secrets
              WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
-            params![w.org_id, w.environment, w.secret_name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(be)?;
+        params![w.org_id, w.environment, w.secret_name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(be)?;
     let active_prev = match (&current, w.kind) {
         (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
         (Some((_, state)), WriteKind::Rotate) if state != "active" => {
@@ -79,7 +80,8 @@ pub(super) fn write_version_tx(
     let mut previous_expires = None;
     if let Some(prev) = active_prev {
         // Only the version just replaced keeps a grace period; older ones end now.
-        tx.execute(
+        exec(
+            tx,
             "UPDATE secret_versions SET grace_until_ms = ?4
              WHERE org_id = ?1 AND environment = ?2 AND name = ?3
                AND grace_until_ms IS NOT NULL AND grace_until_ms > ?4",
@@ -88,7 +90,8 @@ pub(super) fn write_version_tx(
         .map_err(be)?;
         if grace_s > 0 {
             let until = w.now_ms.saturating_add(grace_s.saturating_mul(1000));
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE secret_versions SET grace_until_ms = ?5
                  WHERE org_id = ?1 AND environment = ?2 AND name = ?3 AND version = ?4",
                 params![w.org_id, w.environment, w.secret_name, prev, until],
@@ -98,13 +101,13 @@ pub(super) fn write_version_tx(
         }
     }
     let revision = bump_revision(tx, &w.org_id, &w.environment)?;
-    tx.execute(
+    exec(tx,
         "INSERT INTO secret_versions (org_id, environment, name, version, sealed, provider_id, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![w.org_id, w.environment, w.secret_name, version, w.sealed_value, w.provider_id, w.now_ms],
     )
     .map_err(be)?;
-    tx.execute(
+    exec(tx,
         "INSERT INTO secrets (org_id, environment, name, owner_provider, current_version, state, changed_rev, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7)
          ON CONFLICT (org_id, environment, name) DO UPDATE SET
@@ -138,7 +141,7 @@ pub(super) fn write_version_tx(
     if let Some(idem) = &w.idempotency {
         let json = serde_json::to_string(&response)
             .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
-        tx.execute(
+        exec(tx,
             "INSERT INTO idempotency (org_id, provider_id, key_hash, fingerprint, response, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![w.org_id, w.provider_id, idem.key_hash, idem.fingerprint, json, w.now_ms],
@@ -152,10 +155,7 @@ pub(super) fn write_version_tx(
     })
 }
 
-pub(super) fn revoke_tx(
-    tx: &rusqlite::Transaction<'_>,
-    r: &RevokeSecret,
-) -> Result<RevokeOutcome, StoreError> {
+pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutcome, StoreError> {
     if let Some(owner) = owner_of(tx, &r.org_id, &r.secret_name)?
         && owner != r.provider_id
     {
@@ -163,7 +163,7 @@ pub(super) fn revoke_tx(
     }
     let rows: Vec<(String, i64, String)> = {
         let mut st = tx
-            .prepare(
+            .prepare_cached(
                 "SELECT environment, current_version, state FROM secrets
                  WHERE org_id = ?1 AND name = ?2 ORDER BY environment",
             )
@@ -184,13 +184,15 @@ pub(super) fn revoke_tx(
             continue;
         }
         let revision = bump_revision(tx, &r.org_id, env)?;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE secrets SET state = 'revoked', changed_rev = ?4, updated_ms = ?5
              WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
             params![r.org_id, env, r.secret_name, i(revision), r.now_ms],
         )
         .map_err(be)?;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE secret_versions SET grace_until_ms = NULL
              WHERE org_id = ?1 AND environment = ?2 AND name = ?3",
             params![r.org_id, env, r.secret_name],
@@ -221,20 +223,20 @@ pub(super) fn sync_q(
     since: u64,
     now_ms: i64,
 ) -> Result<SyncResponse, StoreError> {
-    let revision = conn
-        .query_row(
-            "SELECT revision FROM environments WHERE org_id = ?1 AND name = ?2",
-            params![org_id, env],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()
-        .map_err(be)?
-        .map(u)
-        .ok_or(StoreError::NotFound("environment"))?;
+    let revision = row(
+        conn,
+        "SELECT revision FROM environments WHERE org_id = ?1 AND name = ?2",
+        params![org_id, env],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map_err(be)?
+    .map(u)
+    .ok_or(StoreError::NotFound("environment"))?;
     let full = since == 0 || since > revision;
     let from = if full { 0 } else { since };
     let mut st = conn
-        .prepare(
+        .prepare_cached(
             "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
                     p.version, p.sealed, p.grace_until_ms
              FROM secrets s
