@@ -96,6 +96,9 @@ fn main() {
             let mut agent = AgentProc::start(dir.path(), &config, "warn");
             let rss0 = rss_bytes(agent.pid()).expect("VmRSS");
             let breakdown = memory_breakdown(agent.pid());
+            if std::env::var_os("FOOTPRINT_SMAPS").is_some() {
+                print_smaps(agent.pid());
+            }
             ready.push(agent.ready_after);
             assert!(
                 cleanup::is_mounted(&agent.mount),
@@ -167,4 +170,33 @@ fn main() {
     report.set("starts_per_size", json!(STARTS));
     report.set("results", json!(rows));
     report.write();
+}
+
+/// Resident size per mapping (file mappings by path and permissions), largest first.
+fn print_smaps(pid: u32) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut rows: Vec<(u64, String)> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            current = format!(
+                "{} {}",
+                f.get(1).unwrap_or(&""),
+                f.get(5).unwrap_or(&"[anon]")
+            );
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kb: u64 = v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            rows.push((kb, current.clone()));
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    for (kb, what) in rows.iter().take(15) {
+        eprintln!("  {kb:>7} kB  {what}");
+    }
 }

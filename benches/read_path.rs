@@ -323,6 +323,21 @@ fn main() {
         assert_eq!(std::fs::read(&t.path).unwrap(), value, "{}", t.label);
     }
 
+    // Profiling aid: `READ_PATH_PROFILE_SECONDS=N` only runs open+read+close on the mount with
+    // access events on, for N seconds (run under `perf record`).
+    if let Some(secs) = std::env::var("READ_PATH_PROFILE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut f = Figures::default();
+        while Instant::now() < until {
+            run_round(Op::OpenReadClose, &targets[2].path, 1, 10_000, &mut f);
+        }
+        println!("p50 {}", fmt_dur(f.samples.p50()));
+        return;
+    }
+
     // Round trips per operation.
     let mut trips = Table::new(
         "FUSE requests per operation (access events off)",

@@ -19,8 +19,11 @@ use super::cleanup::{self, ForeignMount};
 
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
+/// The `fyvault` binary of this build (`FYVAULT_BENCH_BIN` overrides it, to compare builds).
 pub fn fyvault_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fyvault"))
+    std::env::var_os("FYVAULT_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fyvault")))
 }
 
 /// A temp dir every uid may traverse (mounts and sockets live in it).
