@@ -396,3 +396,25 @@ fn fuse_stat_between_rotations_is_answered_from_the_kernel_cache() {
     m.apply(vec![active("CACHED", 3, b"123456789", None)]);
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 9);
 }
+
+#[test]
+fn fuse_large_directory_lists_every_name_once() {
+    let Some(m) = mount("fuse_large_directory_lists_every_name_once") else {
+        return;
+    };
+    // Many more entries than fit in one READDIR reply (about 4 KiB each).
+    let names: Vec<String> = (0..2500).map(|i| format!("SECRET_{i:05}")).collect();
+    m.apply(names.iter().map(|n| active(n, 1, b"v", None)).collect());
+    let listed: Vec<String> = std::fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut want: Vec<String> = vec![".previous".into(), ".env".into()];
+    want.extend(names.iter().cloned());
+    assert_eq!(listed.len(), want.len(), "entries listed");
+    if let Some(i) = (0..want.len()).find(|i| listed[*i] != want[*i]) {
+        panic!("entry {i}: listed {:?}, expected {:?}", listed[i], want[i]);
+    }
+    // `ls -l` style: every listed secret resolves.
+    assert_eq!(std::fs::metadata(m.file("SECRET_02499")).unwrap().len(), 1);
+}

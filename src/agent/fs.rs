@@ -401,31 +401,41 @@ impl Filesystem for SecretFs {
             PREVIOUS_DIR => Which::Previous,
             _ => return reply.error(Errno::ENOTDIR),
         };
-        let names: Vec<String> = {
-            let view = self.state.view.read().expect("view lock");
-            match which {
-                Which::Current => view.list().map(|(n, _)| n.to_owned()).collect(),
-                Which::Previous => view
-                    .list_previous(Instant::now())
-                    .map(|(n, _)| n.to_owned())
-                    .collect(),
-            }
-        };
-        let mut entries: Vec<(u64, FileType, String)> = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (ROOT, FileType::Directory, "..".into()),
+        // Entry `i` (in this order) carries offset `i + 1`; a call resumes after `offset`.
+        // Only the entries that fit in this reply are produced: listing a directory of N
+        // secrets costs O(N) in all, not O(N) per reply.
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut fixed = vec![
+            (ino.0, FileType::Directory, "."),
+            (ROOT, FileType::Directory, ".."),
         ];
         if which == Which::Current {
-            entries.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME.into()));
-            entries.push((DOTENV, FileType::RegularFile, DOTENV_NAME.into()));
+            fixed.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME));
+            fixed.push((DOTENV, FileType::RegularFile, DOTENV_NAME));
         }
-        for n in names {
-            entries.push((self.inodes.intern(&n, which), FileType::RegularFile, n));
+        for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(*fino), i as u64 + 1, *kind, name) {
+                return reply.ok();
+            }
         }
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(skip) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
-                break;
+        {
+            // The reply is an in-memory buffer: filling it under the read lock is brief.
+            let view = self.state.view.read().expect("view lock");
+            let names: Box<dyn Iterator<Item = &str>> = match which {
+                Which::Current => Box::new(view.list().map(|(n, _)| n)),
+                Which::Previous => Box::new(view.list_previous(Instant::now()).map(|(n, _)| n)),
+            };
+            let first = fixed.len();
+            for (i, name) in names.enumerate().skip(skip.saturating_sub(first)) {
+                let ino = self.inodes.intern(name, which);
+                if reply.add(
+                    INodeNo(ino),
+                    (first + i) as u64 + 1,
+                    FileType::RegularFile,
+                    name,
+                ) {
+                    break;
+                }
             }
         }
         reply.ok();
