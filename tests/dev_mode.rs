@@ -305,6 +305,27 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
         );
     }
 
+    // The printed `fyvault audit` command shows who read it.
+    let audit_cmd = dev
+        .stdout()
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("fyvault audit ").map(str::to_owned))
+        .expect("an audit command is printed");
+    let table = eventually("the reads in the printed audit command's output", || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} audit {audit_cmd}", fyvault()))
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        let done = t.contains("accessed (socket)") && (!fuse || t.contains("accessed (fuse)"));
+        done.then_some(t)
+    });
+    assert!(
+        table.contains("STRIPE_SK") && table.contains("HOST"),
+        "{table}"
+    );
+
     assert!(dev.stop(Signal::SIGINT), "Ctrl-C exits 0");
     assert!(!is_mounted(&mount), "the mount is gone after Ctrl-C");
     assert!(!socket.exists(), "the socket file is removed");

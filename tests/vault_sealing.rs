@@ -13,9 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{ENV, TestVault, raw, tok};
-use fyvault::api::{CreateEnvironmentRequest, CreateProviderRequest, CreateTokenRequest};
+use fyvault::api::{CreateEnvironmentRequest, CreateTokenRequest};
 use fyvault::client::{VaultClient, WriteRequest, WriteValue};
-use fyvault::crypto::{self, PrivateKey};
+use fyvault::crypto;
 use fyvault::secret::Secret;
 use serde_json::json;
 
@@ -170,41 +170,18 @@ async fn plaintext_canary_is_nowhere_in_data_dir_or_trace_logs() {
     let admin = VaultClient::new(&server.url)
         .unwrap()
         .with_token(admin_token);
-    let org = admin.create_org("canary").await.unwrap().org_id;
-    let (sk, pk) = PrivateKey::generate();
-    admin
-        .create_environment(
-            &org,
-            &CreateEnvironmentRequest {
-                name: ENV.into(),
-                public_key: pk.to_base64(),
-                default_grace_seconds: None,
-            },
-        )
-        .await
-        .unwrap();
-    let p = admin
-        .create_provider(
-            &org,
-            &CreateProviderRequest {
-                name: "p".into(),
-                expires_in_seconds: None,
-            },
-        )
-        .await
-        .unwrap();
-    let agent = admin
-        .create_agent_token(&org, ENV, &CreateTokenRequest::default())
-        .await
-        .unwrap();
+    let common::Fixture {
+        org,
+        key: sk,
+        provider,
+        provider_token,
+        agent_token,
+    } = common::make_fixture(&admin).await;
 
     let canary = format!("fyv-canary-{}", crypto::random_id("one"));
     let canary2 = format!("fyv-canary-{}", crypto::random_id("two"));
-    let base = format!(
-        "{}/api/v1/orgs/{org}/providers/{}",
-        server.url, p.provider_id
-    );
-    let t = tok(&p.token.token);
+    let base = format!("{}/api/v1/orgs/{org}/providers/{}", server.url, provider);
+    let t = tok(&provider_token);
     let requests = [
         (
             "POST",
@@ -270,7 +247,7 @@ async fn plaintext_canary_is_nowhere_in_data_dir_or_trace_logs() {
     // The system works: the agent's key opens what the vault stored.
     let s = VaultClient::new(&server.url)
         .unwrap()
-        .with_token(agent.token)
+        .with_token(agent_token)
         .sync(&org, ENV, 0, 0)
         .await
         .unwrap();

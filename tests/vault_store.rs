@@ -19,6 +19,15 @@ async fn sqlite_store_passes_the_suite() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_handles_on_one_file_pass_the_shared_checks() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("db");
+    let a = Arc::new(SqliteStore::open(&dir).unwrap()) as Arc<dyn Store>;
+    let b = Arc::new(SqliteStore::open(&dir).unwrap()) as Arc<dyn Store>;
+    common::store_suite::run_shared(a, b).await;
+}
+
 #[tokio::test]
 async fn sqlite_files_are_private_and_state_survives_reopen() {
     use std::os::unix::fs::PermissionsExt;

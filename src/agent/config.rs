@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub sync_wait: Duration,
     /// CA certificates (PEM) trusted instead of the system roots for an `https` vault.
     pub ca_file: Option<PathBuf>,
+    /// Bound of the access-event spool on disk (`[audit] spool_max_mb`; None: the default,
+    /// 64 MiB).
+    pub audit_spool_max_bytes: Option<u64>,
     /// The access policy (group gid resolved, rules resolved).
     pub policy: Policy,
     /// Things worth a warning that do not stop the agent (e.g. the group does not exist).
@@ -134,7 +137,19 @@ struct RawConfig {
     group: String,
     #[serde(default)]
     access: RawAccess,
+    #[serde(default)]
+    audit: RawAudit,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    spool_max_mb: Option<u64>,
+}
+
+/// Largest accepted `[audit] spool_max_mb` (64 GiB).
+pub const MAX_SPOOL_MB: u64 = 65_536;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +280,16 @@ impl Validator {
                 ));
             }
         };
+        let audit_spool_max_bytes = match raw.audit.spool_max_mb {
+            None => None,
+            Some(mb) if (1..=MAX_SPOOL_MB).contains(&mb) => Some(mb * 1024 * 1024),
+            Some(mb) => {
+                return Err(self.err(
+                    "audit.spool_max_mb",
+                    format!("{mb} is not between 1 and {MAX_SPOOL_MB}"),
+                ));
+            }
+        };
         let group = self.group(&raw.group)?;
         let mut rules = Vec::new();
         for (i, r) in raw.access.rule.into_iter().enumerate() {
@@ -283,6 +308,7 @@ impl Validator {
             grace_cap,
             sync_wait: Duration::from_secs(sync_wait),
             ca_file: raw.ca_file,
+            audit_spool_max_bytes,
             policy: Policy::new(group, rules),
             warnings: self.warnings,
         })
@@ -569,6 +595,32 @@ fn locate(text: &str, offset: usize) -> (Option<usize>, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_spool_bound() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["t", "k"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+            std::fs::set_permissions(d.path().join(f), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        let text = |audit: &str| {
+            format!(
+                "vault_url = \"http://127.0.0.1:1\"\norg_id = \"o\"\nenvironment = \"e\"\n\
+                 token_file = \"{0}/t\"\nkey_file = \"{0}/k\"\nsocket = \"{0}/s\"\n\
+                 group = \"\"\n{audit}",
+                d.path().display()
+            )
+        };
+        let p = Path::new("agent.toml");
+        assert_eq!(parse(&text(""), p).unwrap().audit_spool_max_bytes, None);
+        let c = parse(&text("[audit]\nspool_max_mb = 2\n"), p).unwrap();
+        assert_eq!(c.audit_spool_max_bytes, Some(2 << 20));
+        let e = parse(&text("[audit]\nspool_max_mb = 0\n"), p).unwrap_err();
+        assert_eq!(e.key, "audit.spool_max_mb");
+        let e = parse(&text("[audit]\nspool = 1\n"), p).unwrap_err();
+        assert!(e.key.starts_with("audit"), "{e}");
+    }
 
     #[test]
     fn locate_names_keys_in_tables() {

@@ -268,7 +268,9 @@ fn start_auditor(
     ac.coalesce_window = tuning.coalesce_window;
     ac.backoff_initial = tuning.backoff_initial;
     ac.backoff_max = tuning.backoff_max;
-    ac.spool_max_bytes = tuning.spool_max_bytes;
+    ac.spool_max_bytes = config
+        .audit_spool_max_bytes
+        .unwrap_or(tuning.spool_max_bytes);
     let auditor =
         Auditor::start(ac, VaultUplink::new(client.clone(), config.org_id.clone())).map_err(err)?;
     let st = auditor.stats();

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use crate::cli::admin::{print_json, runtime, write_private_file};
 use crate::vault::clock::now_ms;
 use crate::vault::store::Store;
+use crate::vault::store::postgres::{DatabaseUrl, PgStore};
 use crate::vault::store::sqlite::SqliteStore;
 use crate::vault::{ServerConfig, TlsFiles};
 
@@ -26,10 +27,14 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directory of the database (`vault.db`), created 0700 if missing.
-    #[arg(long, default_value = "/var/lib/fyvault")]
+    #[arg(
+        long,
+        env = "FYVAULT_DATA_DIR",
+        default_value = "/var/lib/fyvault-server"
+    )]
     pub data_dir: PathBuf,
     /// Address to listen on. Without TLS only a loopback address is accepted.
-    #[arg(long, default_value = "127.0.0.1:8200")]
+    #[arg(long, env = "FYVAULT_LISTEN", default_value = "127.0.0.1:8200")]
     pub listen: SocketAddr,
     /// PEM certificate chain (enables HTTPS; needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -37,20 +42,56 @@ pub struct RunArgs {
     /// PEM private key of the certificate.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// A reverse proxy whose X-Forwarded-For is believed (repeatable).
-    #[arg(long, value_name = "IP")]
+    /// A reverse proxy whose X-Forwarded-For is believed (repeatable; the environment
+    /// variable takes a comma-separated list).
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "FYVAULT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxy: Vec<IpAddr>,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArg {
+    /// PostgreSQL instead of the embedded SQLite: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// (several instances may share one database). Prefer the environment variable, so a
+    /// password never shows in the process list.
+    #[arg(
+        long = "database",
+        env = "FYVAULT_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+}
+
+impl DatabaseArg {
+    /// The PostgreSQL URL, if one is set (an empty value means SQLite).
+    pub fn url(&self) -> anyhow::Result<Option<DatabaseUrl>> {
+        match self.database.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) => Ok(Some(DatabaseUrl::parse(url).context("--database")?)),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Create an admin token in the data dir's database, printed once.
+    /// Create an admin token in the vault's database (data dir or --database), printed once.
     Init(InitArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    #[arg(long, default_value = "/var/lib/fyvault")]
+    #[arg(
+        long,
+        env = "FYVAULT_DATA_DIR",
+        default_value = "/var/lib/fyvault-server"
+    )]
     pub data_dir: PathBuf,
     /// Create another admin token even if one exists (recovery of a lost token).
     #[arg(long)]
@@ -58,6 +99,8 @@ pub struct InitArgs {
     /// Write the token to this file (0600) instead of printing it.
     #[arg(long, value_name = "FILE")]
     pub token_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DatabaseArg,
     #[arg(long)]
     pub json: bool,
 }
@@ -79,6 +122,7 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         trusted_proxies: a.trusted_proxy,
+        database: a.db.url()?,
     };
     runtime()?.block_on(async move {
         let handle = crate::vault::start(config).await?;
@@ -108,12 +152,22 @@ pub(crate) async fn shutdown_signal() {
 
 fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
-        let store: Arc<dyn Store> = Arc::new(open_store(&a.data_dir)?);
+        let (store, place): (Arc<dyn Store>, String) = match a.db.url()? {
+            Some(url) => {
+                let store = PgStore::connect(url.expose())
+                    .await
+                    .with_context(|| format!("cannot open the database {}", url.describe()))?;
+                (Arc::new(store), url.describe())
+            }
+            None => (
+                Arc::new(open_store(&a.data_dir)?),
+                a.data_dir.display().to_string(),
+            ),
+        };
         let live = store.count_live_admin_tokens(now_ms()).await?;
         if live > 0 && !a.force {
             bail!(
-                "{} already has {live} admin token(s); use `fyvault admin token admin` to make more, or --force to recover a lost one",
-                a.data_dir.display()
+                "{place} already has {live} admin token(s); use `fyvault admin token admin` to make more, or --force to recover a lost one"
             );
         }
         let issued = crate::vault::bootstrap_admin_token(store.as_ref(), "server init", "system:init").await?;

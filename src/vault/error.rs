@@ -88,6 +88,14 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %msg, "storage failure");
                 ApiError::internal()
             }
+            StoreError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the vault's database is unreachable right now; retry shortly",
+                )
+            }
         }
     }
 }

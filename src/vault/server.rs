@@ -21,8 +21,9 @@ use tower::ServiceExt as _;
 
 use crate::vault::error::VaultError;
 use crate::vault::store::Store;
+use crate::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgStore};
 use crate::vault::store::sqlite::SqliteStore;
-use crate::vault::sync::LocalChangeFeed;
+use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
 use crate::vault::{AppState, routes};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// PostgreSQL instead of `data_dir/vault.db` (several instances over one database).
+    pub database: Option<DatabaseUrl>,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
             listen,
             tls: None,
             trusted_proxies: Vec::new(),
+            database: None,
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct ServerHandle {
     tls: bool,
     store: Arc<dyn Store>,
     feed: Arc<LocalChangeFeed>,
+    /// The LISTEN connection of a PostgreSQL store (ends when the handle goes).
+    pg_feed: Option<Arc<PgChangeFeed>>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -96,6 +102,11 @@ impl ServerHandle {
     /// The store the server uses.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// Whether the PostgreSQL LISTEN connection is up (`None` on SQLite).
+    pub fn listening(&self) -> Option<bool> {
+        self.pg_feed.as_ref().map(|f| f.is_listening())
     }
 
     /// Long-polls currently held for an environment (observability, tests).
@@ -131,9 +142,20 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Opens `DATA_DIR/vault.db` and starts serving.
+/// Opens the store (`DATA_DIR/vault.db`, or PostgreSQL when `database` is set) and starts
+/// serving.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
     check_listen(&config)?;
+    if let Some(url) = &config.database {
+        let store = PgStore::connect(url.expose()).await?;
+        let local = Arc::new(LocalChangeFeed::new());
+        let feed = Arc::new(PgChangeFeed::start(&store, local.clone()));
+        if !feed.wait_listening(store.options().connect_timeout).await {
+            tracing::warn!("no LISTEN connection yet: cross-instance wake-ups start once it is up");
+        }
+        tracing::info!(database = %store.describe(), "using PostgreSQL");
+        return start_inner(config, Arc::new(store), local, Some(feed)).await;
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
         .await
@@ -153,6 +175,15 @@ pub async fn start_with_store(
     config: ServerConfig,
     store: Arc<dyn Store>,
 ) -> Result<ServerHandle, VaultError> {
+    start_inner(config, store, Arc::new(LocalChangeFeed::new()), None).await
+}
+
+async fn start_inner(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    feed: Arc<LocalChangeFeed>,
+    pg_feed: Option<Arc<PgChangeFeed>>,
+) -> Result<ServerHandle, VaultError> {
     check_listen(&config)?;
     let acceptor = config.tls.as_ref().map(load_tls).transpose()?;
     let listener = TcpListener::bind(config.listen)
@@ -165,22 +196,31 @@ pub async fn start_with_store(
         .local_addr()
         .map_err(|e| VaultError::Io(e.to_string()))?;
     let (tx, rx) = watch::channel(false);
-    let feed = Arc::new(LocalChangeFeed::new());
+    let app_feed: Arc<dyn ChangeFeed> = match &pg_feed {
+        Some(f) => f.clone(),
+        None => feed.clone(),
+    };
     let state = AppState {
         store: store.clone(),
-        feed: feed.clone(),
+        feed: app_feed,
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
     };
     let app = routes::router(state);
     let tls = acceptor.is_some();
-    tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening");
+    match &config.database {
+        Some(db) => tracing::info!(%addr, tls, database = %db.describe(), "vault listening"),
+        None => {
+            tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening")
+        }
+    }
     let task = tokio::spawn(accept_loop(listener, acceptor, app, rx));
     Ok(ServerHandle {
         addr,
         tls,
         store,
         feed,
+        pg_feed,
         shutdown: tx,
         task: Some(task),
     })

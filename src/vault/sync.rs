@@ -2,8 +2,9 @@
 //!
 //! Writers publish an environment's new revision after their transaction commits; sync
 //! requests subscribe *before* reading the store, so no change can slip between the read and
-//! the wait. [`LocalChangeFeed`] is the in-process feed; a PostgreSQL deployment drives the same
-//! interface from LISTEN/NOTIFY so every instance wakes its own waiters.
+//! the wait. [`LocalChangeFeed`] is the in-process feed; over PostgreSQL,
+//! [`crate::vault::store::postgres::PgChangeFeed`] feeds it from LISTEN/NOTIFY so every
+//! instance wakes its own waiters.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,6 +35,15 @@ impl LocalChangeFeed {
         let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(org_id.to_string(), env.to_string()))
             .map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// Wakes every subscriber without changing any revision: each re-reads the store (after a
+    /// reconnect of a cross-instance feed, when notifications may have been missed).
+    pub fn wake_all(&self) {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in map.values() {
+            tx.send_modify(|_| {});
+        }
     }
 }
 
@@ -80,5 +90,10 @@ mod tests {
         feed.publish("o", "nobody", 1);
         feed.publish("o", "staging", 1);
         b.changed().await.unwrap();
+        // wake_all wakes everyone, revisions unchanged.
+        feed.wake_all();
+        a.changed().await.unwrap();
+        b.changed().await.unwrap();
+        assert_eq!((*a.borrow_and_update(), *b.borrow_and_update()), (3, 1));
     }
 }

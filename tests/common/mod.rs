@@ -2,6 +2,8 @@
 //! data dir, fixtures made through the real admin API, and raw HTTP calls for error cases.
 #![allow(dead_code)]
 
+pub mod concurrency;
+pub mod pg;
 pub mod store_suite;
 
 use std::future::Future;
@@ -84,31 +86,7 @@ impl TestVault {
 
     /// Org + `production` environment + provider + agent token, through the admin API.
     pub async fn fixture(&self) -> Fixture {
-        let org = self.admin.create_org("acme").await.unwrap().org_id;
-        let key = self.env(&org, ENV, None).await;
-        let p = self
-            .admin
-            .create_provider(
-                &org,
-                &CreateProviderRequest {
-                    name: "payments".into(),
-                    expires_in_seconds: None,
-                },
-            )
-            .await
-            .unwrap();
-        let agent = self
-            .admin
-            .create_agent_token(&org, ENV, &CreateTokenRequest::default())
-            .await
-            .unwrap();
-        Fixture {
-            org,
-            key,
-            provider: p.provider_id,
-            provider_token: p.token.token,
-            agent_token: agent.token,
-        }
+        make_fixture(&self.admin).await
     }
 
     /// Creates an environment; returns its private key.
@@ -149,6 +127,44 @@ impl TestVault {
             "{}/api/v1/orgs/{}/providers/{}",
             self.url, f.org, f.provider
         )
+    }
+}
+
+/// Org + `production` environment + provider + agent token, through any vault's admin API.
+pub async fn make_fixture(admin: &VaultClient) -> Fixture {
+    let org = admin.create_org("acme").await.unwrap().org_id;
+    let (key, pk) = PrivateKey::generate();
+    admin
+        .create_environment(
+            &org,
+            &CreateEnvironmentRequest {
+                name: ENV.into(),
+                public_key: pk.to_base64(),
+                default_grace_seconds: None,
+            },
+        )
+        .await
+        .unwrap();
+    let p = admin
+        .create_provider(
+            &org,
+            &CreateProviderRequest {
+                name: "payments".into(),
+                expires_in_seconds: None,
+            },
+        )
+        .await
+        .unwrap();
+    let agent = admin
+        .create_agent_token(&org, ENV, &CreateTokenRequest::default())
+        .await
+        .unwrap();
+    Fixture {
+        org,
+        key,
+        provider: p.provider_id,
+        provider_token: p.token.token,
+        agent_token: agent.token,
     }
 }
 

@@ -90,6 +90,10 @@ fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
     check("state_dir", old.state_dir != new.state_dir);
     check("grace_seconds", old.grace_cap != new.grace_cap);
     check("sync_wait_seconds", old.sync_wait != new.sync_wait);
+    check(
+        "audit.spool_max_mb",
+        old.audit_spool_max_bytes != new.audit_spool_max_bytes,
+    );
     keys
 }
 

@@ -143,6 +143,29 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         path: path.to_owned(),
         source,
     };
+    // Bound (and listening, mode 0666) under a temporary name, then renamed into place: a
+    // client that waits for the socket file to appear never finds one that refuses
+    // connections (between bind(2) and listen(2)) or has the wrong mode.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path
+        .parent()
+        .map(|d| d.join(format!(".fyvault-{}-{n}.sock", std::process::id())));
+    if let Some(tmp) = tmp {
+        let _ = std::fs::remove_file(&tmp);
+        if let Ok(listener) = UnixListener::bind(&tmp) {
+            let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666))
+                .and_then(|()| std::fs::rename(&tmp, path));
+            return match placed {
+                Ok(()) => Ok(listener),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(err(e))
+                }
+            };
+        }
+    }
+    // No temporary name possible here (e.g. a path near the length limit): bind in place.
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     Ok(listener)

@@ -2,8 +2,8 @@
 //!
 //! The server only talks to an `Arc<dyn Store>`. Operations are expressed as business
 //! transactions ("write a new version atomically", "revoke a name everywhere", "ingest an audit
-//! batch idempotently"), never as SQL, so a PostgreSQL implementation can sit next to the
-//! embedded SQLite one ([`sqlite::SqliteStore`]). Every write that deserves an audit record takes
+//! batch idempotently"), never as SQL, so the PostgreSQL implementation ([`postgres::PgStore`])
+//! sits next to the embedded SQLite one ([`sqlite::SqliteStore`]). Every write that deserves an audit record takes
 //! its [`AuditContext`] and appends the record inside the same transaction.
 //!
 //! Times are Unix milliseconds (`i64`) at this boundary; the wire formats them as RFC 3339.
@@ -14,6 +14,7 @@ use std::pin::Pin;
 use crate::api::{AccessEvent, AuditBatchResponse, AuditRecord, PushResponse, SyncResponse};
 use crate::crypto::TokenKind;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// How long an `Idempotency-Key` is remembered (24 h): a retry later than that is a new request.
@@ -40,9 +41,14 @@ pub enum StoreError {
     /// The idempotency key was used before for a different request.
     #[error("the idempotency key was used for a different request")]
     IdempotencyMismatch,
-    /// The storage itself failed (I/O, corruption, lost connection…).
+    /// The storage itself failed (I/O, corruption, a query error…).
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The database cannot be reached right now (connection refused or lost, timed out). The
+    /// route answers 503 and clients retry; a write whose connection broke during its commit
+    /// may have landed, so writers retry with the same `Idempotency-Key`.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

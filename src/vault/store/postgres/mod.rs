@@ -1,0 +1,467 @@
+//! The PostgreSQL store: several stateless `fyvault server` instances over one database.
+//!
+//! - A small connection pool (`deadpool-postgres`); every operation is one transaction on one
+//!   pooled connection, bounded by [`PgOptions::op_timeout`], so a request never hangs on a
+//!   dead database: it fails with [`StoreError::Unavailable`] (the routes answer 503).
+//! - Writers to one secret are serialized across instances with transaction-scoped advisory
+//!   locks (one per `(org, secret name)`, one per idempotency key, always taken in that order);
+//!   the environment row, updated for its revision, orders commits of one environment, so
+//!   revisions become visible in increasing order and versions are consecutive.
+//! - Every transaction that moves an environment's revision also does
+//!   `pg_notify('fyvault_changes', 'org|env|revision')`, delivered at commit to every instance's
+//!   LISTEN connection ([`feed::PgChangeFeed`]).
+//! - Migrations are versioned (`schema_migrations`) and applied at start under an advisory
+//!   lock, so two instances starting together migrate once.
+//! - Lost connections: refused or broken connections trip a small breaker with capped
+//!   exponential backoff (requests fail at once while it is open, one request probes after the
+//!   backoff) that closes as soon as a connection succeeds again, also the LISTEN connection's.
+//!
+//! Connections are made without TLS (`NoTls`): run the database on a private network, a Unix
+//! socket or behind a TLS tunnel (see docs/operations.md). The connection URL may hold a
+//! password: it is never logged, only [`describe`]d (user, host, port, database).
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+
+use super::{StoreError, StoreFuture};
+
+mod audit;
+pub mod feed;
+mod rows;
+mod schema;
+mod secrets;
+
+pub use feed::PgChangeFeed;
+pub use schema::SCHEMA_VERSION;
+
+/// The NOTIFY channel of environment changes.
+pub const CHANGES_CHANNEL: &str = "fyvault_changes";
+
+/// Tuning of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Most connections this instance opens for requests (the LISTEN connection is extra).
+    pub pool_size: usize,
+    /// Bound on opening one connection (TCP + authentication).
+    pub connect_timeout: Duration,
+    /// Bound on one whole store operation, waiting for a pooled connection included.
+    pub op_timeout: Duration,
+    /// First and longest pause of the reconnect backoff (breaker and LISTEN connection).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// True for `postgres://…` and `postgresql://…` URLs.
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// A PostgreSQL connection URL. It may hold a password, so `Debug` shows only
+/// `user@host:port/dbname`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Accepts `postgres://…` / `postgresql://…` URLs that parse.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, StoreError> {
+        if !is_postgres_url(url) {
+            return Err(StoreError::Backend(
+                "the database must be a postgres:// URL (SQLite is the default: leave it unset)"
+                    .into(),
+            ));
+        }
+        parse_config(url, &PgOptions::default())?;
+        Ok(DatabaseUrl(url.to_string()))
+    }
+
+    /// The URL itself (with its password, if any): only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `user@host:port/dbname`.
+    pub fn describe(&self) -> String {
+        tokio_postgres::Config::from_str(&self.0)
+            .map(|c| describe(&c))
+            .unwrap_or_else(|_| "(invalid URL)".into())
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.describe())
+    }
+}
+
+/// `user@host:port/dbname` of a configuration: what logs and errors may show (no password).
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Parses a connection URL (or `key=value` string) and applies fyvault's defaults: a bounded
+/// connect timeout, TCP keepalives and a TCP user timeout so a vanished server is noticed.
+pub fn parse_config(url: &str, opts: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+    // The parser's message never repeats the URL (so never its password).
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(StoreError::Backend(
+            "sslmode=require is not supported: fyvault connects to PostgreSQL without TLS \
+             (use a private network, a Unix socket or a TLS tunnel; see docs/operations.md)"
+                .into(),
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(opts.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("fyvault");
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
+    #[cfg(target_os = "linux")]
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(15));
+    }
+    Ok(config)
+}
+
+/// A database error as text: SQLSTATE and message, never the DETAIL (which can quote rows).
+pub(super) fn err_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// True when the error says the connection or the server is gone (not a query problem).
+pub(super) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect now;
+        // 53300: too many connections.
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300")
+        }
+        None => {
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                if s.is::<std::io::Error>() {
+                    return true;
+                }
+                src = s.source();
+            }
+            false
+        }
+    }
+}
+
+/// True when an I/O timeout caused the error.
+fn is_timeout(e: &tokio_postgres::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Maps a query error: lost connections are [`StoreError::Unavailable`].
+pub(super) fn pe(e: tokio_postgres::Error) -> StoreError {
+    if is_connection_error(&e) {
+        StoreError::Unavailable(err_text(&e))
+    } else {
+        StoreError::Backend(err_text(&e))
+    }
+}
+
+/// Maps a unique violation to `AlreadyExists(what)`, anything else like [`pe`].
+pub(super) fn unique_as(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            StoreError::AlreadyExists(what)
+        } else {
+            pe(e)
+        }
+    }
+}
+
+pub(super) fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Fail-fast state of the connection to the database, shared by the pool users and the
+/// LISTEN task.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    state: Mutex<BreakerState>,
+    min: Duration,
+    max: Duration,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Breaker {
+    fn new(min: Duration, max: Duration) -> Self {
+        Breaker {
+            state: Mutex::new(BreakerState::default()),
+            min,
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err` while the backoff after a failed connection runs.
+    fn check(&self) -> Result<(), StoreError> {
+        match self.lock().retry_at {
+            Some(at) if Instant::now() < at => Err(StoreError::Unavailable(
+                "the database is unreachable; the vault retries in the background".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A connection failed: back off (capped exponential) before the next attempt.
+    pub(crate) fn failed(&self) -> Duration {
+        let mut s = self.lock();
+        let delay = backoff(self.min, self.max, s.failures);
+        s.failures = s.failures.saturating_add(1);
+        s.retry_at = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// A connection worked: requests go through again.
+    pub(crate) fn succeeded(&self) {
+        let mut s = self.lock();
+        if s.failures > 0 {
+            tracing::info!("database reachable again");
+        }
+        *s = BreakerState::default();
+    }
+}
+
+/// `min * 2^failures`, at most `max`.
+pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    min.saturating_mul(1u32 << failures.min(16)).min(max)
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    opts: PgOptions,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &describe(&self.config))
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` with default options and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// Connects and applies pending migrations. Fails (without retrying) when the database
+    /// cannot be reached: the caller decides whether to retry.
+    pub async fn connect_with(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
+        let config = parse_config(url, &opts)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.op_timeout))
+            .create_timeout(Some(opts.connect_timeout))
+            .recycle_timeout(Some(opts.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("database pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            breaker: Arc::new(Breaker::new(opts.backoff_min, opts.backoff_max)),
+            config,
+            opts,
+        };
+        let mut client = store.client().await?;
+        let applied = schema::migrate(&mut client).await?;
+        if applied > 0 {
+            tracing::info!(database = %store.describe(), applied, "database schema migrated");
+        }
+        Ok(store)
+    }
+
+    /// `user@host:port/dbname`, for logs.
+    pub fn describe(&self) -> String {
+        describe(&self.config)
+    }
+
+    pub fn options(&self) -> &PgOptions {
+        &self.opts
+    }
+
+    pub(crate) fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    pub(crate) fn breaker(&self) -> Arc<Breaker> {
+        self.breaker.clone()
+    }
+
+    /// A pooled connection, or `Unavailable` at once while the breaker is open.
+    ///
+    /// A connection the database refuses or drops opens the breaker; a slow one (a timeout)
+    /// does not, since a loaded but healthy database would otherwise turn every request away.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.breaker.check()?;
+        let e = match self.pool.get().await {
+            Ok(c) => {
+                self.breaker.succeeded();
+                return Ok(c);
+            }
+            Err(e) => e,
+        };
+        let (text, trip) = match &e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                return Err(StoreError::Unavailable(
+                    "every database connection is busy".into(),
+                ));
+            }
+            PoolError::Timeout(_) => (e.to_string(), false),
+            PoolError::Backend(pg) => (err_text(pg), !is_timeout(pg)),
+            _ => (e.to_string(), true),
+        };
+        if trip {
+            let delay = self.breaker.failed();
+            tracing::warn!(database = %self.describe(), error = %text,
+                retry_in_ms = delay.as_millis() as u64, "cannot connect to the database");
+        } else {
+            tracing::warn!(database = %self.describe(), error = %text,
+                "connecting to the database timed out");
+        }
+        Err(StoreError::Unavailable(text))
+    }
+
+    /// Runs `fut` within [`PgOptions::op_timeout`].
+    fn op<'a, T, F>(&'a self, fut: F) -> StoreFuture<'a, T>
+    where
+        T: Send + 'a,
+        F: Future<Output = Result<T, StoreError>> + Send + 'a,
+    {
+        let limit = self.opts.op_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {} ms",
+                    limit.as_millis()
+                ))),
+            }
+        })
+    }
+}
+
+/// One store operation in one read-write transaction: `in_tx!(self, tx => BODY)`, where BODY
+/// evaluates (with `.await?` inside) to the result.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {{
+        let store = $store;
+        store.op(async move {
+            let mut client = store.client().await?;
+            let $tx = client.transaction().await.map_err(pe)?;
+            let out = $body;
+            $tx.commit().await.map_err(pe)?;
+            Ok(out)
+        })
+    }};
+}
+
+/// A read of several statements on one consistent snapshot.
+macro_rules! in_snapshot {
+    ($store:expr, $tx:ident => $body:expr) => {{
+        let store = $store;
+        store.op(async move {
+            let mut client = store.client().await?;
+            let $tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pe)?;
+            let out = $body;
+            $tx.commit().await.map_err(pe)?;
+            Ok(out)
+        })
+    }};
+}
+
+/// One statement on a pooled connection: `on_conn!(self, c => BODY)`.
+macro_rules! on_conn {
+    ($store:expr, $c:ident => $body:expr) => {{
+        let store = $store;
+        store.op(async move {
+            let $c = store.client().await?;
+            Ok($body)
+        })
+    }};
+}
+
+mod store_impl;

@@ -1,0 +1,345 @@
+//! Secret transactions: write a version, revoke a name, read the sync feed.
+//!
+//! The same steps as the SQLite store, plus the locks that SQLite's single writer gives for
+//! free: an advisory lock per idempotency key (taken first), then one per `(org, secret name)`
+//! (ownership is per name across the org's environments), then the environment row (revision).
+
+use deadpool_postgres::Transaction;
+
+use super::rows::{
+    audit_of, bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of,
+};
+use super::{i, u};
+use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
+use crate::vault::clock::fmt_ms;
+use crate::vault::store::{
+    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind,
+    WriteOutcome, WriteVersion,
+};
+
+/// How many expired idempotency keys one write clears on the way (never waiting on a row
+/// another writer holds).
+const IDEMPOTENCY_PURGE_BATCH: i64 = 100;
+
+pub(super) async fn write_version_tx(
+    tx: &Transaction<'_>,
+    w: &WriteVersion,
+) -> Result<WriteOutcome, StoreError> {
+    if let Some(idem) = &w.idempotency {
+        lock(tx, &["idem", &w.org_id, &w.provider_id, &idem.key_hash]).await?;
+        let cutoff = w.now_ms.saturating_sub(IDEMPOTENCY_RETENTION_MS);
+        exec(
+            tx,
+            "DELETE FROM idempotency
+             WHERE org_id = $1 AND provider_id = $2 AND key_hash = $3 AND created_ms < $4",
+            &[&w.org_id, &w.provider_id, &idem.key_hash, &cutoff],
+        )
+        .await?;
+        exec(
+            tx,
+            "DELETE FROM idempotency WHERE ctid IN (
+                 SELECT ctid FROM idempotency WHERE created_ms < $1
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&cutoff, &IDEMPOTENCY_PURGE_BATCH],
+        )
+        .await?;
+        let prior = opt(
+            tx,
+            "SELECT fingerprint, response FROM idempotency
+             WHERE org_id = $1 AND provider_id = $2 AND key_hash = $3",
+            &[&w.org_id, &w.provider_id, &idem.key_hash],
+        )
+        .await?;
+        if let Some(row) = prior {
+            let fingerprint: String = row.get(0);
+            let response: String = row.get(1);
+            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
+                return Err(StoreError::IdempotencyMismatch);
+            }
+            let response: PushResponse = serde_json::from_str(&response)
+                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
+            return Ok(WriteOutcome {
+                response,
+                replayed: true,
+                revision: None,
+            });
+        }
+    }
+    lock(tx, &["secret", &w.org_id, &w.secret_name]).await?;
+    let default_grace: i64 = opt(
+        tx,
+        "SELECT default_grace_s FROM environments WHERE org_id = $1 AND name = $2",
+        &[&w.org_id, &w.environment],
+    )
+    .await?
+    .ok_or(StoreError::NotFound("environment"))?
+    .get(0);
+    if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name).await?
+        && owner != w.provider_id
+    {
+        return Err(StoreError::NotOwner);
+    }
+    let current: Option<(i64, String)> = opt(
+        tx,
+        "SELECT current_version, state FROM secrets
+         WHERE org_id = $1 AND environment = $2 AND name = $3",
+        &[&w.org_id, &w.environment, &w.secret_name],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1)));
+    let active_prev = match (&current, w.kind) {
+        (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
+        (Some((_, state)), WriteKind::Rotate) if state != "active" => {
+            return Err(StoreError::Revoked);
+        }
+        (Some((v, state)), _) if state == "active" => Some(*v),
+        _ => None,
+    };
+    let version = current.as_ref().map(|(v, _)| v + 1).unwrap_or(1);
+    let grace_s = w.grace_seconds.map(i).unwrap_or(default_grace);
+    let mut previous_expires = None;
+    if let Some(prev) = active_prev {
+        // Only the version just replaced keeps a grace period; older ones end now.
+        exec(
+            tx,
+            "UPDATE secret_versions SET grace_until_ms = $4
+             WHERE org_id = $1 AND environment = $2 AND name = $3
+               AND grace_until_ms IS NOT NULL AND grace_until_ms > $4",
+            &[&w.org_id, &w.environment, &w.secret_name, &w.now_ms],
+        )
+        .await?;
+        if grace_s > 0 {
+            let until = w.now_ms.saturating_add(grace_s.saturating_mul(1000));
+            exec(
+                tx,
+                "UPDATE secret_versions SET grace_until_ms = $5
+                 WHERE org_id = $1 AND environment = $2 AND name = $3 AND version = $4",
+                &[&w.org_id, &w.environment, &w.secret_name, &prev, &until],
+            )
+            .await?;
+            previous_expires = Some(fmt_ms(until));
+        }
+    }
+    exec(
+        tx,
+        "INSERT INTO secret_versions
+             (org_id, environment, name, version, sealed, provider_id, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &w.org_id,
+            &w.environment,
+            &w.secret_name,
+            &version,
+            &w.sealed_value,
+            &w.provider_id,
+            &w.now_ms,
+        ],
+    )
+    .await?;
+    let action = if active_prev.is_some() {
+        "rotated"
+    } else {
+        "issued"
+    };
+    insert_audit(
+        tx,
+        &NewAuditRecord {
+            org_id: Some(w.org_id.clone()),
+            environment: Some(w.environment.clone()),
+            secret: Some(w.secret_name.clone()),
+            version: Some(u(version)),
+            ..audit_of(&w.audit, w.now_ms, action)
+        },
+    )
+    .await?;
+    let response = PushResponse {
+        secret_name: w.secret_name.clone(),
+        environment: w.environment.clone(),
+        version: u(version),
+        created_at: fmt_ms(w.now_ms),
+        previous_version_expires_at: previous_expires,
+    };
+    if let Some(idem) = &w.idempotency {
+        let json = serde_json::to_string(&response)
+            .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
+        exec(
+            tx,
+            "INSERT INTO idempotency
+                 (org_id, provider_id, key_hash, fingerprint, response, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &w.org_id,
+                &w.provider_id,
+                &idem.key_hash,
+                &idem.fingerprint,
+                &json,
+                &w.now_ms,
+            ],
+        )
+        .await?;
+    }
+    // Last: from the revision bump to the commit, the environment row is locked and every
+    // other writer of the environment waits, so keep that span short.
+    let revision = bump_revision(tx, &w.org_id, &w.environment).await?;
+    exec(
+        tx,
+        "INSERT INTO secrets (org_id, environment, name, owner_provider, current_version, state,
+                              changed_rev, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7)
+         ON CONFLICT (org_id, environment, name) DO UPDATE SET
+           current_version = EXCLUDED.current_version, state = 'active',
+           changed_rev = EXCLUDED.changed_rev, updated_ms = EXCLUDED.updated_ms",
+        &[
+            &w.org_id,
+            &w.environment,
+            &w.secret_name,
+            &w.provider_id,
+            &version,
+            &i(revision),
+            &w.now_ms,
+        ],
+    )
+    .await?;
+    notify_change(tx, &w.org_id, &w.environment, revision).await?;
+    Ok(WriteOutcome {
+        response,
+        replayed: false,
+        revision: Some(revision),
+    })
+}
+
+pub(super) async fn revoke_tx(
+    tx: &Transaction<'_>,
+    r: &RevokeSecret,
+) -> Result<RevokeOutcome, StoreError> {
+    lock(tx, &["secret", &r.org_id, &r.secret_name]).await?;
+    if let Some(owner) = owner_of(tx, &r.org_id, &r.secret_name).await?
+        && owner != r.provider_id
+    {
+        return Err(StoreError::NotOwner);
+    }
+    let rows: Vec<(String, i64, String)> = super::rows::all(
+        tx,
+        "SELECT environment, current_version, state FROM secrets
+         WHERE org_id = $1 AND name = $2 ORDER BY environment",
+        &[&r.org_id, &r.secret_name],
+    )
+    .await?
+    .iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect();
+    if rows.is_empty() {
+        return Err(StoreError::NotFound("secret"));
+    }
+    let mut changed = Vec::new();
+    // Environments in name order, so two revocations lock environment rows in one order.
+    for (env, version, state) in &rows {
+        if state != "active" {
+            continue;
+        }
+        let revision = bump_revision(tx, &r.org_id, env).await?;
+        exec(
+            tx,
+            "UPDATE secrets SET state = 'revoked', changed_rev = $4, updated_ms = $5
+             WHERE org_id = $1 AND environment = $2 AND name = $3",
+            &[&r.org_id, env, &r.secret_name, &i(revision), &r.now_ms],
+        )
+        .await?;
+        exec(
+            tx,
+            "UPDATE secret_versions SET grace_until_ms = NULL
+             WHERE org_id = $1 AND environment = $2 AND name = $3",
+            &[&r.org_id, env, &r.secret_name],
+        )
+        .await?;
+        insert_audit(
+            tx,
+            &NewAuditRecord {
+                org_id: Some(r.org_id.clone()),
+                environment: Some(env.clone()),
+                secret: Some(r.secret_name.clone()),
+                version: Some(u(*version)),
+                ..audit_of(&r.audit, r.now_ms, "revoked")
+            },
+        )
+        .await?;
+        notify_change(tx, &r.org_id, env, revision).await?;
+        changed.push((env.clone(), revision));
+    }
+    Ok(RevokeOutcome {
+        environments: rows.into_iter().map(|(e, _, _)| e).collect(),
+        changed,
+    })
+}
+
+/// Runs on one repeatable-read snapshot, so the revision and the rows agree.
+pub(super) async fn sync_q(
+    tx: &Transaction<'_>,
+    org_id: &str,
+    env: &str,
+    since: u64,
+    now_ms: i64,
+) -> Result<SyncResponse, StoreError> {
+    let revision = opt(
+        tx,
+        "SELECT revision FROM environments WHERE org_id = $1 AND name = $2",
+        &[&org_id, &env],
+    )
+    .await?
+    .map(|r| u(r.get(0)))
+    .ok_or(StoreError::NotFound("environment"))?;
+    let full = since == 0 || since > revision;
+    let from = if full { 0 } else { since };
+    let rows = super::rows::all(
+        tx,
+        "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
+                p.version, p.sealed, p.grace_until_ms
+         FROM secrets s
+         JOIN secret_versions v
+           ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
+          AND v.version = s.current_version
+         LEFT JOIN secret_versions p
+           ON p.org_id = s.org_id AND p.environment = s.environment AND p.name = s.name
+          AND p.version = s.current_version - 1 AND p.grace_until_ms > $4
+         WHERE s.org_id = $1 AND s.environment = $2 AND s.changed_rev > $3
+         ORDER BY s.name COLLATE \"C\"",
+        &[&org_id, &env, &i(from), &now_ms],
+    )
+    .await?;
+    let secrets = rows
+        .iter()
+        .map(|r| {
+            let state: String = r.get(2);
+            let active = state == "active";
+            let prev_version: Option<i64> = r.get(5);
+            let previous = match (active, prev_version) {
+                (true, Some(pv)) => {
+                    let until: i64 = r.get(7);
+                    Some(SyncPrevious {
+                        version: u(pv),
+                        sealed_value: r.get(6),
+                        grace_remaining_ms: u(until - now_ms),
+                    })
+                }
+                _ => None,
+            };
+            SyncSecret {
+                name: r.get(0),
+                version: u(r.get(1)),
+                state: if active {
+                    SecretState::Active
+                } else {
+                    SecretState::Revoked
+                },
+                sealed_value: if active { r.get(4) } else { None },
+                updated_at: fmt_ms(r.get(3)),
+                previous,
+            }
+        })
+        .collect();
+    Ok(SyncResponse {
+        revision,
+        full,
+        secrets,
+    })
+}
