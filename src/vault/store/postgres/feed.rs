@@ -17,7 +17,8 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Breaker, CHANGES_CHANNEL, PgStore, backoff, describe, err_text};
 use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
@@ -47,6 +48,7 @@ impl PgChangeFeed {
         let (tx, rx) = watch::channel(false);
         let listener = Listener {
             config: store.pg_config().clone(),
+            tls: store.pg_tls().clone(),
             local: local.clone(),
             breaker: store.breaker(),
             min: store.options().backoff_min,
@@ -111,6 +113,7 @@ pub fn parse_payload(payload: &str) -> Option<(&str, &str, u64)> {
 
 struct Listener {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     local: Arc<LocalChangeFeed>,
     breaker: Arc<Breaker>,
     min: Duration,
@@ -141,7 +144,7 @@ impl Listener {
     /// One connection's life: connect, LISTEN, wake everyone, then relay notifications until
     /// the connection ends or a ping fails. Returns whether LISTEN was reached.
     async fn session(&self) -> (bool, Result<(), tokio_postgres::Error>) {
-        let (client, mut conn) = match self.config.connect(NoTls).await {
+        let (client, mut conn) = match self.config.connect(self.tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 self.breaker.failed();

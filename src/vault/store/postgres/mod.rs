@@ -16,9 +16,10 @@
 //!   exponential backoff (requests fail at once while it is open, one request probes after the
 //!   backoff) that closes as soon as a connection succeeds again, also the LISTEN connection's.
 //!
-//! Connections are made without TLS (`NoTls`): run the database on a private network, a Unix
-//! socket or behind a TLS tunnel (see docs/operations.md). The connection URL may hold a
-//! password: it is never logged, only [`describe`]d (user, host, port, database).
+//! TLS is asked for in the URL (`sslmode=verify-full&sslrootcert=FILE`) and always verified
+//! ([`tls`]); without it connections are plain (for a Unix socket, loopback or a private
+//! network; the store warns when such a connection leaves the machine). The connection URL may
+//! hold a password: it is never logged, only [`describe`]d (user, host, port, database).
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::time::Instant;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{StoreError, StoreFuture};
 
@@ -35,9 +36,11 @@ pub mod feed;
 mod rows;
 mod schema;
 mod secrets;
+pub mod tls;
 
 pub use feed::PgChangeFeed;
 pub use schema::SCHEMA_VERSION;
+pub use tls::TlsChoice;
 
 /// The NOTIFY channel of environment changes.
 pub const CHANGES_CHANNEL: &str = "fyvault_changes";
@@ -98,9 +101,11 @@ impl DatabaseUrl {
 
     /// `user@host:port/dbname`.
     pub fn describe(&self) -> String {
-        tokio_postgres::Config::from_str(&self.0)
+        tls::split_tls(&self.0)
+            .ok()
+            .and_then(|(url, _)| tokio_postgres::Config::from_str(&url).ok())
             .map(|c| describe(&c))
-            .unwrap_or_else(|_| "(invalid URL)".into())
+            .unwrap_or_else(|| "(invalid URL)".into())
     }
 }
 
@@ -127,18 +132,20 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 /// Parses a connection URL (or `key=value` string) and applies fyvault's defaults: a bounded
-/// connect timeout, TCP keepalives and a TCP user timeout so a vanished server is noticed.
-pub fn parse_config(url: &str, opts: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+/// connect timeout, TCP keepalives and a TCP user timeout so a vanished server is noticed; and
+/// the TLS it asks for ([`tls::split_tls`]), set on the configuration as its `sslmode`.
+pub fn parse_config(
+    url: &str,
+    opts: &PgOptions,
+) -> Result<(tokio_postgres::Config, TlsChoice), StoreError> {
+    let (url, choice) = tls::split_tls(url)?;
     // The parser's message never repeats the URL (so never its password).
-    let mut config = tokio_postgres::Config::from_str(url)
+    let mut config = tokio_postgres::Config::from_str(&url)
         .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(StoreError::Backend(
-            "sslmode=require is not supported: fyvault connects to PostgreSQL without TLS \
-             (use a private network, a Unix socket or a TLS tunnel; see docs/operations.md)"
-                .into(),
-        ));
-    }
+    config.ssl_mode(match choice {
+        TlsChoice::Off => tokio_postgres::config::SslMode::Disable,
+        TlsChoice::Verified { .. } => tokio_postgres::config::SslMode::Require,
+    });
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(opts.connect_timeout);
     }
@@ -154,14 +161,49 @@ pub fn parse_config(url: &str, opts: &PgOptions) -> Result<tokio_postgres::Confi
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(15));
     }
-    Ok(config)
+    Ok((config, choice))
+}
+
+/// True when every host of `config` is a Unix socket or a loopback address.
+fn stays_on_this_machine(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let host_local = |h: &Host| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    if !addrs.is_empty() {
+        return addrs.iter().all(|a| a.is_loopback());
+    }
+    // No host at all: libpq's default, the local Unix socket.
+    hosts.iter().all(host_local)
 }
 
 /// A database error as text: SQLSTATE and message, never the DETAIL (which can quote rows).
 pub(super) fn err_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+        // tokio-postgres' own text leaves out the cause ("error performing TLS handshake"):
+        // add the chain, which says why ("invalid peer certificate: UnknownIssuer").
+        None => {
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(cause) = src {
+                let more = cause.to_string();
+                if !text.contains(&more) {
+                    text = format!("{text}: {more}");
+                }
+                src = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -297,6 +339,7 @@ pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     opts: PgOptions,
     breaker: Arc<Breaker>,
 }
@@ -318,10 +361,16 @@ impl PgStore {
     /// Connects and applies pending migrations. Fails (without retrying) when the database
     /// cannot be reached: the caller decides whether to retry.
     pub async fn connect_with(url: &str, opts: PgOptions) -> Result<PgStore, StoreError> {
-        let config = parse_config(url, &opts)?;
+        let (config, choice) = parse_config(url, &opts)?;
+        let tls = tls::connector(&choice)?;
+        if choice == TlsChoice::Off && !stays_on_this_machine(&config) {
+            tracing::warn!(database = %describe(&config),
+                "connecting to PostgreSQL without TLS: add sslmode=verify-full (and \
+                 sslrootcert=FILE) to the URL unless the network is private");
+        }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -338,6 +387,7 @@ impl PgStore {
             pool,
             breaker: Arc::new(Breaker::new(opts.backoff_min, opts.backoff_max)),
             config,
+            tls,
             opts,
         };
         let mut client = store.client().await?;
@@ -359,6 +409,11 @@ impl PgStore {
 
     pub(crate) fn pg_config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The TLS connector every connection of this store uses (also the LISTEN connection).
+    pub(crate) fn pg_tls(&self) -> &MakeRustlsConnect {
+        &self.tls
     }
 
     pub(crate) fn breaker(&self) -> Arc<Breaker> {
@@ -465,3 +520,39 @@ macro_rules! on_conn {
 }
 
 mod store_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(url: &str) -> bool {
+        stays_on_this_machine(&parse_config(url, &PgOptions::default()).unwrap().0)
+    }
+
+    #[test]
+    fn plain_connections_off_the_machine_are_told_apart() {
+        assert!(local("postgres://u@localhost/db"));
+        assert!(local("postgres://u@127.0.0.1:5433/db"));
+        assert!(local("postgres://u@[::1]/db"));
+        assert!(local("postgres://u@%2Fvar%2Frun%2Fpostgresql/db"));
+        assert!(!local("postgres://u@db.internal/db"));
+        assert!(!local("postgres://u@10.0.0.7/db"));
+        assert!(!local("postgres://u@localhost,db.internal/db"));
+    }
+
+    #[test]
+    fn the_tls_choice_becomes_the_sslmode() {
+        use tokio_postgres::config::SslMode;
+        let opts = PgOptions::default();
+        let (c, choice) = parse_config("postgres://u@h/db", &opts).unwrap();
+        assert_eq!(
+            (c.get_ssl_mode(), choice),
+            (SslMode::Disable, TlsChoice::Off)
+        );
+        let (c, _) = parse_config("postgres://u@h/db?sslmode=verify-full", &opts).unwrap();
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+        let url = DatabaseUrl::parse("postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=%2Fca")
+            .unwrap();
+        assert_eq!(url.describe(), "u@h:5432/db");
+    }
+}
