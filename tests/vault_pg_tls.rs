@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pg::{TestDb, base_url};
+use common::pg::{TestDb, base_url, env_or_skip};
 use common::store_suite;
 use fyvault::vault::store::StoreError;
 use fyvault::vault::store::postgres::{PgChangeFeed, PgOptions, PgStore};
@@ -19,19 +19,7 @@ use fyvault::vault::sync::{ChangeFeed, LocalChangeFeed};
 
 /// The base URL and the CA file, or `None` (after printing why) when the tests are off.
 fn pg_tls(test: &str) -> Option<(String, String)> {
-    let base = base_url(test)?;
-    match std::env::var("FYVAULT_TEST_PG_CA") {
-        Ok(ca) if !ca.trim().is_empty() => Some((base, ca.trim().to_string())),
-        _ => {
-            assert!(
-                std::env::var("FYVAULT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "{test}: FYVAULT_REQUIRE_POSTGRES=1 but FYVAULT_TEST_PG_CA is not set \
-                 (eval \"$(scripts/pg-test-setup)\")"
-            );
-            eprintln!("SKIP {test}: set FYVAULT_TEST_PG_CA (scripts/pg-test-setup)");
-            None
-        }
-    }
+    Some((base_url(test)?, env_or_skip("FYVAULT_TEST_PG_CA", test)?))
 }
 
 /// `url` with `extra` query parameters.

@@ -10,15 +10,21 @@ use std::str::FromStr;
 
 /// The base URL, or `None` (after printing why) when PostgreSQL tests are off.
 pub fn base_url(test: &str) -> Option<String> {
-    match std::env::var("FYVAULT_TEST_POSTGRES") {
-        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
+    env_or_skip("FYVAULT_TEST_POSTGRES", test)
+}
+
+/// The value of `var` (set by `scripts/pg-test-setup`), or `None` after printing a skip line;
+/// with `FYVAULT_REQUIRE_POSTGRES=1` a missing value fails the test instead.
+pub fn env_or_skip(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
         _ => {
             assert!(
                 std::env::var("FYVAULT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "{test}: FYVAULT_REQUIRE_POSTGRES=1 but FYVAULT_TEST_POSTGRES is not set \
+                "{test}: FYVAULT_REQUIRE_POSTGRES=1 but {var} is not set \
                  (eval \"$(scripts/pg-test-setup)\")"
             );
-            eprintln!("SKIP {test}: set FYVAULT_TEST_POSTGRES to a PostgreSQL URL to run it");
+            eprintln!("SKIP {test}: set {var} to run it (eval \"$(scripts/pg-test-setup)\")");
             None
         }
     }
