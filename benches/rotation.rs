@@ -10,16 +10,15 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use support::report::print_header;
+use support::uds::{self, Sender, connect};
 use support::world::{AgentProc, World, open_tempdir, value64};
 use support::{Report, Samples, Table, fmt_dur};
 
@@ -28,29 +27,8 @@ const ROTATIONS: u64 = 200;
 const POLL_EVERY: Duration = Duration::from_micros(100);
 const GIVE_UP: Duration = Duration::from_secs(30);
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(sock: &Path) -> Sender {
-    let stream = tokio::net::UnixStream::connect(sock)
-        .await
-        .expect("connect");
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    tx
-}
-
 async fn get(tx: &mut Sender, path: &str) -> Vec<u8> {
-    tx.ready().await.expect("ready");
-    let req = hyper::Request::builder()
-        .uri(path)
-        .header("host", "fyvault")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tx.send_request(req).await.expect("request");
+    let resp = uds::get(tx, path).await;
     resp.into_body()
         .collect()
         .await

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use support::report::{cpu_ns, print_header, us};
+use support::uds::{self, Sender, connect};
 use support::world::{AgentProc, World, open_tempdir, value64};
 use support::{Report, Samples, Table, cleanup, fmt_dur, fmt_rate};
 
@@ -135,30 +136,9 @@ impl Drop for Baseline {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(sock: &Path) -> Sender {
-    let stream = tokio::net::UnixStream::connect(sock)
-        .await
-        .expect("connect");
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    tx
-}
-
 /// One keep-alive request; returns the body length.
 async fn get(tx: &mut Sender, path: &str) -> usize {
-    tx.ready().await.expect("connection ready");
-    let req = hyper::Request::builder()
-        .uri(path)
-        .header("host", "fyvault")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tx.send_request(req).await.expect("request");
+    let resp = uds::get(tx, path).await;
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap().to_bytes().len()
 }

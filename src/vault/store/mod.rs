@@ -123,6 +123,50 @@ pub enum WriteKind {
     Rotate,
 }
 
+/// What a write does to a secret, decided from its current row (`current_version`, `state`)
+/// by this one rule for every store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WritePlan {
+    /// The version written.
+    pub version: i64,
+    /// The active version it replaces; only that one keeps a grace period.
+    pub replaces: Option<i64>,
+    /// The replaced version's grace period, in seconds.
+    pub grace_s: i64,
+}
+
+impl WritePlan {
+    /// A rotation needs an active secret; a push creates, overwrites or re-issues one.
+    pub(crate) fn decide(
+        current: Option<(i64, &str)>,
+        kind: WriteKind,
+        grace_seconds: Option<u64>,
+        default_grace_s: i64,
+    ) -> Result<WritePlan, StoreError> {
+        let replaces = match (current, kind) {
+            (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
+            (Some((_, state)), WriteKind::Rotate) if state != "active" => {
+                return Err(StoreError::Revoked);
+            }
+            (Some((v, "active")), _) => Some(v),
+            _ => None,
+        };
+        Ok(WritePlan {
+            version: current.map(|(v, _)| v + 1).unwrap_or(1),
+            replaces,
+            grace_s: grace_seconds
+                .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
+                .unwrap_or(default_grace_s),
+        })
+    }
+
+    /// When the replaced version stops being readable, written at `now_ms`; `None` without
+    /// a grace period.
+    pub(crate) fn grace_until_ms(&self, now_ms: i64) -> Option<i64> {
+        (self.grace_s > 0).then(|| now_ms.saturating_add(self.grace_s.saturating_mul(1000)))
+    }
+}
+
 /// An `Idempotency-Key` as the store keeps it: both parts are hashes (see `vault::idempotency`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
@@ -277,4 +321,35 @@ pub trait Store: Send + Sync + 'static {
     fn ingest_agent_batch(&self, batch: AgentBatch) -> StoreFuture<'_, AuditBatchResponse>;
     /// Records matching `filter`, oldest first, at most `filter.limit`.
     fn query_audit(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>>;
+}
+
+#[cfg(test)]
+mod write_plan_tests {
+    use super::*;
+
+    #[test]
+    fn the_write_rule() {
+        let plan = |cur, kind, grace| WritePlan::decide(cur, kind, grace, 300);
+        let first = plan(None, WriteKind::Push, None).unwrap();
+        assert_eq!(
+            (first.version, first.replaces, first.grace_s),
+            (1, None, 300)
+        );
+        let over = plan(Some((3, "active")), WriteKind::Push, Some(0)).unwrap();
+        assert_eq!((over.version, over.replaces, over.grace_s), (4, Some(3), 0));
+        assert_eq!(over.grace_until_ms(1_000), None);
+        let rot = plan(Some((3, "active")), WriteKind::Rotate, Some(60)).unwrap();
+        assert_eq!((rot.version, rot.replaces), (4, Some(3)));
+        assert_eq!(rot.grace_until_ms(1_000), Some(61_000));
+        let reissue = plan(Some((3, "revoked")), WriteKind::Push, None).unwrap();
+        assert_eq!((reissue.version, reissue.replaces), (4, None));
+        assert!(matches!(
+            plan(None, WriteKind::Rotate, None),
+            Err(StoreError::NotFound("secret"))
+        ));
+        assert!(matches!(
+            plan(Some((3, "revoked")), WriteKind::Rotate, None),
+            Err(StoreError::Revoked)
+        ));
+    }
 }

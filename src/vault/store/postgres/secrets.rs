@@ -13,8 +13,8 @@ use super::{i, u};
 use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind,
-    WriteOutcome, WriteVersion,
+    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion,
 };
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
@@ -87,18 +87,15 @@ pub(super) async fn write_version_tx(
     )
     .await?
     .map(|r| (r.get(0), r.get(1)));
-    let active_prev = match (&current, w.kind) {
-        (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
-        (Some((_, state)), WriteKind::Rotate) if state != "active" => {
-            return Err(StoreError::Revoked);
-        }
-        (Some((v, state)), _) if state == "active" => Some(*v),
-        _ => None,
-    };
-    let version = current.as_ref().map(|(v, _)| v + 1).unwrap_or(1);
-    let grace_s = w.grace_seconds.map(i).unwrap_or(default_grace);
+    let plan = WritePlan::decide(
+        current.as_ref().map(|(v, state)| (*v, state.as_str())),
+        w.kind,
+        w.grace_seconds,
+        default_grace,
+    )?;
+    let version = plan.version;
     let mut previous_expires = None;
-    if let Some(prev) = active_prev {
+    if let Some(prev) = plan.replaces {
         // Only the version just replaced keeps a grace period; older ones end now.
         exec(
             tx,
@@ -108,8 +105,7 @@ pub(super) async fn write_version_tx(
             &[&w.org_id, &w.environment, &w.secret_name, &w.now_ms],
         )
         .await?;
-        if grace_s > 0 {
-            let until = w.now_ms.saturating_add(grace_s.saturating_mul(1000));
+        if let Some(until) = plan.grace_until_ms(w.now_ms) {
             exec(
                 tx,
                 "UPDATE secret_versions SET grace_until_ms = $5
@@ -136,7 +132,7 @@ pub(super) async fn write_version_tx(
         ],
     )
     .await?;
-    let action = if active_prev.is_some() {
+    let action = if plan.replaces.is_some() {
         "rotated"
     } else {
         "issued"

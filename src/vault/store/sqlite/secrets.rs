@@ -7,8 +7,8 @@ use super::{be, exec, i, row, u};
 use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError, WriteKind,
-    WriteOutcome, WriteVersion,
+    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion,
 };
 
 pub(super) fn write_version_tx(
@@ -67,18 +67,15 @@ pub(super) fn write_version_tx(
     )
     .optional()
     .map_err(be)?;
-    let active_prev = match (&current, w.kind) {
-        (None, WriteKind::Rotate) => return Err(StoreError::NotFound("secret")),
-        (Some((_, state)), WriteKind::Rotate) if state != "active" => {
-            return Err(StoreError::Revoked);
-        }
-        (Some((v, state)), _) if state == "active" => Some(*v),
-        _ => None,
-    };
-    let version = current.as_ref().map(|(v, _)| v + 1).unwrap_or(1);
-    let grace_s = w.grace_seconds.map(i).unwrap_or(default_grace);
+    let plan = WritePlan::decide(
+        current.as_ref().map(|(v, state)| (*v, state.as_str())),
+        w.kind,
+        w.grace_seconds,
+        default_grace,
+    )?;
+    let version = plan.version;
     let mut previous_expires = None;
-    if let Some(prev) = active_prev {
+    if let Some(prev) = plan.replaces {
         // Only the version just replaced keeps a grace period; older ones end now.
         exec(
             tx,
@@ -88,8 +85,7 @@ pub(super) fn write_version_tx(
             params![w.org_id, w.environment, w.secret_name, w.now_ms],
         )
         .map_err(be)?;
-        if grace_s > 0 {
-            let until = w.now_ms.saturating_add(grace_s.saturating_mul(1000));
+        if let Some(until) = plan.grace_until_ms(w.now_ms) {
             exec(
                 tx,
                 "UPDATE secret_versions SET grace_until_ms = ?5
@@ -116,7 +112,7 @@ pub(super) fn write_version_tx(
         params![w.org_id, w.environment, w.secret_name, w.provider_id, version, i(revision), w.now_ms],
     )
     .map_err(be)?;
-    let action = if active_prev.is_some() {
+    let action = if plan.replaces.is_some() {
         "rotated"
     } else {
         "issued"
