@@ -3,9 +3,11 @@
 //!
 //! The watch is on the file's directory, not the file: editors and `install`/`mv` replace the
 //! file (a new inode), which a watch on the old inode would never see. Every event in the
-//! directory that names the file triggers a re-read; a file that is momentarily empty, half
-//! written, of the wrong kind or with loose permissions is refused with a warning and the
-//! current token stays in use. The token itself never appears in a log line or error.
+//! directory that names the file and can mean new content (a write closed, a rename, a create,
+//! a delete, a mode change; never a mere open or read) triggers a re-read, at a bounded rate; a
+//! file that is momentarily empty, half written, of the wrong kind or with loose permissions is
+//! refused with a warning and the current token stays in use. The token itself never appears in
+//! a log line or error.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -62,9 +64,21 @@ pub fn read_token(path: &Path) -> Result<Secret, TokenFileError> {
     }
 }
 
-/// Keeps the directory watch alive; dropping it stops watching.
+/// The shortest time between two re-reads of the token file: a burst of events (an editor's
+/// save, a script writing the file in pieces) costs at most one read per interval.
+const MIN_REREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps the directory watch alive; dropping it stops watching (and ends the re-read thread).
 pub struct TokenWatch {
     _watcher: notify::RecommendedWatcher,
+    rereads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TokenWatch {
+    /// How many times the file has been re-read since the watch began.
+    pub fn rereads(&self) -> u64 {
+        self.rereads.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for TokenWatch {
@@ -73,8 +87,31 @@ impl std::fmt::Debug for TokenWatch {
     }
 }
 
+/// Whether an event can mean the file's content changed. Opening, reading and closing the file
+/// without writing (our own re-read included, or anyone's `cat`) cannot: reacting to those made
+/// every read of the file trigger a re-read, whose own OPEN/CLOSE triggered the next, forever.
+/// A write is acted on when the writer closes the file, not at each `write` (IN_MODIFY), so a
+/// half-written file is not read mid-way.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind as K;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => true,
+        K::Access(_) => false,
+        K::Create(_) | K::Remove(_) => true,
+        K::Modify(ModifyKind::Name(_) | ModifyKind::Metadata(_)) => true,
+        K::Modify(_) => false,
+        // Rescan (queue overflow) and anything the backend cannot classify: look once.
+        K::Any | K::Other => true,
+    }
+}
+
 /// Watches `path`; `on_change` gets each new valid token (never the same one twice in a row).
 /// `current` is the token in use now.
+///
+/// The watch is on the directory, so a file replaced by rename (a new inode) is seen without
+/// re-arming anything. Events only mark the file dirty; a thread of its own re-reads it, at most
+/// once per [`MIN_REREAD_INTERVAL`], and ends when the watch is dropped.
 pub fn watch(
     path: &Path,
     current: Secret,
@@ -87,7 +124,8 @@ pub fn watch(
         .to_owned();
     let file = path.to_owned();
     let name = path.file_name().map(|n| n.to_owned());
-    let last = Arc::new(std::sync::Mutex::new(current));
+    // One pending "look again" at most: further events while one is pending add nothing.
+    let (dirty_tx, dirty_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
@@ -96,15 +134,26 @@ pub fn watch(
                         .paths
                         .iter()
                         .any(|p| p.file_name().map(|n| n.to_owned()) == name);
-                if !ours {
-                    return;
+                if ours && may_change_content(&ev.kind) {
+                    let _ = dirty_tx.try_send(());
                 }
+            }
+            Err(e) => tracing::warn!("watching the token file failed: {e}"),
+        })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let rereads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = rereads.clone();
+    std::thread::Builder::new()
+        .name("fyvault-tokenfile".into())
+        .spawn(move || {
+            let mut last = current;
+            // Ends when the watcher (and with it the sender) is dropped.
+            while dirty_rx.recv().is_ok() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match read_token(&file) {
                     Ok(token) => {
-                        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
                         if !ct_eq(token.expose(), last.expose()) {
-                            *last = token.clone();
-                            drop(last);
+                            last = token.clone();
                             tracing::info!(
                                 "the agent token file {} changed; using the new token",
                                 file.display()
@@ -118,11 +167,16 @@ pub fn watch(
                         if source.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => tracing::warn!("{e}; keeping the current token"),
                 }
+                // Rate limit, not synchronisation: events arriving meanwhile leave one pending
+                // re-read, taken after the pause.
+                std::thread::sleep(MIN_REREAD_INTERVAL);
             }
-            Err(e) => tracing::warn!("watching the token file failed: {e}"),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(TokenWatch { _watcher: watcher })
+        })
+        .map_err(notify::Error::io)?;
+    Ok(TokenWatch {
+        _watcher: watcher,
+        rereads,
+    })
 }
 
 #[cfg(test)]
@@ -178,5 +232,69 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the new token within the deadline");
         assert_eq!(got.expose(), t2.expose());
+    }
+
+    #[test]
+    fn reading_the_file_does_not_make_it_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.token");
+        let t1 = generate_token(TokenKind::Agent);
+        write(&p, t1.expose(), 0o600);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = watch(&p, t1.clone(), move |t| {
+            let _ = tx.send(t);
+        })
+        .unwrap();
+        // Anyone reading the file (root's `head -c1`, a backup tool) raises OPEN, ACCESS and
+        // CLOSE_NOWRITE events; none of them may cause a re-read (whose own read would raise the
+        // next, forever).
+        for _ in 0..200 {
+            let _ = std::fs::read(&p).unwrap();
+        }
+        // A real replacement is still picked up; by the time it is, a read loop would have
+        // re-read the file thousands of times.
+        let t2 = generate_token(TokenKind::Agent);
+        write(&p, t2.expose(), 0o600);
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the new token within the deadline");
+        assert_eq!(got.expose(), t2.expose());
+        let n = w.rereads();
+        assert!(
+            (1..=3).contains(&n),
+            "200 reads and one replacement caused {n} re-reads"
+        );
+        // And it stays quiet: a watcher that reacts to its own reads would keep re-reading (at
+        // the bounded rate) for as long as we look. Five re-read intervals of looking.
+        let until = std::time::Instant::now() + MIN_REREAD_INTERVAL * 5;
+        while std::time::Instant::now() < until {
+            assert!(
+                w.rereads() <= n + 1,
+                "the watcher keeps re-reading its own file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn only_events_that_can_change_content_count() {
+        use notify::EventKind as K;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        for quiet in [
+            K::Access(AccessKind::Open(AccessMode::Any)),
+            K::Access(AccessKind::Read),
+            K::Access(AccessKind::Close(AccessMode::Read)),
+            K::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+        ] {
+            assert!(!may_change_content(&quiet), "{quiet:?}");
+        }
+        for loud in [
+            K::Access(AccessKind::Close(AccessMode::Write)),
+            K::Create(CreateKind::File),
+            K::Modify(ModifyKind::Name(RenameMode::To)),
+            K::Remove(notify::event::RemoveKind::File),
+        ] {
+            assert!(may_change_content(&loud), "{loud:?}");
+        }
     }
 }
