@@ -31,6 +31,8 @@ pub const AAD_FORMAT: &str = "fyvault-v1|{org_id}|{environment}|{secret_name}";
 pub enum CryptoError {
     #[error("public key is not 32 bytes of base64")]
     BadPublicKey,
+    #[error("public key is a low-order X25519 point: nothing sealed to it would be secret")]
+    LowOrderPublicKey,
     #[error("private key file does not hold a 32-byte base64 X25519 key")]
     BadPrivateKey,
     #[error("sealed value is not valid base64 of enc || ciphertext")]
@@ -57,13 +59,22 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
+    /// Parses base64 of a 32-byte X25519 public key and checks that it can be sealed to: a
+    /// low-order point (all zeros, and the other few the curve has) gives an all-zero shared
+    /// secret, which HPKE refuses at seal time. Refused here so that no such key is ever
+    /// registered (every later push would fail).
     pub fn from_base64(s: &str) -> Result<Self, CryptoError> {
         let raw = B64
             .decode(s.trim())
             .map_err(|_| CryptoError::BadPublicKey)?;
-        <Kem as hpke::Kem>::PublicKey::from_bytes(&raw)
+        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&raw)
             .map(PublicKey)
-            .map_err(|_| CryptoError::BadPublicKey)
+            .map_err(|_| CryptoError::BadPublicKey)?;
+        // One trial encapsulation: the DH with a fresh ephemeral key fails exactly for the
+        // low-order points.
+        pk.seal(b"", b"")
+            .map_err(|_| CryptoError::LowOrderPublicKey)?;
+        Ok(pk)
     }
 
     pub fn to_base64(&self) -> String {
@@ -285,6 +296,23 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_order_public_keys_are_refused() {
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let order8 =
+            hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap();
+        for raw in [&[0u8; 32][..], &one[..], &order8[..]] {
+            assert_eq!(
+                PublicKey::from_base64(&B64.encode(raw)),
+                Err(CryptoError::LowOrderPublicKey)
+            );
+        }
+        let (_, pk) = PrivateKey::generate();
+        assert_eq!(PublicKey::from_base64(&pk.to_base64()).unwrap(), pk);
+    }
 
     #[test]
     fn seal_open_round_trip_and_binding() {

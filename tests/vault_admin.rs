@@ -4,6 +4,8 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::{ENV, TestVault, assert_error, loopback0, raw, tok};
 use fyvault::api::{
     CreateProviderRequest, CreateTokenRequest, TokenListQuery, UpdateEnvironmentRequest,
@@ -187,6 +189,31 @@ async fn admin_api_errors() {
             400,
             "invalid_public_key",
         ),
+        // Low-order X25519 points: all zeros, one, and the order-8 point; each would make every
+        // later push fail. Refused at registration, naming the field.
+        (
+            "POST",
+            u(&format!("/orgs/{org}/environments")),
+            Some(json!({"name":"qa","public_key":B64.encode([0u8; 32])})),
+            400,
+            "invalid_public_key",
+        ),
+        (
+            "POST",
+            u(&format!("/orgs/{org}/environments")),
+            Some(
+                json!({"name":"qa","public_key":B64.encode({ let mut k = [0u8; 32]; k[0] = 1; k })}),
+            ),
+            400,
+            "invalid_public_key",
+        ),
+        (
+            "POST",
+            u(&format!("/orgs/{org}/environments")),
+            Some(json!({"name":"qa","public_key":"4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA="})),
+            400,
+            "invalid_public_key",
+        ),
         (
             "POST",
             u(&format!("/orgs/{org}/environments")),
@@ -271,7 +298,21 @@ async fn admin_api_errors() {
         let r = raw(method, url, Some(&a), b.as_deref(), &[]).await;
         assert_eq!(r.0, *status, "{method} {url}: {}", r.2);
         assert_eq!(r.2["error"]["code"], *code, "{method} {url}: {}", r.2);
+        if *code == "invalid_public_key" {
+            let msg = r.2["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains("public_key"), "the field is named: {msg}");
+        }
     }
+    // None of the refused keys left an environment behind.
+    let r = raw(
+        "GET",
+        &u(&format!("/orgs/{org}/environments")),
+        Some(&a),
+        None,
+        &[],
+    )
+    .await;
+    assert!(!r.2.to_string().contains("\"qa\""), "{}", r.2);
     // Provider and agent tokens may not administer.
     for t in [&f.provider_token, &f.agent_token] {
         let r = raw("GET", &u("/orgs"), Some(&tok(t)), None, &[]).await;

@@ -12,7 +12,7 @@ use crate::api::{
     ProviderInfo, ProviderList, TokenInfo, TokenList, TokenListQuery, TokenRevoked,
     UpdateEnvironmentRequest, WhoAmI,
 };
-use crate::crypto::{self, PublicKey, TokenKind};
+use crate::crypto::{self, CryptoError, PublicKey, TokenKind};
 use crate::vault::AppState;
 use crate::vault::auth::{Auth, Principal};
 use crate::vault::clock::{fmt_ms, now_ms, parse_rfc3339};
@@ -194,11 +194,16 @@ pub async fn create_environment(
 ) -> Result<(StatusCode, Json<EnvironmentInfo>), ApiError> {
     admin(&state, &p).await?;
     check_environment(&req.name)?;
-    let pk = PublicKey::from_base64(&req.public_key).map_err(|_| {
-        ApiError::bad_request(
+    let pk = PublicKey::from_base64(&req.public_key).map_err(|e| match e {
+        CryptoError::LowOrderPublicKey => ApiError::bad_request(
+            "invalid_public_key",
+            "public_key is a low-order X25519 point (e.g. all zeros): `fyvault admin env \
+             create` generates a usable key pair",
+        ),
+        _ => ApiError::bad_request(
             "invalid_public_key",
             "public_key must be base64 of a 32-byte X25519 public key",
-        )
+        ),
     })?;
     let grace = req.default_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
     check_grace(grace)?;

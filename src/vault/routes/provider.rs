@@ -187,7 +187,10 @@ async fn write(
                     plain.expose(),
                     &crypto::aad(org, &w.environment, &w.secret_name),
                 )
-                .map_err(|_| ApiError::internal())?;
+                .map_err(|e| {
+                    tracing::error!(org, env = %env.name, "sealing to the stored key failed: {e}");
+                    ApiError::internal()
+                })?;
             drop(plain); // zeroized here
             sealed
         }
