@@ -580,3 +580,143 @@ async fn fast_path_and_router_answer_alike() {
     assert_eq!(p.error_code(), "method_not_allowed");
     a.stop().await;
 }
+
+/// Runs `fyvault ARGS` with its stdout a pipe whose reader is already gone: every write fails
+/// with EPIPE.
+fn cli_into_closed_pipe(sock: &Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(fyvault())
+        .args(args)
+        .env("FYVAULT_SOCKET", sock)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// `fyvault status | head -1` and friends: a closed stdout ends every command quietly (no
+/// panic, no backtrace, nothing on stderr), with the shell's SIGPIPE status 141.
+#[tokio::test]
+async fn commands_exit_quietly_on_a_closed_stdout() {
+    let a = Agent::start(Policy::default()).await;
+    for i in 0..200 {
+        a.push(&format!("KEY_{i}"), i + 1, b"v", None);
+    }
+    a.state.set_health(Health::Ready);
+    let sock = a.sock.clone();
+    let outs = tokio::task::spawn_blocking(move || {
+        [
+            vec!["status"],
+            vec!["ls"],
+            vec!["get", "KEY_1"],
+            vec!["--help"],
+        ]
+        .map(|args| (args.join(" "), cli_into_closed_pipe(&sock, &args)))
+    })
+    .await
+    .unwrap();
+    for (args, o) in outs {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.is_empty(), "fyvault {args}: stderr {e:?}");
+        // clap's own help output ignores the closed pipe and exits 0.
+        let want = if args == "--help" { 0 } else { 141 };
+        assert_eq!(
+            o.status.code(),
+            Some(want),
+            "fyvault {args}: {:?}",
+            o.status
+        );
+    }
+    a.stop().await;
+}
+
+/// `/v1/health` tells a caller that the policy does not admit only whether the agent is alive:
+/// no org, environment, revision or count. A caller a rule names sees everything.
+#[tokio::test]
+async fn health_details_only_for_admitted_callers() {
+    let rule = Rule {
+        secrets: vec![Glob::new("GRANTED_*")],
+        users: vec![65533],
+        ..Rule::default()
+    };
+    let a = Agent::start(Policy::new(None, vec![rule.clone()])).await;
+    a.push("SECRET_X", 42, b"v", None);
+    a.state.set_health(Health::Ready);
+    // Root is admitted.
+    let h = get(&a.sock, "/v1/health").await.json();
+    assert_eq!(
+        (h["org_id"].as_str(), h["revision"].as_u64()),
+        (Some("org_t"), Some(42))
+    );
+    let sock = a.sock.to_str().unwrap().to_owned();
+    let curl_health = move || {
+        as_nobody(
+            Path::new("/usr/bin/curl"),
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "--unix-socket",
+                &sock,
+                "http://x/v1/health",
+            ],
+            &[],
+        )
+    };
+    let s = a.sock.to_str().unwrap().to_owned();
+    let Some((denied, status)) = tokio::task::spawn_blocking(move || {
+        let env = [("FYVAULT_SOCKET", s.as_str())];
+        Some((curl_health()?, as_nobody(&fyvault(), &["status"], &env)?))
+    })
+    .await
+    .unwrap() else {
+        eprintln!("skipped: cannot switch uid here");
+        a.stop().await;
+        return;
+    };
+    let body: serde_json::Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ready", "restricted": true})
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.starts_with("ready; details only"), "{text}");
+    for leak in ["org_t", "test", "42", "1 secrets"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    a.stop().await;
+
+    // A rule that names uid 65534 admits it, whatever secrets it grants.
+    let admitted = Rule {
+        users: vec![65534],
+        ..rule
+    };
+    let a = Agent::start(Policy::new(None, vec![admitted])).await;
+    a.push("SECRET_X", 42, b"v", None);
+    let sock = a.sock.to_str().unwrap().to_owned();
+    let full = tokio::task::spawn_blocking(move || {
+        as_nobody(
+            Path::new("/usr/bin/curl"),
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "--unix-socket",
+                &sock,
+                "http://x/v1/health",
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    assert_eq!(
+        (body["environment"].as_str(), body["secrets"].as_u64()),
+        (Some("test"), Some(1))
+    );
+    a.stop().await;
+}

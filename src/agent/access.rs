@@ -224,6 +224,15 @@ impl Policy {
                 .any(|r| r.matches_secret(secret) && r.matches_caller(caller))
     }
 
+    /// Does the policy admit `caller` at all (root, the group, or a rule naming it, whatever
+    /// secrets the rule grants)? Such callers see the agent's details in `/v1/health`; the
+    /// others get liveness only.
+    pub fn admits(&self, caller: &Caller) -> bool {
+        caller.uid == 0
+            || self.group.is_some_and(|g| caller.in_group(g))
+            || self.rules.iter().any(|r| r.matches_caller(caller))
+    }
+
     /// The group shown as the owner group of files (the policy's coarse shape).
     pub fn group_gid(&self) -> u32 {
         self.group.unwrap_or(0)

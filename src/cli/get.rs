@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::agent::config::DEFAULT_SOCKET;
 use crate::agent::hygiene::MlockStatus;
-use crate::agent::socket::wire::{AuditHealth, Health, MountHealth, SecretList};
+use crate::agent::socket::wire::{AuditHealth, HealthAnswer, MountHealth, SecretList};
 use crate::api::ErrorBody;
 
 #[derive(Debug, clap::Args)]
@@ -157,8 +157,18 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !answer.status.is_success() {
         return Err(answer.error());
     }
-    let h: Health = serde_json::from_slice(&answer.body)
-        .context("the agent's answer is not a health report")?;
+    let h = match serde_json::from_slice(&answer.body)
+        .context("the agent's answer is not a health report")?
+    {
+        HealthAnswer::Full(h) => h,
+        HealthAnswer::Live(l) => {
+            println!(
+                "{}; details only for callers the agent's access rules admit (and root)",
+                l.status
+            );
+            return Ok(status_code(&l.status));
+        }
+    };
     let mlock = match &h.mlock {
         MlockStatus::Locked => "memory locked".to_owned(),
         MlockStatus::Failed { reason } => format!("memory NOT locked: {reason}"),
@@ -178,11 +188,15 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(a) = &h.audit {
         println!("{}", audit_line(a));
     }
-    Ok(if h.status == "ready" {
+    Ok(status_code(&h.status))
+}
+
+fn status_code(status: &str) -> ExitCode {
+    if status == "ready" {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 fn mount_line(m: &MountHealth) -> String {

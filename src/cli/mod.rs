@@ -43,6 +43,7 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
+    quiet_on_broken_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(a) => dev::run(a),
@@ -57,11 +58,44 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => broken_pipe_exit(),
         Err(e) => {
             eprintln!("fyvault: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit status of a command whose stdout was closed by its reader (`fyvault status | head
+/// -1`): what a shell reports for a process killed by SIGPIPE, and nothing on stderr.
+const BROKEN_PIPE_STATUS: i32 = 128 + libc::SIGPIPE;
+
+fn broken_pipe_exit() -> ! {
+    std::process::exit(BROKEN_PIPE_STATUS)
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed stdout fails with EPIPE, and `println!` panics
+/// on that failure ("failed printing to stdout: Broken pipe"). Every command writes to stdout
+/// through `println!`/`write!`: the panic hook turns exactly that panic into a quiet exit;
+/// every other panic keeps the default report. (Restoring SIGPIPE's default action instead
+/// would also kill the agent and the vault on a client's closed socket.)
+fn quiet_on_broken_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            broken_pipe_exit();
+        }
+        default(info);
+    }));
+}
+
+/// Is this error, anywhere in its chain, a write to a closed pipe?
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Sets up logging to stderr from `FYVAULT_LOG` / `RUST_LOG` (default `info`); colours only

@@ -281,7 +281,19 @@ fn json_body(name: &str, meta: &Meta, value: &Secret) -> Secret {
     Secret::from(buf)
 }
 
-async fn health(State(ctx): State<Ctx>) -> Response {
+async fn health(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    if !ctx.state.policy().admits(&peer.caller) {
+        let status = match ctx.state.health() {
+            StateHealth::Ready => "ready",
+            StateHealth::Syncing => "syncing",
+            StateHealth::Degraded { .. } => "degraded",
+        };
+        let body = wire::Liveness {
+            status: status.into(),
+            restricted: true,
+        };
+        return no_store(Json(body).into_response());
+    }
     let (status, since, reason) = match ctx.state.health() {
         StateHealth::Ready => ("ready", None, None),
         StateHealth::Syncing => ("syncing", None, None),

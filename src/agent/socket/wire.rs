@@ -57,6 +57,25 @@ pub struct Health {
     pub mount: Option<MountHealth>,
 }
 
+/// `GET /v1/health` for a caller the access policy does not admit: liveness only, nothing
+/// that names the org, environment, revision or secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Liveness {
+    /// `ready`, `syncing`, `starting` or `degraded`, without the reason.
+    pub status: String,
+    /// Always true: the details are for callers the access rules admit (and root).
+    pub restricted: bool,
+}
+
+/// What `GET /v1/health` answers: the full report, or liveness only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HealthAnswer {
+    Live(Liveness),
+    Full(Box<Health>),
+}
+
 /// `/v1/health` → `"audit"`: the fields of [`crate::agent::audit::AuditStats`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditHealth {
