@@ -66,8 +66,8 @@ fn fuse_other_uid_denied_by_default_allowed_by_rule() {
             .success()
     );
 
-    // Names are not secret: listing and stat work for anyone.
-    let out = as_nobody(&["ls", "-la", m.path.to_str().unwrap()]);
+    // Names are not secret: the listing shows them to anyone.
+    let out = as_nobody(&["ls", "-a", m.path.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -75,7 +75,56 @@ fn fuse_other_uid_denied_by_default_allowed_by_rule() {
     );
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("DENIED_FOR_NOBODY") && listing.contains("GRANTED_LATER"));
-    assert!(as_nobody(&["stat", denied_s]).status.success());
+    // Nothing else: a refused caller gets the same answer for an existing name as for a
+    // missing one, and no size or time — even right after root's stat filled the kernel's
+    // caches (entry and attributes) for that name.
+    let root_size = std::fs::metadata(&denied).unwrap().len();
+    assert_eq!(root_size, b"top-secret".len() as u64);
+    let missing = m.file("NEVER_PUSHED");
+    let missing_s = missing.to_str().unwrap();
+    for args in [
+        ["stat", "-c", "%s %Y", denied_s],
+        ["stat", "-c", "%s %Y", missing_s],
+        ["cat", "--", missing_s, "/dev/null"],
+    ] {
+        let out = as_nobody(&args);
+        assert!(!out.status.success(), "{args:?} succeeded: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        {
+            assert!(err.contains("Permission denied"), "{args:?}: {err}");
+        }
+    }
+    let stat_errno = |p: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .args(["/usr/bin/python3", "-c"])
+            .arg(format!(
+                "import os\ntry:\n os.stat({p:?})\nexcept OSError as e:\n print(e.errno)"
+            ))
+            .output()
+            .unwrap()
+    };
+    for p in [denied_s, missing_s] {
+        let out = stat_errno(p);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            libc::EACCES.to_string(),
+            "stat {p} as nobody: {out:?}"
+        );
+    }
+    // Root still gets ENOENT for a missing name.
+    assert_eq!(
+        std::fs::metadata(&missing).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
     // .env for nobody: empty (nothing granted), not an error.
     let env = m.file(".env");
     let out = as_nobody(&["cat", env.to_str().unwrap()]);

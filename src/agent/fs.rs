@@ -16,20 +16,26 @@
 //! with `FOPEN_DIRECT_IO`, so no plaintext enters the page cache and every `read` asks the view
 //! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
 //!
+//! ## Who learns what
+//! Names are public (the listing shows every name to every local user). Everything else about
+//! a secret is decided by the policy *before* existence: a caller the policy refuses `NAME`
+//! gets EACCES from `lookup`, `getattr`, `access` and `open` alike, whether `NAME` exists or
+//! not, and never its size or time (the socket's 403 is the same rule). Each refusal is logged
+//! and audited as `denied`.
+//!
 //! ## Cache lifetimes
-//! The kernel may cache entries (name → inode) and file attributes for [`ENTRY_TTL`] /
-//! [`FILE_ATTR_TTL`], because every change to the view drops exactly what it affects before the
-//! change is complete: the mount registers a cache invalidator with the state, which runs it
-//! synchronously in `AgentState::apply` (and at grace expiry and policy reload) after the view
-//! lock is released. A reply computed from the old view that reaches the kernel after the
-//! invalidation is discarded by the kernel (its attribute version is older). So a `stat` issued
-//! once a rotation has been applied shows the new size, and a `stat` between rotations costs no
-//! round trip to the agent. Exceptions:
-//! - `.env`'s attributes are never cached ([`DOTENV_ATTR_TTL`] = 0): its size depends on who
-//!   asks, and the kernel's attribute cache is shared by all callers.
-//! - `.previous/NAME` is cached at most until the earliest grace deadline, so the kernel drops
-//!   it on time by itself, even before the expiry's invalidation arrives.
-//! - Inode numbers are stable per name, so even a stale entry is harmless: `open` always asks
+//! The kernel may cache entries (name → inode) for [`ENTRY_TTL`], because every change to the
+//! view drops exactly what it affects before the change is complete: the mount registers a
+//! cache invalidator with the state, which runs it synchronously in `AgentState::apply` (and at
+//! grace expiry and policy reload) after the view lock is released. A reply computed from the
+//! old view that reaches the kernel after the invalidation is discarded by the kernel. A cached
+//! entry is no leak: every `stat` through it still asks us ([`FILE_ATTR_TTL`] = 0, as the
+//! kernel's attribute cache is shared by all callers), and so does every `open`. So:
+//! - secret files' and `.env`'s attributes are never cached: sizes and times depend on who
+//!   asks (a `stat` costs one round trip to the agent, ~16 µs);
+//! - `.previous/NAME` entries are cached at most until the earliest grace deadline, so the
+//!   kernel drops them on time by itself, even before the expiry's invalidation arrives;
+//! - inode numbers are stable per name, so even a stale entry is harmless: `open` always asks
 //!   the view and answers ENOENT for a name that is gone.
 //!
 //! ## Requests per read
@@ -62,8 +68,9 @@ pub use inodes::{DOTENV, DOTENV_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_N
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
-/// How long the kernel may cache a secret file's attributes (changes invalidate them at once).
-pub const FILE_ATTR_TTL: Duration = Duration::from_secs(60);
+/// How long the kernel may cache a secret file's attributes: not at all. The kernel's cache is
+/// shared by all callers, and size and time are shown only to callers the policy admits.
+pub const FILE_ATTR_TTL: Duration = Duration::ZERO;
 /// `.env`'s attributes depend on the caller: never cached.
 pub const DOTENV_ATTR_TTL: Duration = Duration::ZERO;
 /// How long the kernel may cache a directory's attributes (a policy reload invalidates them).
@@ -167,26 +174,31 @@ impl SecretFs {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
             Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
+                self.check_policy(&self.caller(req), &name)?;
                 let (meta, ttl) = self.secret_meta(&name, which)?;
                 Ok((self.meta_attr(ino, meta), ttl))
             }
         }
     }
 
-    /// A secret's facts and how long the kernel may cache them: [`FILE_ATTR_TTL`], or for a
-    /// previous version no longer than until the earliest grace deadline.
+    /// The policy decides before existence does: a caller refused `name` gets EACCES whether
+    /// or not it exists (as the socket's 403), and never its size or time.
+    fn check_policy(&self, caller: &Caller, name: &str) -> Result<(), Errno> {
+        if self.state.policy().allows(caller, name) {
+            Ok(())
+        } else {
+            Err(self.denied(caller, name, None))
+        }
+    }
+
+    /// A secret's facts and how long the kernel may cache them: [`FILE_ATTR_TTL`] (zero: the
+    /// kernel's attribute cache is shared by all callers, and a refused caller must not see a
+    /// size or time another caller's `stat` left there).
     fn secret_meta(&self, name: &str, which: Which) -> Result<(Meta, Duration), Errno> {
         let now = Instant::now();
         let view = self.state.view.read().expect("view lock");
         let meta = view.meta(name, which, now).ok_or(Errno::ENOENT)?;
-        let ttl = match which {
-            Which::Current => FILE_ATTR_TTL,
-            Which::Previous => view
-                .next_deadline()
-                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
-                .min(FILE_ATTR_TTL),
-        };
-        Ok((meta, ttl))
+        Ok((meta, FILE_ATTR_TTL))
     }
 
     /// Resolves `name` in directory `parent` to (attributes, attr TTL, entry TTL).
@@ -219,24 +231,33 @@ impl SecretFs {
         } else {
             Which::Previous
         };
+        self.check_policy(&self.caller(req), name)?;
         let (meta, ttl) = self.secret_meta(name, which)?;
         let ino = self.inodes.intern(name, which);
         let entry_ttl = match which {
             Which::Current => ENTRY_TTL,
-            Which::Previous => ttl.min(ENTRY_TTL),
+            // Dropped by the kernel by itself when the earliest grace period ends, even before
+            // the expiry's invalidation arrives.
+            Which::Previous => {
+                let now = Instant::now();
+                let view = self.state.view.read().expect("view lock");
+                view.next_deadline()
+                    .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
+                    .min(ENTRY_TTL)
+            }
         };
         Ok((self.meta_attr(ino, meta), ttl, entry_ttl))
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
         let now = Instant::now();
-        let current = {
-            let view = self.state.view.read().expect("view lock");
-            view.meta(name, which, now).ok_or(Errno::ENOENT)?
-        };
         let caller = self.caller(req);
         if !self.state.policy().allows(&caller, name) {
-            return Err(self.denied(&caller, name, Some(current.version)));
+            let version = {
+                let view = self.state.view.read().expect("view lock");
+                view.meta(name, which, now).map(|m| m.version)
+            };
+            return Err(self.denied(&caller, name, version));
         }
         let (fh, meta) = self
             .state
@@ -454,25 +475,18 @@ impl Filesystem for SecretFs {
             Node::DotEnv if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
             Node::DotEnv => Ok(()),
             Node::Secret(name, which) => {
-                let meta =
-                    self.state
-                        .view
-                        .read()
-                        .expect("view lock")
-                        .meta(&name, which, Instant::now());
-                match meta {
-                    None => Err(Errno::ENOENT),
-                    Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-                    Some(m) if mask.contains(AccessFlags::R_OK) => {
-                        let caller = self.caller(req);
-                        if self.state.policy().allows(&caller, &name) {
-                            Ok(())
-                        } else {
-                            Err(self.denied(&caller, &name, Some(m.version)))
-                        }
+                self.check_policy(&self.caller(req), &name).and_then(|()| {
+                    let meta = self.state.view.read().expect("view lock").meta(
+                        &name,
+                        which,
+                        Instant::now(),
+                    );
+                    match meta {
+                        None => Err(Errno::ENOENT),
+                        Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+                        Some(_) => Ok(()),
                     }
-                    Some(_) => Ok(()),
-                }
+                })
             }
         };
         match result {
