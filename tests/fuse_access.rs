@@ -193,12 +193,39 @@ fn fuse_every_write_type_operation_fails() {
     if !fuse_available("fuse_every_write_type_operation_fails") {
         return;
     }
-    let m = TestMount::new(Policy::default());
+    // As mounted by the agent: the kernel refuses most write operations itself (read-only
+    // mount), so this alone would pass whatever the filesystem does.
+    every_write_type_operation_fails(&TestMount::new(Policy::default()), &|e| {
+        e == libc::EROFS || e == libc::EACCES
+    });
+}
+
+/// The filesystem's own refusal, without the kernel's help: on a mount without the read-only
+/// flag the kernel forwards every write-type operation, and each must be EROFS from us.
+#[test]
+fn fuse_filesystem_itself_refuses_every_write_type_operation() {
+    if !fuse_available("fuse_filesystem_itself_refuses_every_write_type_operation") {
+        return;
+    }
+    let m = TestMount::kernel_writable(Policy::default());
+    let options = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(m.path.to_str().unwrap()))
+        .map(|l| l.split(' ').nth(5).unwrap_or_default().to_owned())
+        .unwrap();
+    assert!(
+        options.starts_with("rw"),
+        "not writable for the kernel: {options}"
+    );
+    every_write_type_operation_fails(&m, &|e| e == libc::EROFS);
+}
+
+fn every_write_type_operation_fails(m: &TestMount, ro: &dyn Fn(i32) -> bool) {
     m.put("KEY", 1, b"value");
     let key = m.file("KEY");
     let new = m.file("NEW");
     let prev_dir = m.path.join(".previous");
-    let ro = |e: i32| e == libc::EROFS || e == libc::EACCES;
     let mut checked = Vec::new();
     let mut check = |what: &str, e: i32, ok: &dyn Fn(i32) -> bool| {
         assert!(ok(e), "{what}: unexpected errno {e}");
@@ -207,24 +234,24 @@ fn fuse_every_write_type_operation_fails() {
 
     use std::fs::OpenOptions;
     let e = errno(OpenOptions::new().write(true).open(&key));
-    check("open O_WRONLY", e, &ro);
+    check("open O_WRONLY", e, ro);
     let e = errno(OpenOptions::new().read(true).write(true).open(&key));
-    check("open O_RDWR", e, &ro);
+    check("open O_RDWR", e, ro);
     let e = errno(OpenOptions::new().read(true).append(true).open(&key));
-    check("open O_APPEND", e, &ro);
+    check("open O_APPEND", e, ro);
     let e = errno(OpenOptions::new().write(true).create_new(true).open(&new));
-    check("create", e, &ro);
+    check("create", e, ro);
     let e = errno(OpenOptions::new().write(true).truncate(true).open(&key));
-    check("open O_TRUNC", e, &ro);
-    check("mkdir", errno(std::fs::create_dir(m.file("DIR"))), &ro);
-    check("unlink", errno(std::fs::remove_file(&key)), &ro);
-    check("rmdir", errno(std::fs::remove_dir(&prev_dir)), &ro);
-    check("rename", errno(std::fs::rename(&key, &new)), &ro);
-    check("link", errno(std::fs::hard_link(&key, &new)), &ro);
+    check("open O_TRUNC", e, ro);
+    check("mkdir", errno(std::fs::create_dir(m.file("DIR"))), ro);
+    check("unlink", errno(std::fs::remove_file(&key)), ro);
+    check("rmdir", errno(std::fs::remove_dir(&prev_dir)), ro);
+    check("rename", errno(std::fs::rename(&key, &new)), ro);
+    check("link", errno(std::fs::hard_link(&key, &new)), ro);
     check(
         "symlink",
         errno(std::os::unix::fs::symlink("/etc/passwd", &new)),
-        &ro,
+        ro,
     );
     use std::os::unix::fs::PermissionsExt;
     check(
@@ -233,23 +260,23 @@ fn fuse_every_write_type_operation_fails() {
             &key,
             std::fs::Permissions::from_mode(0o644),
         )),
-        &ro,
+        ro,
     );
     check(
         "chown",
         errno(std::os::unix::fs::chown(&key, Some(1), Some(1))),
-        &ro,
+        ro,
     );
     check(
         "truncate",
         errno(nix::unistd::truncate(&key, 0).map_err(std::io::Error::from)),
-        &ro,
+        ro,
     );
     let f = std::fs::File::open(&key).unwrap();
     check(
         "utimes",
         errno(f.set_modified(std::time::SystemTime::UNIX_EPOCH)),
-        &ro,
+        ro,
     );
     check(
         "mknod",
@@ -262,7 +289,7 @@ fn fuse_every_write_type_operation_fails() {
             )
             .map_err(std::io::Error::from),
         ),
-        &ro,
+        ro,
     );
     let (path, name, value) = (c(&key), c(Path::new("user.x")), b"v");
     // SAFETY: valid NUL-terminated strings and a valid buffer for the duration of each call.
@@ -275,7 +302,7 @@ fn fuse_every_write_type_operation_fails() {
             0,
         )
     };
-    check("setxattr", last_errno(rc), &ro);
+    check("setxattr", last_errno(rc), ro);
     // SAFETY: as above.
     let rc = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
     check("removexattr", last_errno(rc), &|e| {

@@ -99,7 +99,26 @@ impl Mounted {
         state: Arc<AgentState>,
         threads: usize,
     ) -> Result<Mounted, MountError> {
-        let path = path.into();
+        Self::start_inner(path.into(), state, threads, KernelReadOnly::Yes)
+    }
+
+    /// Mounts WITHOUT the kernel's read-only flag: the kernel then forwards every write-type
+    /// operation to the filesystem. Only for tests that prove the filesystem refuses them by
+    /// itself (`tests/fuse_access.rs`); the agent always mounts read-only.
+    #[doc(hidden)]
+    pub fn start_kernel_writable_for_tests(
+        path: impl Into<PathBuf>,
+        state: Arc<AgentState>,
+    ) -> Result<Mounted, MountError> {
+        Self::start_inner(path.into(), state, FUSE_THREADS, KernelReadOnly::No)
+    }
+
+    fn start_inner(
+        path: PathBuf,
+        state: Arc<AgentState>,
+        threads: usize,
+        read_only: KernelReadOnly,
+    ) -> Result<Mounted, MountError> {
         prepare_mountpoint(&path)?;
         let dev_fuse = OpenOptions::new()
             .read(true)
@@ -107,7 +126,7 @@ impl Mounted {
             .open("/dev/fuse")
             .map_err(MountError::NoFuse)?;
         let fd: OwnedFd = dev_fuse.into();
-        mount_fuse(&path, &fd)?;
+        mount_fuse(&path, &fd, read_only)?;
         // From here on, a failure must not leave the mount behind (`Drop` detaches). Until the
         // session serves requests, nothing may touch the mount: the kernel holds every request
         // until the INIT handshake is answered.
@@ -294,7 +313,17 @@ pub fn prepare_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-fn mount_fuse(path: &Path, fd: &OwnedFd) -> Result<(), MountError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelReadOnly {
+    Yes,
+    No,
+}
+
+fn mount_fuse(path: &Path, fd: &OwnedFd, read_only: KernelReadOnly) -> Result<(), MountError> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if read_only == KernelReadOnly::Yes {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},allow_other",
         fd.as_raw_fd(),
@@ -305,7 +334,7 @@ fn mount_fuse(path: &Path, fd: &OwnedFd) -> Result<(), MountError> {
         Some("fyvault"),
         path,
         Some("fuse.fyvault"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        flags,
         Some(data.as_str()),
     )
     .map_err(|e| MountError::Mount {

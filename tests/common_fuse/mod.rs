@@ -80,6 +80,21 @@ pub struct TestMount {
 
 impl TestMount {
     pub fn new(policy: Policy) -> TestMount {
+        Self::with(policy, |path, state| Mounted::start(path, state))
+    }
+
+    /// A mount without the kernel's read-only flag: write-type operations reach the
+    /// filesystem, which must refuse them by itself.
+    pub fn kernel_writable(policy: Policy) -> TestMount {
+        Self::with(policy, |path, state| {
+            Mounted::start_kernel_writable_for_tests(path, state)
+        })
+    }
+
+    fn with(
+        policy: Policy,
+        mount: impl FnOnce(&Path, Arc<AgentState>) -> Result<Mounted, fyvault::agent::mount::MountError>,
+    ) -> TestMount {
         capture_logs();
         let dir = tempfile::Builder::new()
             .prefix("fyvault-fuse-")
@@ -98,7 +113,7 @@ impl TestMount {
             .build()
             .unwrap();
         rt.spawn(state.clone().run_expiry());
-        let mounted = Mounted::start(&path, state.clone()).expect("mount");
+        let mounted = mount(&path, state.clone()).expect("mount");
         TestMount {
             state,
             path,
