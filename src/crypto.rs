@@ -357,6 +357,32 @@ mod tests {
         assert!(format!("{sk:?}").contains("REDACTED"));
     }
 
+    /// `ct_eq` is `subtle`'s constant-time comparison (timing is never asserted in tests).
+    /// What a test can prove is that it is an exact equality: every single-bit
+    /// difference at every position, every length difference (prefixes included) is unequal.
+    /// A comparison that stops early, skips bytes or compares only a prefix fails here.
+    #[test]
+    fn ct_eq_is_exact_equality() {
+        let a = hash_token(b"fvagent_example");
+        let a = a.as_bytes();
+        assert!(ct_eq(a, a));
+        assert!(ct_eq(&a.to_vec(), a));
+        assert!(ct_eq(b"", b""));
+        for i in 0..a.len() {
+            for bit in 0..8 {
+                let mut b = a.to_vec();
+                b[i] ^= 1 << bit;
+                assert!(!ct_eq(a, &b), "byte {i} bit {bit}");
+                assert!(!ct_eq(&b, a), "byte {i} bit {bit}, swapped");
+            }
+            assert!(!ct_eq(a, &a[..i]), "prefix of {i}");
+            assert!(!ct_eq(&a[..i], a), "prefix of {i}, swapped");
+        }
+        let mut longer = a.to_vec();
+        longer.push(0);
+        assert!(!ct_eq(a, &longer));
+    }
+
     #[test]
     fn tokens_have_prefix_checksum_and_hash() {
         for kind in [TokenKind::Provider, TokenKind::Agent, TokenKind::Admin] {

@@ -1,6 +1,9 @@
 //! Memory hygiene, checked in a child process (this test binary re-run with one test selected),
 //! so the locked, non-dumpable state does not leak into other tests.
 
+#[path = "skip/mod.rs"]
+mod skip;
+
 use std::process::Command;
 
 use fyvault::agent::hygiene::{self, MlockStatus};
@@ -133,7 +136,10 @@ fn lock_failure_is_reported_not_fatal() {
         .unwrap()
         .success();
     if !readable {
-        eprintln!("skipped: {} is not executable by uid 65534", exe.display());
+        skip::skip(
+            "lock_failure_is_reported_not_fatal",
+            &format!("{} is not executable by uid 65534", exe.display()),
+        );
         return;
     }
     let line = run_child(true);

@@ -428,7 +428,10 @@ async fn other_uid_is_denied_unless_a_rule_grants_it() {
     })
     .await
     .unwrap() else {
-        eprintln!("skipped: cannot switch uid here");
+        agent_support::skip::skip(
+            "other_uid_is_denied_unless_a_rule_grants_it",
+            "cannot switch to uid 65534 here",
+        );
         return;
     };
     assert!(!denied.status.success());
@@ -462,7 +465,7 @@ async fn events_are_filtered_by_policy() {
     let a = Agent::start(Policy::new(None, vec![rule])).await;
     let sock = a.sock.to_str().unwrap().to_owned();
     if nix::unistd::geteuid().as_raw() != 0 {
-        eprintln!("skipped: needs root to switch uid");
+        agent_support::skip::skip("events_are_filtered_by_policy", "needs root to switch uid");
         a.stop().await;
         return;
     }
@@ -671,7 +674,10 @@ async fn health_details_only_for_admitted_callers() {
     })
     .await
     .unwrap() else {
-        eprintln!("skipped: cannot switch uid here");
+        agent_support::skip::skip(
+            "health_details_only_for_admitted_callers",
+            "cannot switch to uid 65534 here",
+        );
         a.stop().await;
         return;
     };

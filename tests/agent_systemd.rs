@@ -122,7 +122,10 @@ fn nobody_reads(fuse: bool, mount: &Path, socket: &Path) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_first_sync_watchdog_status_and_sighup() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP ready_after_first_sync_watchdog_status_and_sighup: needs root (setpriv)");
+        common_fuse::skip::skip(
+            "ready_after_first_sync_watchdog_status_and_sighup",
+            "needs root (setpriv)",
+        );
         return;
     }
     let fuse = fuse_available("ready_after_first_sync_watchdog_status_and_sighup");

@@ -436,7 +436,10 @@ fn dev_no_agent_writes_a_config_for_a_separate_agent() {
 #[test]
 fn dev_as_non_root_runs_socket_only_and_says_why() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP dev_as_non_root_runs_socket_only_and_says_why: needs root for setpriv");
+        common_fuse::skip::skip(
+            "dev_as_non_root_runs_socket_only_and_says_why",
+            "needs root for setpriv",
+        );
         return;
     }
     let nobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups"];
@@ -446,8 +449,9 @@ fn dev_as_non_root_runs_socket_only_and_says_why() {
         .status()
         .is_ok_and(|s| s.success());
     if !runs {
-        eprintln!(
-            "SKIP dev_as_non_root_runs_socket_only_and_says_why: uid 65534 cannot run the binary here"
+        common_fuse::skip::skip(
+            "dev_as_non_root_runs_socket_only_and_says_why",
+            "uid 65534 cannot run the binary here",
         );
         return;
     }

@@ -294,7 +294,10 @@ fn fuse_dotenv_round_trips_through_dotenv_readers() {
             assert_eq!(parsed.len(), TRICKY.len(), "{parsed:?}");
         }
         Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            eprintln!("SKIP python-dotenv check: module missing (pip install python-dotenv)");
+            common_fuse::skip::skip(
+                "fuse_dotenv_round_trips_through_dotenv_readers",
+                "python-dotenv missing (pip install python-dotenv)",
+            );
         }
         other => panic!("python3 failed: {other:?}"),
     }

@@ -141,6 +141,17 @@ fn config(state: &Path) -> AuditConfig {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// `Auditor::flush` with a deadline: a flush that never returns fails the test instead of
+/// hanging it.
+async fn flush(
+    a: &Auditor,
+    ship_timeout: Duration,
+) -> Result<fyvault::agent::audit::FlushOutcome, fyvault::agent::audit::AuditError> {
+    tokio::time::timeout(ship_timeout + LONG, a.flush(ship_timeout))
+        .await
+        .expect("flush did not return")
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LONG;
     while !cond() {
@@ -218,7 +229,7 @@ async fn coalesced_event_keeps_first_pid_and_exact_count() {
     );
     assert_eq!(a.stats().pending_events, 7);
 
-    let out = a.flush(LONG).await.unwrap();
+    let out = flush(&a, LONG).await.unwrap();
     assert!(out.shipped_all);
     assert_eq!(out.backlog_events, 0);
     let events = vault.with(|s| s.events.clone());
@@ -275,7 +286,7 @@ async fn n_reads_with_background_coalescing_sum_exactly() {
             tokio::task::yield_now().await;
         }
     }
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     assert_eq!(vault.count(AccessAction::Accessed), u64::from(n));
     let shipped = vault.with(|s| s.events.len());
     assert!(
@@ -303,10 +314,10 @@ async fn vault_down_then_back_counts_10000_once() {
         );
         if i % 1000 == 999 {
             // Push to disk in several batches.
-            a.flush(Duration::ZERO).await.unwrap();
+            flush(&a, Duration::ZERO).await.unwrap();
         }
     }
-    a.flush(Duration::ZERO).await.unwrap();
+    flush(&a, Duration::ZERO).await.unwrap();
     wait_until("retries while the vault is down", || vault.posts() >= 3).await;
     let stats = a.stats();
     assert!(stats.backlog_events > 0);
@@ -317,7 +328,7 @@ async fn vault_down_then_back_counts_10000_once() {
 
     // Back, but answers get lost now and then: re-sent batches are de-duplicated.
     vault.set_mode(Mode::Flaky);
-    let out = a.flush(LONG).await.unwrap();
+    let out = flush(&a, LONG).await.unwrap();
     assert!(out.shipped_all, "{out:?}");
     assert_eq!(vault.count(AccessAction::Accessed), 10_000);
     assert!(
@@ -345,7 +356,7 @@ async fn crash_with_a_batch_in_flight_reships_without_double_count() {
             AccessVia::Socket,
         );
     }
-    a.flush(Duration::ZERO).await.unwrap();
+    flush(&a, Duration::ZERO).await.unwrap();
     // The vault recorded the batch; its answer never comes; the agent dies.
     wait_until("the batch reached the vault", || vault.posts() >= 1).await;
     assert_eq!(vault.count(AccessAction::Accessed), 300);
@@ -358,7 +369,7 @@ async fn crash_with_a_batch_in_flight_reships_without_double_count() {
         b.stats().backlog_events > 0,
         "the unacknowledged batch is still spooled"
     );
-    assert!(b.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&b, LONG).await.unwrap().shipped_all);
     assert_eq!(vault.count(AccessAction::Accessed), 300);
     assert_eq!(
         vault.with(|s| s.duplicates),
@@ -382,7 +393,7 @@ async fn crash_loses_only_what_was_not_yet_written() {
             AccessVia::Fuse,
         );
     }
-    a.flush(Duration::ZERO).await.unwrap(); // on disk (fsynced)
+    flush(&a, Duration::ZERO).await.unwrap(); // on disk (fsynced)
     for _ in 0..50 {
         a.record(
             &caller(1000, 1, "/usr/bin/app"),
@@ -398,7 +409,7 @@ async fn crash_loses_only_what_was_not_yet_written() {
 
     vault.set_mode(Mode::Up);
     let b = Auditor::start(config(tmp.path()), vault.clone()).unwrap();
-    assert!(b.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&b, LONG).await.unwrap().shipped_all);
     let events = vault.with(|s| s.events.clone());
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].secret.as_deref(), Some("A"));
@@ -427,14 +438,14 @@ async fn tiny_spool_with_vault_down_reports_the_exact_drop() {
                 n += 1;
             }
         }
-        a.flush(Duration::ZERO).await.unwrap();
+        flush(&a, Duration::ZERO).await.unwrap();
     }
     let dropped = a.stats().dropped_total;
     assert!(dropped > 0, "a 4 KiB spool must overflow");
     assert!(a.stats().backlog_bytes <= 4096);
 
     vault.set_mode(Mode::Up);
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     assert_eq!(vault.count(AccessAction::Dropped), dropped);
     assert_eq!(vault.count(AccessAction::Accessed) + dropped, n);
     a.shutdown(LONG).await.unwrap();
@@ -465,7 +476,7 @@ async fn memory_buffer_overflow_is_reported_as_dropped() {
         AccessVia::Socket,
     );
     assert_eq!(a.stats().dropped_total, 15);
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     assert_eq!(vault.count(AccessAction::Denied), 11);
     assert_eq!(vault.count(AccessAction::Dropped), 15);
     a.shutdown(LONG).await.unwrap();
@@ -574,9 +585,9 @@ async fn an_event_the_vault_refuses_is_counted_as_dropped_and_does_not_block_the
             }
         }
     }
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     // The refusal is reported by a `dropped` event written by the next drain.
-    a.flush(LONG).await.unwrap();
+    flush(&a, LONG).await.unwrap();
     assert_eq!(vault.count(AccessAction::Accessed), 40);
     assert_eq!(vault.count(AccessAction::Dropped), 3);
     let stats = a.stats();
@@ -590,7 +601,7 @@ async fn an_event_the_vault_refuses_is_counted_as_dropped_and_does_not_block_the
         Some(1),
         AccessVia::Fuse,
     );
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     assert_eq!(vault.count(AccessAction::Accessed), 41);
     a.shutdown(LONG).await.unwrap();
 }
@@ -605,7 +616,7 @@ async fn fields_the_vault_would_refuse_are_cleaned_not_shipped_raw() {
     for probe in ["../etc/passwd", "lower", ""] {
         a.record(&c, AccessAction::Denied, probe, None, AccessVia::Socket);
     }
-    assert!(a.flush(LONG).await.unwrap().shipped_all);
+    assert!(flush(&a, LONG).await.unwrap().shipped_all);
     let events = vault.with(|s| s.events.clone());
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].secret, None);

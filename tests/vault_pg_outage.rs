@@ -110,7 +110,10 @@ async fn database_outage_gives_fast_503s_then_instances_recover() {
             std::env::var("FYVAULT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
             "FYVAULT_REQUIRE_POSTGRES=1 but FYVAULT_TEST_PG_CLUSTER is not set"
         );
-        eprintln!("SKIP database_outage…: set FYVAULT_TEST_PG_CLUSTER (e.g. '15 main')");
+        common::skip::skip(
+            "database_outage_gives_fast_503s_then_instances_recover",
+            "set FYVAULT_TEST_PG_CLUSTER (e.g. '15 main')",
+        );
         return;
     };
     let db = TestDb::create(&base).await;

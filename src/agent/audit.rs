@@ -653,23 +653,34 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         // With the writer parked, reads keep being recorded (and counted when the buffer is
-        // full); stats answer too. Reaching the next line at all is the assertion.
-        for i in 0..50_000u32 {
-            let secret = format!("S{}", i % 2000);
-            a.record(
-                &caller(i),
-                AccessAction::Accessed,
-                &secret,
-                Some(1),
-                AccessVia::Socket,
-            );
-        }
-        let st = a.stats();
+        // full); stats answer too. Done on another thread with a deadline: a `record` that
+        // waits for the writer fails the test instead of hanging it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let recorder = a.clone();
+        std::thread::spawn(move || {
+            for i in 0..50_000u32 {
+                let secret = format!("S{}", i % 2000);
+                recorder.record(
+                    &caller(i),
+                    AccessAction::Accessed,
+                    &secret,
+                    Some(1),
+                    AccessVia::Socket,
+                );
+            }
+            let _ = done_tx.send(recorder.stats());
+        });
+        let st = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("record() or stats() waited for the blocked writer");
         assert_eq!(st.pending_events, 1001, "1000 entries and the overflow");
         assert_eq!(st.dropped_total, 25_000);
         drop(stuck);
 
-        a.flush(Duration::ZERO).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), a.flush(Duration::ZERO))
+            .await
+            .expect("flush never finished once the disk was free")
+            .unwrap();
         let events = lock(&h.shared.spool)
             .as_mut()
             .unwrap()

@@ -2,6 +2,9 @@
 //! an event-stream reader, polling with a deadline, and running commands as another uid.
 #![allow(dead_code)]
 
+#[path = "../skip/mod.rs"]
+pub mod skip;
+
 pub mod vault;
 
 use std::path::{Path, PathBuf};

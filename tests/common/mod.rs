@@ -2,6 +2,9 @@
 //! data dir, fixtures made through the real admin API, and raw HTTP calls for error cases.
 #![allow(dead_code)]
 
+#[path = "../skip/mod.rs"]
+pub mod skip;
+
 pub mod concurrency;
 pub mod pg;
 pub mod store_suite;

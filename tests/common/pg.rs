@@ -24,7 +24,10 @@ pub fn env_or_skip(var: &str, test: &str) -> Option<String> {
                 "{test}: FYVAULT_REQUIRE_POSTGRES=1 but {var} is not set \
                  (eval \"$(scripts/pg-test-setup)\")"
             );
-            eprintln!("SKIP {test}: set {var} to run it (eval \"$(scripts/pg-test-setup)\")");
+            super::skip::skip(
+                test,
+                &format!("set {var} to run it (eval \"$(scripts/pg-test-setup)\")"),
+            );
             None
         }
     }

@@ -3,6 +3,9 @@
 //! and a populated `AgentState`.
 #![allow(dead_code)] // each test file uses a different part
 
+#[path = "../skip/mod.rs"]
+pub mod skip;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +27,7 @@ pub fn fuse_available(test: &str) -> bool {
         if std::env::var("FYVAULT_REQUIRE_FUSE").as_deref() == Ok("1") {
             panic!("{test}: FYVAULT_REQUIRE_FUSE=1 but /dev/fuse is missing or we are not root");
         }
-        eprintln!("SKIP {test}: /dev/fuse missing or not root");
+        skip::skip(test, "/dev/fuse missing or not root");
     }
     present
 }
