@@ -42,8 +42,8 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::api::{AccessAction, AccessEvent};
 pub use disk::rfc3339;
 use disk::{
-    dropped_event, for_each_event, framed_len, now_micros, read_number, scan_segment, segment_path,
-    sync_dir, write_atomic,
+    MAX_SEQ, dropped_event, for_each_event, framed_len, now_micros, read_number, scan_segment,
+    segment_path, sync_dir, write_atomic,
 };
 use frame::{Frame, FrameReader};
 
@@ -206,6 +206,7 @@ impl Spool {
                 .and_then(|n| n.strip_prefix("seg-"))
                 .and_then(|n| n.strip_suffix(".log"))
                 .and_then(|n| n.parse::<u64>().ok())
+                .filter(|id| *id <= MAX_SEQ)
             {
                 ids.push(id);
             }

@@ -51,12 +51,18 @@ pub fn framed_len(ev: &AccessEvent) -> u64 {
     (serde_json::to_vec(ev).map_or(0, |p| p.len()) + frame::HEADER) as u64
 }
 
-/// A decimal number kept in a small file (`ack`, `seq`); `None` if missing or unreadable.
+/// The largest sequence number (and segment id) a spool uses: sequence numbers start near the
+/// wall clock in microseconds (about 2^51 today), so 2^62 lasts 100,000 years. A larger one on
+/// disk is damage, and treating it as damage keeps every `+ 1` from overflowing.
+pub const MAX_SEQ: u64 = 1 << 62;
+
+/// A decimal number kept in a small file (`ack`, `seq`); `None` if missing, unreadable or
+/// beyond [`MAX_SEQ`].
 pub fn read_number(path: &Path) -> Option<u64> {
     match fs::read_to_string(path) {
         Ok(s) => match s.trim().parse() {
-            Ok(n) => Some(n),
-            Err(_) => {
+            Ok(n) if n <= MAX_SEQ => Some(n),
+            _ => {
                 tracing::warn!(file = %path.display(), "audit spool: ignoring an unreadable number file");
                 None
             }
@@ -121,7 +127,7 @@ pub struct Scan {
 }
 
 /// Scans a segment, truncating a torn tail. A record whose JSON does not parse (or whose seq
-/// does not increase) is skipped and counted like a bad checksum.
+/// does not increase, or exceeds [`MAX_SEQ`]) is skipped and counted like a bad checksum.
 pub fn scan_segment(path: &Path, acked: u64) -> Result<Scan, SpoolError> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let mut reader = FrameReader::new(BufReader::new(file));
@@ -132,7 +138,7 @@ pub fn scan_segment(path: &Path, acked: u64) -> Result<Scan, SpoolError> {
             Frame::Good { payload, size } => {
                 offset += size;
                 match serde_json::from_slice::<AccessEvent>(&payload) {
-                    Ok(ev) if scan.last_seq.is_none_or(|l| ev.seq > l) => {
+                    Ok(ev) if ev.seq <= MAX_SEQ && scan.last_seq.is_none_or(|l| ev.seq > l) => {
                         scan.first_seq.get_or_insert(ev.seq);
                         scan.last_seq = Some(ev.seq);
                         scan.unacked += u64::from(ev.seq > acked);
