@@ -15,12 +15,17 @@
 use std::convert::Infallible;
 use std::time::Instant;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Extension;
 use axum::extract::{ConnectInfo, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt, stream};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::limits::ConnControl;
 use super::wire::EventData;
 use super::{Ctx, Peer};
 use crate::agent::view::{Change, Which};
@@ -28,6 +33,7 @@ use crate::agent::view::{Change, Which};
 pub(super) async fn events(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    control: Option<Extension<ConnControl>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the answer's head goes out: a client that has the head sees every
     // change from then on.
@@ -35,8 +41,27 @@ pub(super) async fn events(
     let state = ctx.state.clone();
     let caller = peer.caller.clone();
     let mut stop = ctx.shutdown.clone();
+    let taken = Arc::new(AtomicU64::new(0));
+    // Dropped with the stream: ends the stall watch.
+    let (gone, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(Extension(control)) = control {
+        tokio::spawn(watch_stall(
+            ctx.state.subscribe(),
+            taken.clone(),
+            gone_rx,
+            control,
+        ));
+    }
     let hello = stream::once(async { Ok(Event::default().comment("fyvault events")) });
     let changes = BroadcastStream::new(rx).filter_map(move |item| {
+        let _alive = &gone;
+        taken.fetch_add(
+            match &item {
+                Ok(_) => 1,
+                Err(BroadcastStreamRecvError::Lagged(n)) => *n,
+            },
+            Ordering::Relaxed,
+        );
         let out = match item {
             Ok(change) => {
                 let name = change.name();
@@ -59,6 +84,42 @@ pub(super) async fn events(
     };
     Sse::new(hello.chain(changes).take_until(until_shutdown))
         .keep_alive(KeepAlive::new().interval(ctx.keep_alive))
+}
+
+/// Counts the changes published while the stream is open; when the stream has taken more than
+/// `max_events_behind` fewer for longer than `event_stall` (its reader stopped reading, so
+/// hyper stopped polling it), ends the connection. What a stalled stream holds is bounded
+/// anyway (the change channel keeps at most 1,024 changes for all streams together); this
+/// frees its connection and its place in the limits.
+async fn watch_stall(
+    mut published: tokio::sync::broadcast::Receiver<Change>,
+    taken: Arc<AtomicU64>,
+    mut gone: tokio::sync::oneshot::Receiver<()>,
+    control: ConnControl,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut seen = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut gone => return,
+            r = published.recv() => match r {
+                Ok(_) => seen += 1,
+                Err(RecvError::Lagged(n)) => seen += n,
+                Err(RecvError::Closed) => return,
+            },
+        }
+        let behind = |seen: u64| seen.saturating_sub(taken.load(Ordering::Relaxed));
+        if behind(seen) > control.max_events_behind {
+            tokio::select! {
+                _ = &mut gone => return,
+                () = tokio::time::sleep(control.event_stall) => {}
+            }
+            if behind(seen) > control.max_events_behind {
+                control.kill.notify_one();
+                return;
+            }
+        }
+    }
 }
 
 fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<Event> {

@@ -14,6 +14,7 @@
 //! `{"error":{"code","message"}}`. The handlers are thin: all logic is in the view and policy.
 
 mod events;
+pub mod limits;
 pub mod peer;
 mod routes;
 pub mod wire;
@@ -38,10 +39,8 @@ use tower::ServiceExt as _;
 use crate::agent::hygiene::MlockStatus;
 use crate::agent::state::AgentState;
 
+pub use limits::Limits;
 pub use peer::Peer;
-
-/// A connection that has not sent a whole request head within this long is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Facts `/v1/health` reports besides the state's health.
 #[derive(Debug)]
@@ -177,19 +176,29 @@ pub fn router(ctx: Ctx) -> Router {
 }
 
 /// Serves the API on `listener` until `ctx.shutdown` turns true: then stops accepting, ends
-/// event streams, lets requests in flight finish, and returns.
+/// event streams, lets requests in flight finish, and returns. With the default [`Limits`].
+pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
+    serve_with(listener, ctx, Limits::default()).await
+}
+
+/// [`serve`] with these limits.
 ///
 /// HTTP/1.1 only (hyper's HTTP/1 connection, keep-alive), the caller resolved once per
-/// connection ([`Peer::of`]). `GET /v1/secrets/NAME` is answered on a fast path that skips the
-/// router (same answer, see `routes::fast_read`); everything else goes through the router.
-pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
+/// connection ([`Peer::of`]) and admitted by the connection limits ([`limits`]).
+/// `GET /v1/secrets/NAME` is answered on a fast path that skips the router (same answer, see
+/// `routes::fast_read`); everything else goes through the router.
+pub async fn serve_with(listener: UnixListener, ctx: Ctx, limits: Limits) -> io::Result<()> {
     let mut stop = ctx.shutdown.clone();
     let app = router(ctx.clone());
     let graceful = GracefulShutdown::new();
+    let conns = limits::Connections::new(limits.clone());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's floor is 8 KiB.
+        .max_buf_size(limits.max_head_bytes.max(8192));
+    let mut refused = RefusalLog::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -206,15 +215,40 @@ pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
             }
         };
         let peer = Peer::of(&stream);
+        let Some(slot) = conns.admit(peer.caller.uid) else {
+            // Told why (if its buffer takes it; never waited for), then closed.
+            let _ = stream.try_write(limits::REFUSED);
+            refused.note(peer.caller.uid);
+            continue;
+        };
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::SndBuf,
+            &limits.send_buffer_bytes,
+        ) {
+            tracing::debug!("socket: cannot set SO_SNDBUF: {e}");
+        }
+        let control = limits::ConnControl {
+            kill: Arc::new(tokio::sync::Notify::new()),
+            max_events_behind: limits.max_events_behind,
+            event_stall: limits.event_stall,
+        };
+        let kill = control.kill.clone();
         let (ctx, app) = (ctx.clone(), app.clone());
+        let uid = peer.caller.uid;
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            let fast = routes::fast_read(&ctx, &peer, &req);
-            if fast.is_none() {
+            let early = if routes::has_body(&req) {
+                Some(routes::body_refused())
+            } else {
+                routes::fast_read(&ctx, &peer, &req)
+            };
+            if early.is_none() {
                 req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                req.extensions_mut().insert(control.clone());
             }
             let app = app.clone();
             async move {
-                match fast {
+                match early {
                     Some(r) => Ok::<_, Infallible>(r),
                     None => app.oneshot(req).await,
                 }
@@ -222,12 +256,45 @@ pub async fn serve(listener: UnixListener, ctx: Ctx) -> io::Result<()> {
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("socket connection ended with an error: {e}");
+            let _slot = slot;
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!("socket connection ended with an error: {e}");
+                },
+                () = kill.notified() => tracing::info!(
+                    uid,
+                    "socket: closed an event stream whose reader stopped reading"
+                ),
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Refused connections are logged at most once a minute (a flood must not flood the log).
+#[derive(Debug, Default)]
+struct RefusalLog {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, uid: u32) {
+        self.since_last += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                uid,
+                refused = self.since_last,
+                "socket: refusing connections over the limits (docs/agent.md, \"Limits\")"
+            );
+            self.since_last = 0;
+            self.last = Some(now);
+        }
+    }
 }

@@ -118,6 +118,26 @@ async fn read(
     read_value(&ctx, &peer, &name, which, &headers)
 }
 
+/// Does the request carry a body? The API is read-only: none is ever read.
+pub(super) fn has_body<B>(req: &axum::http::Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// 413 for a request with a body; the connection is closed without reading it.
+pub(super) fn body_refused() -> Response {
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_not_allowed",
+        "the agent's API is read-only and takes no request body",
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// The fast path of the hottest request, `GET /v1/secrets/NAME[?version=current|previous]`,
 /// answered without the router and its extractors (the answer is exactly the handler's:
 /// both call [`read_value`]). Anything else — another method, path or query, a name that is
