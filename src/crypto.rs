@@ -119,6 +119,18 @@ impl PrivateKey {
         PublicKey(<Kem as hpke::Kem>::sk_to_pk(&self.0))
     }
 
+    /// A 32-byte key for `purpose`, derived from this private key (SHA-256 of a label and the
+    /// key): whoever can forge a MAC under it holds the environment key anyway.
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let raw = Zeroizing::new(self.0.to_bytes().to_vec());
+        let mut h = Sha256::new();
+        h.update(b"fyvault derived key v1|");
+        h.update(purpose.as_bytes());
+        h.update(b"|");
+        h.update(&*raw);
+        Zeroizing::new(h.finalize().into())
+    }
+
     /// The key file's content: one line of base64.
     pub fn to_file_contents(&self) -> Secret {
         let raw = Zeroizing::new(self.0.to_bytes().to_vec());
@@ -288,6 +300,25 @@ pub fn hash_token(token: &[u8]) -> String {
     hex::encode(Sha256::digest(token))
 }
 
+/// HMAC-SHA-256 (RFC 2104) of `data` under a 32-byte key.
+pub fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    let mut ipad = Zeroizing::new([0x36u8; 64]);
+    let mut opad = Zeroizing::new([0x5cu8; 64]);
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let inner = Sha256::new()
+        .chain_update(&*ipad)
+        .chain_update(data)
+        .finalize();
+    Sha256::new()
+        .chain_update(&*opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
 /// Constant-time equality of two token hashes (or any two byte strings).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
@@ -361,6 +392,21 @@ mod tests {
     /// What a test can prove is that it is an exact equality: every single-bit
     /// difference at every position, every length difference (prefixes included) is unequal.
     /// A comparison that stops early, skips bytes or compares only a prefix fails here.
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // RFC 4231 test case 2 uses a 4-byte key; HMAC pads keys with zeros to the block size,
+        // so the same key zero-extended to 32 bytes gives the same MAC.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let (sk, _) = PrivateKey::generate();
+        assert_ne!(*sk.derive_key("a"), *sk.derive_key("b"));
+        assert_eq!(*sk.derive_key("a"), *sk.derive_key("a"));
+    }
+
     #[test]
     fn ct_eq_is_exact_equality() {
         let a = hash_token(b"fvagent_example");

@@ -81,11 +81,16 @@ pub struct VaultProc {
 
 impl VaultProc {
     pub fn start(data_dir: &Path) -> VaultProc {
+        Self::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// On a given address (a restarted vault must come back where its agents look for it).
+    pub fn start_on(data_dir: &Path, listen: &str) -> VaultProc {
         let log = Log::default();
         let mut cmd = Command::new(fyvault_bin());
         cmd.args(["server", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("FYVAULT_LOG", "warn");
         let (child, rx) = spawn_logged(cmd, &log);
         let deadline = Instant::now() + DEADLINE;
@@ -133,6 +138,17 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        Self::new_listening("127.0.0.1:0").await
+    }
+
+    /// The vault's data dir (to restart it with [`VaultProc::start_on`]).
+    pub fn vault_data_dir(&self) -> PathBuf {
+        self.dir.path().join("vault")
+    }
+
+    /// [`World::new`] with the vault on `listen`.
+    pub async fn new_listening(listen: &str) -> World {
+        let listen = listen.to_owned();
         let dir = open_tempdir("fyvault-bench-");
         let data_dir = dir.path().join("vault");
         let admin_file = dir.path().join("admin.token");
@@ -150,7 +166,7 @@ impl World {
         );
         let vault = {
             let d = data_dir.clone();
-            tokio::task::spawn_blocking(move || VaultProc::start(&d))
+            tokio::task::spawn_blocking(move || VaultProc::start_on(&d, &listen))
                 .await
                 .unwrap()
         };

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod dotenv;
 pub mod fs;

@@ -1,0 +1,303 @@
+//! The sealed offline cache (`STATE_DIR/cache`): what the agent last synced, so that an agent
+//! (re)started while the vault is unreachable can serve, and so that rollback protection
+//! survives restarts.
+//!
+//! It holds the sealed values exactly as the vault sent them (sealed to the environment key:
+//! the cache adds no plaintext to the disk), the sync revision, each previous version's grace
+//! as a wall-clock deadline, and the highest version seen of every secret (revoked ones too).
+//!
+//! The file is JSON `{"body": {...}, "mac": HEX}`; the MAC is HMAC-SHA-256 of the body's bytes
+//! under a key derived from the environment's private key, so a damaged or tampered file (or
+//! one of another org or environment) is refused whole: never half-used. It is written
+//! atomically (a temp file 0600, fsync, rename, fsync of the directory).
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{PrivateKey, ct_eq, hmac_sha256};
+
+/// The file's name in `state_dir`.
+pub const FILE: &str = "cache";
+const FORMAT: u32 = 1;
+/// A cache larger than this is refused unread (a sane one is far smaller: values are capped
+/// at 64 KiB sealed, and so is every previous version).
+pub const MAX_BYTES: u64 = 256 << 20;
+
+/// One secret as last synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedSecret {
+    pub version: u64,
+    /// The sealed value, exactly as the vault sent it.
+    pub sealed_value: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<CachedPrevious>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPrevious {
+    pub version: u64,
+    pub sealed_value: String,
+    /// Readable until then (Unix ms, wall clock).
+    pub grace_until_ms: u64,
+}
+
+/// What the cache holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cache {
+    pub revision: u64,
+    /// When it was written (Unix ms, wall clock).
+    pub written_at_ms: u64,
+    /// The active secrets.
+    pub secrets: BTreeMap<String, CachedSecret>,
+    /// The highest version seen of every secret, revoked ones included: a feed that offers
+    /// less is a rollback.
+    pub highest: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Body {
+    format: u32,
+    org_id: String,
+    environment: String,
+    #[serde(flatten)]
+    cache: Cache,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct File {
+    body: serde_json::Value,
+    mac: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is damaged or was changed (its MAC does not match): not used")]
+    Tampered(PathBuf),
+    #[error("{0} is not a cache file this agent can read: not used")]
+    Unreadable(PathBuf),
+    #[error("{path} belongs to {org}/{env}, not this agent's environment: not used")]
+    OtherPlace {
+        path: PathBuf,
+        org: String,
+        env: String,
+    },
+    #[error("{0} is larger than {MAX_BYTES} bytes: not used")]
+    TooLarge(PathBuf),
+}
+
+fn mac_key(key: &PrivateKey) -> zeroize::Zeroizing<[u8; 32]> {
+    key.derive_key("agent cache mac")
+}
+
+/// Now as Unix ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// Writes `cache` for `org`/`env` atomically and durably, mode 0600.
+pub fn write(
+    state_dir: &Path,
+    key: &PrivateKey,
+    org: &str,
+    env: &str,
+    cache: &Cache,
+) -> Result<(), CacheError> {
+    let body = serde_json::to_value(Body {
+        format: FORMAT,
+        org_id: org.to_owned(),
+        environment: env.to_owned(),
+        cache: cache.clone(),
+    })
+    .expect("a cache serializes");
+    let bytes = serde_json::to_vec(&body).expect("a cache serializes");
+    let mac = hex::encode(hmac_sha256(&mac_key(key), &bytes));
+    let file = serde_json::to_vec(&File { body, mac }).expect("a cache serializes");
+    write_private_atomic(state_dir, FILE, &file)
+}
+
+/// Reads the cache: `Ok(None)` when there is none; an error (to be logged, one line) when it
+/// is damaged, tampered with, or not this environment's.
+pub fn read(
+    state_dir: &Path,
+    key: &PrivateKey,
+    org: &str,
+    env: &str,
+) -> Result<Option<Cache>, CacheError> {
+    let p = path(state_dir);
+    let io = |op| {
+        let p = p.clone();
+        move |source| CacheError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    match fs::metadata(&p) {
+        Ok(md) if md.len() > MAX_BYTES => return Err(CacheError::TooLarge(p)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("stat")(e)),
+    }
+    let raw = fs::read(&p).map_err(io("read"))?;
+    decode(&raw, key, org, env, &p).map(Some)
+}
+
+/// Checks and decodes a cache file's bytes (`path` names it in errors).
+pub fn decode(
+    raw: &[u8],
+    key: &PrivateKey,
+    org: &str,
+    env: &str,
+    path: &Path,
+) -> Result<Cache, CacheError> {
+    let file: File =
+        serde_json::from_slice(raw).map_err(|_| CacheError::Unreadable(path.to_owned()))?;
+    let bytes = serde_json::to_vec(&file.body).expect("a value serializes");
+    let want = hmac_sha256(&mac_key(key), &bytes);
+    let got = hex::decode(&file.mac).map_err(|_| CacheError::Tampered(path.to_owned()))?;
+    if !ct_eq(&want, &got) {
+        return Err(CacheError::Tampered(path.to_owned()));
+    }
+    let body: Body =
+        serde_json::from_value(file.body).map_err(|_| CacheError::Unreadable(path.to_owned()))?;
+    if body.format != FORMAT {
+        return Err(CacheError::Unreadable(path.to_owned()));
+    }
+    if body.org_id != org || body.environment != env {
+        return Err(CacheError::OtherPlace {
+            path: path.to_owned(),
+            org: body.org_id,
+            env: body.environment,
+        });
+    }
+    Ok(body.cache)
+}
+
+impl Cache {
+    /// How old the cache is now (zero if written in the future).
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.written_at_ms))
+    }
+
+    /// Raises the highest version seen of `name` to `version`.
+    pub fn saw(&mut self, name: &str, version: u64) {
+        let h = self.highest.entry(name.to_owned()).or_insert(0);
+        *h = (*h).max(version);
+    }
+}
+
+/// Replaces `dir/name` with `bytes`: a temp file (0600) written and fsynced, renamed into
+/// place, the directory fsynced.
+pub fn write_private_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |op, p: &Path| {
+        let p = p.to_owned();
+        move |source| CacheError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn sample() -> Cache {
+        let mut c = Cache {
+            revision: 7,
+            written_at_ms: now_ms(),
+            ..Cache::default()
+        };
+        c.secrets.insert(
+            "A".into(),
+            CachedSecret {
+                version: 3,
+                sealed_value: "c2VhbGVk".into(),
+                updated_at: "2026-01-01T00:00:00Z".into(),
+                previous: Some(CachedPrevious {
+                    version: 2,
+                    sealed_value: "b2xk".into(),
+                    grace_until_ms: now_ms() + 60_000,
+                }),
+            },
+        );
+        c.saw("A", 3);
+        c.saw("GONE", 9);
+        c
+    }
+
+    #[test]
+    fn round_trip_0600_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = PrivateKey::generate();
+        assert!(read(dir.path(), &key, "o", "e").unwrap().is_none());
+        let c = sample();
+        write(dir.path(), &key, "o", "e", &c).unwrap();
+        let p = path(dir.path());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read(dir.path(), &key, "o", "e").unwrap(), Some(c.clone()));
+        // Another environment, another key.
+        assert!(matches!(
+            read(dir.path(), &key, "o", "other"),
+            Err(CacheError::OtherPlace { .. })
+        ));
+        let (other, _) = PrivateKey::generate();
+        assert!(matches!(
+            read(dir.path(), &other, "o", "e"),
+            Err(CacheError::Tampered(_))
+        ));
+        // Any byte changed: refused whole.
+        let good = fs::read(&p).unwrap();
+        let at = good.windows(4).position(|w| w == b"\"A\":").unwrap() + 1;
+        let mut bad = good.clone();
+        bad[at] = b'B';
+        fs::write(&p, &bad).unwrap();
+        assert!(read(dir.path(), &key, "o", "e").is_err());
+        fs::write(&p, &good[..good.len() / 2]).unwrap();
+        assert!(matches!(
+            read(dir.path(), &key, "o", "e"),
+            Err(CacheError::Unreadable(_))
+        ));
+    }
+}
