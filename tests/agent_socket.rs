@@ -50,7 +50,7 @@ impl Agent {
     }
 
     fn push(&self, name: &str, version: u64, value: &[u8], prev: Option<(u64, &[u8], Duration)>) {
-        self.state.apply(
+        self.state.view.apply(
             version,
             false,
             vec![Update {
@@ -66,7 +66,7 @@ impl Agent {
     }
 
     fn revoke(&self, name: &str, version: u64) {
-        self.state.apply(
+        self.state.view.apply(
             version,
             false,
             vec![Update {

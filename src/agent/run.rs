@@ -39,7 +39,6 @@ use crate::agent::socket::{self, Ctx, RunInfo, SocketError};
 use crate::agent::state::AgentState;
 use crate::agent::sync::{SyncError, SyncTiming, Syncer};
 use crate::agent::tokenfile::{self, TokenFileError, TokenWatch};
-use crate::agent::view::View;
 use crate::client::{ClientError, ClientOptions, VaultClient};
 use crate::crypto::PrivateKey;
 
@@ -417,7 +416,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     let revision = syncer.first_sync().await?;
     tracing::info!(
         revision,
-        secrets = state.view.read().expect("view lock").len(),
+        secrets = state.view.summary().secrets,
         "first sync done"
     );
     check_key(&syncer, &config).await?;
@@ -570,7 +569,7 @@ impl Agent {
             Err(_) => tracing::warn!("audit: the spool did not flush in time"),
         }
         // 5. Drop every value now (zeroized), whoever still holds the state.
-        *self.state.view.write().expect("view lock") = View::new();
+        self.state.view.clear();
         tracing::info!("stopped");
         served
     }

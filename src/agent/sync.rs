@@ -146,40 +146,10 @@ impl Syncer {
             full,
             secrets,
         } = resp;
-        let listed: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-        let mut skipped = false;
-        let mut updates = Vec::with_capacity(secrets.len());
-        for s in &secrets {
-            match self.open(s) {
-                Some(u) => updates.push(u),
-                None => skipped = true,
-            }
-        }
-        // A full answer drops what it does not list. When a listed secret could not be opened,
-        // keep what we hold for it: drop only the unlisted ones, explicitly.
-        let full_flag = if full && skipped {
-            let held: Vec<(String, u64)> = self
-                .state
-                .view
-                .read()
-                .expect("view lock")
-                .list()
-                .filter(|(n, _)| !listed.iter().any(|l| l == n))
-                .map(|(n, m)| (n.to_owned(), m.version))
-                .collect();
-            for (name, version) in held {
-                updates.push(Update {
-                    name,
-                    version,
-                    state: UpdateState::Revoked,
-                    updated_at: SystemTime::now(),
-                });
-            }
-            false
-        } else {
-            full
-        };
-        let changes = self.state.apply(revision, full_flag, updates);
+        // A secret that cannot be opened stays listed (`Unopened`): the view keeps what it holds
+        // for it, and a full answer drops only what it does not list (the view's rule).
+        let updates = secrets.iter().map(|s| self.open(s)).collect();
+        let changes = self.state.view.apply(revision, full, updates);
         self.info.mark_synced();
         for c in &changes {
             log_change(c);
@@ -192,14 +162,18 @@ impl Syncer {
         );
     }
 
-    /// Opens one secret of a sync answer; `None` (logged) when it cannot be used.
-    fn open(&self, s: &SyncSecret) -> Option<Update> {
-        let updated_at = time::OffsetDateTime::parse(
-            &s.updated_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(SystemTime::from)
-        .unwrap_or_else(|_| SystemTime::now());
+    /// Opens one secret of a sync answer; `Unopened` (logged) when it cannot be used.
+    fn open(&self, s: &SyncSecret) -> Update {
+        let state = self.open_state(s).unwrap_or(UpdateState::Unopened);
+        Update {
+            name: s.name.clone(),
+            version: s.version,
+            state,
+            updated_at: parse_time(&s.updated_at),
+        }
+    }
+
+    fn open_state(&self, s: &SyncSecret) -> Option<UpdateState> {
         let state = match s.state {
             SecretState::Revoked => UpdateState::Revoked,
             SecretState::Active => {
@@ -244,12 +218,7 @@ impl Syncer {
                 UpdateState::Active { value, previous }
             }
         };
-        Some(Update {
-            name: s.name.clone(),
-            version: s.version,
-            state,
-            updated_at,
-        })
+        Some(state)
     }
 
     /// The first full sync, before the agent reports ready. Retries while the vault is
@@ -364,6 +333,13 @@ impl Syncer {
             }
         }
     }
+}
+
+/// The vault's RFC 3339 time; now when it cannot be read.
+fn parse_time(s: &str) -> SystemTime {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .unwrap_or_else(|_| SystemTime::now())
 }
 
 fn log_change(c: &Change) {

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::agent::secret_view::Summary;
 use crate::agent::socket::RunInfo;
 use crate::agent::socket::wire::rfc3339;
 use crate::agent::state::{AgentState, Health};
@@ -118,10 +119,7 @@ impl Supervisor {
     }
 
     fn status_line(&self, health: &Health) -> String {
-        let (revision, secrets) = {
-            let view = self.state.view.read().expect("view lock");
-            (view.revision(), view.len())
-        };
+        let Summary { revision, secrets } = self.state.view.summary();
         let mut line = match health {
             Health::Ready => format!("ready: synced revision {revision}, {secrets} secrets"),
             Health::Syncing => "syncing".to_owned(),
@@ -150,11 +148,8 @@ impl Supervisor {
     /// The liveness probe: the view lock, the socket's serving loop, the mount.
     async fn alive(&self, limit: Duration, lock: &Probe, mount: &Probe) -> Result<(), String> {
         let state = self.state.clone();
-        lock.run("view lock", limit, move || {
-            drop(state.view.read().map_err(|_| "poisoned".to_owned())?);
-            Ok(())
-        })
-        .await?;
+        lock.run("view lock", limit, move || state.view.probe_lock())
+            .await?;
         match tokio::time::timeout(limit, probe_socket(&self.socket)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("socket: {e}")),

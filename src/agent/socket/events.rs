@@ -13,7 +13,6 @@
 //! Keep-alive comments flow while nothing happens; the stream ends when the agent shuts down.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -31,7 +30,7 @@ pub(super) async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the answer's head goes out: a client that has the head sees every
     // change from then on.
-    let rx = ctx.state.subscribe();
+    let rx = ctx.state.view.subscribe();
     let state = ctx.state.clone();
     let caller = peer.caller.clone();
     let mut stop = ctx.shutdown.clone();
@@ -72,9 +71,7 @@ fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<
             // Rotated with grace if the replaced version is readable as the previous one.
             let in_grace = state
                 .view
-                .read()
-                .expect("view lock")
-                .meta(name, Which::Previous, Instant::now())
+                .meta(name, Which::Previous)
                 .is_some_and(|m| m.version == *previous);
             (
                 if in_grace { "rotated" } else { "updated" },
