@@ -199,11 +199,6 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Sends `STATUS=…` to systemd (a no-op outside systemd).
-pub fn notify_status(status: &str) {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
-}
-
 fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
     let err = |reason: String| RunError::Key {
         path: path.to_owned(),
@@ -403,7 +398,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         env: config.environment.clone(),
         key,
         state: state.clone(),
-        info: info.clone(),
+        report: supervise::sync_reporter(state.clone(), info.clone()),
         timing: SyncTiming {
             wait: config.sync_wait,
             ..options.timing.clone()
@@ -412,7 +407,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         token_changed,
         shutdown: stop_rx.clone(),
     };
-    notify_status("syncing");
+    supervise::notify_status("syncing");
     let revision = syncer.first_sync().await?;
     tracing::info!(
         revision,

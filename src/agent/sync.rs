@@ -6,16 +6,18 @@
 //! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
 //! serving and reports `degraded` (since the first failure); it reconnects with capped
 //! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
-//! is reported as such and retried slowly, and at once when the token file changes. (systemd's
-//! `STATUS=` line follows the health; `run`'s supervisor sends it.)
+//! is reported as such and retried slowly, and at once when the token file changes.
+//!
+//! This module only reports what happened ([`SyncEvent`], through the [`Reporter`] it is
+//! given); `run` owns what follows from it: the health, `/v1/health`'s last sync time and
+//! systemd's `STATUS=` line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use crate::agent::socket::RunInfo;
-use crate::agent::state::{AgentState, Health};
+use crate::agent::state::AgentState;
 use crate::agent::view::{Change, Update, UpdateState};
 use crate::api::{SecretState, SyncResponse, SyncSecret};
 use crate::client::{ClientError, VaultClient};
@@ -101,6 +103,18 @@ pub enum SyncError {
     Shutdown,
 }
 
+/// What the sync loop reports to its owner (`run`), synchronously, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// An answer was applied: the agent is synced to `revision`.
+    Synced { revision: u64 },
+    /// A round failed; `first`: before the first sync (the agent does not serve yet).
+    Failed { reason: String, first: bool },
+}
+
+/// Where [`SyncEvent`]s go.
+pub type Reporter = Arc<dyn Fn(SyncEvent) + Send + Sync>;
+
 /// The sync loop's parts.
 pub struct Syncer {
     pub client: VaultClient,
@@ -108,7 +122,8 @@ pub struct Syncer {
     pub env: String,
     pub key: PrivateKey,
     pub state: Arc<AgentState>,
-    pub info: Arc<RunInfo>,
+    /// Told what happened (see [`SyncEvent`]).
+    pub report: Reporter,
     pub timing: SyncTiming,
     /// Caps the grace of previous versions (config `grace_seconds`).
     pub grace_cap: Option<Duration>,
@@ -150,7 +165,7 @@ impl Syncer {
         // for it, and a full answer drops only what it does not list (the view's rule).
         let updates = secrets.iter().map(|s| self.open(s)).collect();
         let changes = self.state.view.apply(revision, full, updates);
-        self.info.mark_synced();
+        (self.report)(SyncEvent::Synced { revision });
         for c in &changes {
             log_change(c);
         }
@@ -232,10 +247,7 @@ impl Syncer {
                 _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
             };
             match r {
-                Ok(rev) => {
-                    self.state.set_health(Health::Ready);
-                    return Ok(rev);
-                }
+                Ok(rev) => return Ok(rev),
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(SyncError::Unauthorized(message));
                 }
@@ -249,7 +261,10 @@ impl Syncer {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!("first sync failed: {e}; retrying in {delay:?}");
-                    crate::agent::run::notify_status(&format!("syncing: {e}"));
+                    (self.report)(SyncEvent::Failed {
+                        reason: e.to_string(),
+                        first: true,
+                    });
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
@@ -281,7 +296,6 @@ impl Syncer {
                         tracing::info!("vault reachable again; synced to revision {rev}");
                         was_ready = true;
                     }
-                    self.state.set_health(Health::Ready);
                     let news = rev != since;
                     since = rev;
                     if news || started.elapsed() >= Duration::from_secs(1) {
@@ -314,9 +328,9 @@ impl Syncer {
                         tracing::debug!("sync failed again: {e}; next try in {delay:?}");
                     }
                     was_ready = false;
-                    self.state.set_health(Health::Degraded {
-                        since: SystemTime::now(),
+                    (self.report)(SyncEvent::Failed {
                         reason,
+                        first: false,
                     });
                     delay
                 }
