@@ -363,7 +363,8 @@ fn log_change(c: &Change) {
             name,
             version,
             previous,
-        } => tracing::info!(secret = %name, version, previous, "new version"),
+            in_grace,
+        } => tracing::info!(secret = %name, version, previous, in_grace, "new version"),
         Change::Revoked { name, version } => tracing::info!(secret = %name, version, "revoked"),
         Change::PreviousExpired { name, version } => {
             tracing::info!(secret = %name, version, "previous version's grace ended")

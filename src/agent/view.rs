@@ -47,6 +47,9 @@ pub enum Change {
         name: String,
         version: u64,
         previous: u64,
+        /// The replaced version stays readable as the previous one for its grace period
+        /// (decided when the change was applied: the socket's `rotated` vs `updated`).
+        in_grace: bool,
     },
     /// The secret is gone: revoked upstream, or absent from a full sync.
     Revoked { name: String, version: u64 },
@@ -315,11 +318,15 @@ impl View {
                                 other
                             }
                         };
+                        let in_grace = new_prev
+                            .as_ref()
+                            .is_some_and(|(p, deadline)| p.version == old && now < *deadline);
                         e.previous = new_prev;
                         changes.push(Change::Rotated {
                             name: u.name,
                             version: u.version,
                             previous: old,
+                            in_grace,
                         });
                     }
                 }
@@ -550,7 +557,8 @@ mod tests {
                 Change::Rotated {
                     name: "A".into(),
                     version: 2,
-                    previous: 1
+                    previous: 1,
+                    in_grace: false,
                 },
             ]
         );

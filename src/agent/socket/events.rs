@@ -22,7 +22,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::wire::EventData;
 use super::{Ctx, Peer};
-use crate::agent::view::{Change, Which};
+use crate::agent::view::Change;
 
 pub(super) async fn events(
     State(ctx): State<Ctx>,
@@ -40,7 +40,7 @@ pub(super) async fn events(
             Ok(change) => {
                 let name = change.name();
                 if state.policy().allows(&caller, name) {
-                    to_event(&change, &state)
+                    to_event(&change)
                 } else {
                     None
                 }
@@ -60,24 +60,19 @@ pub(super) async fn events(
         .keep_alive(KeepAlive::new().interval(ctx.keep_alive))
 }
 
-fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<Event> {
+fn to_event(change: &Change) -> Option<Event> {
     let (kind, data) = match change {
         Change::Added { name, version } => ("added", data(name, *version, None)),
         Change::Rotated {
             name,
             version,
             previous,
-        } => {
-            // Rotated with grace if the replaced version is readable as the previous one.
-            let in_grace = state
-                .view
-                .meta(name, Which::Previous)
-                .is_some_and(|m| m.version == *previous);
-            (
-                if in_grace { "rotated" } else { "updated" },
-                data(name, *version, Some(*previous)),
-            )
-        }
+            in_grace,
+        } => (
+            // As the view decided when it applied the change (not as it stands now).
+            if *in_grace { "rotated" } else { "updated" },
+            data(name, *version, Some(*previous)),
+        ),
         Change::Revoked { name, version } => ("revoked", data(name, *version, None)),
         Change::PreviousExpired { name, version } => ("expired", data(name, *version, None)),
         Change::RefusedRollback { .. } => return None,
