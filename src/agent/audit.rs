@@ -42,12 +42,13 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::access::Caller;
 use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
-use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits, rfc3339};
-use crate::api::{AccessAction, AccessEvent, AccessVia};
+use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits};
+use crate::api::{AccessAction, AccessEvent, AccessVia, valid_agent_id};
+use crate::rfc3339;
 
 /// Longest unit name, executable path and host name kept in an event (longer ones are cut at a
 /// character boundary).
@@ -115,8 +116,9 @@ pub enum AuditError {
     InvalidAgentId,
 }
 
-/// Audit figures for `/v1/health` and `fyvault status` (the `"audit"` object).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Audit figures: [`Auditor::stats`], and as they are, `/v1/health`'s `"audit"` object (read
+/// back by `fyvault status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditStats {
     /// False for [`Auditor::disabled`] (every other field is then zero/empty).
     pub enabled: bool,
@@ -128,10 +130,13 @@ pub struct AuditStats {
     pub backlog_bytes: u64,
     pub spool_max_bytes: u64,
     /// RFC 3339 time of the last batch the vault acknowledged (since start).
+    #[serde(default)]
     pub last_shipped_at: Option<String>,
     /// Why the last attempt failed, while shipping is failing.
+    #[serde(default)]
     pub last_error: Option<String>,
     /// RFC 3339 time of the first failure of the current run of failures.
+    #[serde(default)]
     pub failing_since: Option<String>,
     /// Events acknowledged since start.
     pub shipped_total: u64,
@@ -181,10 +186,7 @@ struct Pending {
     overflow: u64,
 }
 
-enum Reply {
-    Async(tokio::sync::oneshot::Sender<Result<(), SpoolError>>),
-    Sync(mpsc::Sender<Result<(), SpoolError>>),
-}
+type Reply = tokio::sync::oneshot::Sender<Result<(), SpoolError>>;
 
 enum Cmd {
     /// Drain the coalescer now, append, fsync, answer.
@@ -253,15 +255,6 @@ fn printable(s: &str, max: usize) -> String {
         out.push(c);
     }
     out
-}
-
-/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl Auditor {
@@ -383,19 +376,7 @@ impl Auditor {
     /// Current figures; cheap (atomics and two short locks, no I/O).
     pub fn stats(&self) -> AuditStats {
         let Some(h) = &self.inner else {
-            return AuditStats {
-                enabled: false,
-                pending_events: 0,
-                backlog_events: 0,
-                backlog_bytes: 0,
-                spool_max_bytes: 0,
-                last_shipped_at: None,
-                last_error: None,
-                failing_since: None,
-                shipped_total: 0,
-                dropped_total: 0,
-                corrupt_skipped: 0,
-            };
+            return AuditStats::default();
         };
         let s = &h.shared;
         let c = &s.counters;
@@ -410,9 +391,9 @@ impl Auditor {
             backlog_events: c.backlog_events.load(Ordering::Relaxed),
             backlog_bytes: c.spool_bytes.load(Ordering::Relaxed),
             spool_max_bytes: s.spool_max_bytes,
-            last_shipped_at: status.last_shipped_at.map(rfc3339),
+            last_shipped_at: status.last_shipped_at.map(rfc3339::format),
             last_error: status.last_error,
-            failing_since: status.failing_since.map(rfc3339),
+            failing_since: status.failing_since.map(rfc3339::format),
             shipped_total: s.link.shipped_total.load(Ordering::Relaxed),
             dropped_total: c.dropped_total.load(Ordering::Relaxed),
             corrupt_skipped: c.corrupt_skipped.load(Ordering::Relaxed),
@@ -429,7 +410,7 @@ impl Auditor {
             });
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        h.send(Cmd::Flush(Reply::Async(tx)))?;
+        h.send(Cmd::Flush(tx))?;
         rx.await.map_err(|_| AuditError::Stopped)??;
         let s = &h.shared;
         let target = s.counters.last_seq.load(Ordering::Relaxed);
@@ -443,16 +424,6 @@ impl Auditor {
             shipped_all: backlog_events == 0 || *acked.borrow() >= target,
             backlog_events,
         })
-    }
-
-    /// Blocking form of the disk half of [`flush`](Self::flush): drains the coalescer into the
-    /// spool and fsyncs. Not for async contexts (it waits for the writer thread).
-    pub fn sync_to_disk(&self) -> Result<(), AuditError> {
-        let Some(h) = &self.inner else { return Ok(()) };
-        let (tx, rx) = mpsc::channel();
-        h.send(Cmd::Flush(Reply::Sync(tx)))?;
-        rx.recv().map_err(|_| AuditError::Stopped)??;
-        Ok(())
     }
 
     /// Orderly shutdown: [`flush`](Self::flush) with `ship_timeout`, then stops the writer and
@@ -512,13 +483,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, window: Duration) {
     let mut next = Instant::now() + window;
     loop {
         match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(Cmd::Flush(reply)) => {
-                let r = drain(shared);
-                match reply {
-                    Reply::Async(tx) => drop(tx.send(r)),
-                    Reply::Sync(tx) => drop(tx.send(r)),
-                }
-            }
+            Ok(Cmd::Flush(reply)) => drop(reply.send(drain(shared))),
             Ok(Cmd::Stop { drain: true }) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = drain(shared);
                 return;
@@ -542,20 +507,7 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
     aggs.sort_by_key(|(_, a)| a.time);
     let mut events: Vec<AccessEvent> = aggs.into_iter().map(|(k, a)| to_event(k, a)).collect();
     if overflow > 0 {
-        events.push(AccessEvent {
-            seq: 0,
-            time: rfc3339(SystemTime::now()),
-            action: AccessAction::Dropped,
-            secret: None,
-            version: None,
-            via: None,
-            pid: None,
-            uid: None,
-            gid: None,
-            exe: None,
-            unit: None,
-            count: overflow,
-        });
+        events.push(AccessEvent::dropped(0, overflow));
     }
     let result = match lock(&shared.spool).as_mut() {
         Some(spool) => spool.append(events),
@@ -589,7 +541,7 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
 fn to_event(k: Key, a: Agg) -> AccessEvent {
     AccessEvent {
         seq: 0,
-        time: rfc3339(a.time),
+        time: rfc3339::format(a.time),
         action: k.action,
         secret: k.secret,
         version: k.version,
@@ -693,9 +645,5 @@ mod tests {
         assert_eq!(printable("abcdef", 3), "abc");
         assert_eq!(printable("aé", 2), "a");
         assert_eq!(printable("a\nb\u{7f}c", 10), "a?b?c");
-        assert!(valid_agent_id("agent-1:host.example_x"));
-        assert!(!valid_agent_id(""));
-        assert!(!valid_agent_id("a b"));
-        assert!(!valid_agent_id(&"a".repeat(129)));
     }
 }

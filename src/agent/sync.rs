@@ -22,45 +22,7 @@ use crate::agent::view::{Change, Update, UpdateState};
 use crate::api::{SecretState, SyncResponse, SyncSecret};
 use crate::client::{ClientError, VaultClient};
 use crate::crypto::{PrivateKey, aad};
-
-/// Retry delays after a failure: full jitter over `min(cap, base * 2^n)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The next delay (random in `[0, ceiling]`, never below 10 ms so a failure loop cannot
-    /// spin).
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        let jitter = if ms == 0 {
-            0
-        } else {
-            rand::random_range(0..=ms)
-        };
-        Duration::from_millis(jitter.max(10))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+use crate::retry::{Backoff, Jitter};
 
 /// Timing knobs (defaults are the product's; tests shorten them).
 #[derive(Debug, Clone)]
@@ -184,7 +146,8 @@ impl Syncer {
             name: s.name.clone(),
             version: s.version,
             state,
-            updated_at: parse_time(&s.updated_at),
+            // The vault's time; now when it cannot be read.
+            updated_at: crate::rfc3339::parse(&s.updated_at).unwrap_or_else(SystemTime::now),
         }
     }
 
@@ -239,7 +202,7 @@ impl Syncer {
     /// The first full sync, before the agent reports ready. Retries while the vault is
     /// unreachable (status `syncing`); a refused token is fatal here (the operator must fix it).
     pub async fn first_sync(&self) -> Result<u64, SyncError> {
-        let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
         let mut stop = self.shutdown.clone();
         loop {
             let r = tokio::select! {
@@ -276,10 +239,14 @@ impl Syncer {
 
     /// Long-polls forever from `since`, until shutdown.
     pub async fn run(self, mut since: u64) {
-        let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
-        let mut refused = Backoff::new(self.timing.refused_base, self.timing.refused_cap);
+        let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
+        let mut refused = Backoff::new(
+            self.timing.refused_base,
+            self.timing.refused_cap,
+            Jitter::Full,
+        );
         // Answers without news that come back fast (a misbehaving server) are spaced out too.
-        let mut empty = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut empty = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
         let mut stop = self.shutdown.clone();
         let mut was_ready = true;
         loop {
@@ -349,13 +316,6 @@ impl Syncer {
     }
 }
 
-/// The vault's RFC 3339 time; now when it cannot be read.
-fn parse_time(s: &str) -> SystemTime {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(SystemTime::from)
-        .unwrap_or_else(|_| SystemTime::now())
-}
-
 fn log_change(c: &Change) {
     match c {
         Change::Added { name, version } => tracing::info!(secret = %name, version, "added"),
@@ -377,27 +337,5 @@ fn log_change(c: &Change) {
             secret = %name, offered, held,
             "refused an older version than one already served (rollback protection)"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut max_seen = Duration::ZERO;
-        for i in 0..40 {
-            let d = b.next_delay();
-            assert!(d >= Duration::from_millis(10));
-            let ceiling =
-                (Duration::from_millis(100) * (1u32 << i.min(20))).min(Duration::from_secs(30));
-            assert!(d <= ceiling.max(Duration::from_millis(10)), "{i}: {d:?}");
-            max_seen = max_seen.max(d);
-        }
-        assert!(max_seen > Duration::from_secs(1), "grows: {max_seen:?}");
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -23,7 +23,6 @@ use tokio::time::MissedTickBehavior;
 
 use crate::agent::secret_view::Summary;
 use crate::agent::socket::RunInfo;
-use crate::agent::socket::wire::rfc3339;
 use crate::agent::state::{AgentState, Health};
 use crate::agent::sync::{Reporter, SyncEvent};
 
@@ -156,7 +155,7 @@ impl Supervisor {
             Health::Syncing => "syncing".to_owned(),
             Health::Degraded { since, reason } => format!(
                 "degraded since {}: {reason}; serving revision {revision}, {secrets} secrets",
-                rfc3339(*since)
+                crate::rfc3339::format(*since)
             ),
         };
         match self.info.mount() {

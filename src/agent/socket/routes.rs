@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::wire::{self, Health, SecretInfo, SecretList};
+use super::wire::{Health, SecretInfo, SecretList};
 use super::{Ctx, Peer, events};
 use crate::agent::secret_view::{Absent, Summary};
 use crate::agent::state::Health as StateHealth;
@@ -66,7 +66,7 @@ async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> R
         .list(|name| policy.allows(&peer.caller, name))
         .into_iter()
         .map(|s| SecretInfo {
-            updated_at: wire::rfc3339(s.meta.updated_at),
+            updated_at: crate::rfc3339::format(s.meta.updated_at),
             version: s.meta.version,
             previous_version: s.previous_version,
             name: s.name,
@@ -266,7 +266,7 @@ fn json_body(name: &str, meta: &Meta, value: &Secret) -> Secret {
     let _ = write!(
         out,
         ",\"updated_at\":\"{}\"}}",
-        wire::rfc3339(meta.updated_at)
+        crate::rfc3339::format(meta.updated_at)
     );
     debug_assert_eq!(buf.capacity(), cap, "the JSON buffer must not reallocate");
     Secret::from(buf)
@@ -276,13 +276,15 @@ async fn health(State(ctx): State<Ctx>) -> Response {
     let (status, since, reason) = match ctx.state.health() {
         StateHealth::Ready => ("ready", None, None),
         StateHealth::Syncing => ("syncing", None, None),
-        StateHealth::Degraded { since, reason } => {
-            ("degraded", Some(wire::rfc3339(since)), Some(reason))
-        }
+        StateHealth::Degraded { since, reason } => (
+            "degraded",
+            Some(crate::rfc3339::format(since)),
+            Some(reason),
+        ),
     };
     let Summary { revision, secrets } = ctx.state.view.summary();
     let stats = ctx.state.auditor.stats();
-    let audit = stats.enabled.then(|| wire::AuditHealth::from(stats));
+    let audit = stats.enabled.then_some(stats);
     let body = Health {
         status: status.into(),
         since,
@@ -296,8 +298,8 @@ async fn health(State(ctx): State<Ctx>) -> Response {
             .last_sync
             .read()
             .expect("info lock")
-            .map(wire::rfc3339),
-        started_at: wire::rfc3339(ctx.info.started_at),
+            .map(crate::rfc3339::format),
+        started_at: crate::rfc3339::format(ctx.info.started_at),
         mlock: ctx.info.mlock.read().expect("info lock").clone(),
         audit_backlog: audit.as_ref().map(|a| a.backlog_events),
         audit,

@@ -313,7 +313,7 @@ impl Breaker {
     /// A connection failed: back off (capped exponential) before the next attempt.
     pub(crate) fn failed(&self) -> Duration {
         let mut s = self.lock();
-        let delay = backoff(self.min, self.max, s.failures);
+        let delay = crate::retry::ceiling(self.min, self.max, s.failures);
         s.failures = s.failures.saturating_add(1);
         s.retry_at = Some(Instant::now() + delay);
         delay
@@ -327,11 +327,6 @@ impl Breaker {
         }
         *s = BreakerState::default();
     }
-}
-
-/// `min * 2^failures`, at most `max`.
-pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    min.saturating_mul(1u32 << failures.min(16)).min(max)
 }
 
 /// The PostgreSQL store.
