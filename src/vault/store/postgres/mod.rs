@@ -264,13 +264,7 @@ pub(super) fn unique_as(what: &'static str) -> impl Fn(tokio_postgres::Error) ->
     }
 }
 
-pub(super) fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(super) fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+pub(super) use crate::vault::store::{i, u};
 
 /// Fail-fast state of the connection to the database, shared by the pool users and the
 /// LISTEN task.
