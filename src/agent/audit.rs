@@ -35,7 +35,6 @@
 //! Its disk half waits for the writer thread (a hung disk hangs it): wrap it in a timeout if
 //! the caller must not wait on the disk.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -45,16 +44,14 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::access::Caller;
+
+mod coalesce;
+
 use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
 use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits};
-use crate::api::{AccessAction, AccessEvent, AccessVia, valid_agent_id};
+use crate::api::{AccessAction, AccessVia, valid_agent_id};
 use crate::rfc3339;
-
-/// Longest unit name, executable path and host name kept in an event (longer ones are cut at a
-/// character boundary).
-const MAX_NAME_BYTES: usize = 1024;
-const MAX_EXE_BYTES: usize = 4096;
-const MAX_HOST_BYTES: usize = 255;
+use coalesce::{Key, Pending};
 
 /// Settings of the audit pipeline.
 #[derive(Debug, Clone)]
@@ -156,36 +153,6 @@ pub struct FlushOutcome {
     pub backlog_events: u64,
 }
 
-/// The coalescing key: what makes two accesses "identical".
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    action: AccessAction,
-    /// `None` for a name that is not a valid secret name (a probe refused before any lookup):
-    /// the vault refuses such names, and the access is still counted.
-    secret: Option<String>,
-    version: Option<u64>,
-    via: AccessVia,
-    uid: u32,
-    exe: Option<String>,
-    unit: Option<String>,
-}
-
-/// One coalesced event: the first access's time, pid and gid, and how many accesses.
-#[derive(Debug, Clone, Copy)]
-struct Agg {
-    time: SystemTime,
-    pid: u32,
-    gid: u32,
-    count: u64,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    map: HashMap<Key, Agg>,
-    /// Accesses refused for lack of room in `map`, not yet reported.
-    overflow: u64,
-}
-
 type Reply = tokio::sync::oneshot::Sender<Result<(), SpoolError>>;
 
 enum Cmd {
@@ -239,24 +206,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `s` with control characters shown as `?`, cut to at most `max` bytes at a character
-/// boundary (what the vault accepts for `exe` and `unit`).
-fn printable(s: &str, max: usize) -> String {
-    // The common case (on every recorded access): plain ASCII, short enough.
-    if s.len() <= max && s.bytes().all(|b| b.is_ascii() && !b.is_ascii_control()) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len().min(max));
-    for c in s.chars() {
-        let c = if c.is_control() { '?' } else { c };
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl Auditor {
     /// An auditor that records nothing (tests of other parts, benchmarks' baselines).
     pub fn disabled() -> Self {
@@ -273,7 +222,7 @@ impl Auditor {
         let host = config
             .host
             .as_deref()
-            .map(|h| printable(h, MAX_HOST_BYTES))
+            .map(|h| coalesce::printable(h, coalesce::MAX_HOST_BYTES))
             .filter(|h| !h.is_empty());
         let spool = Spool::open(&config.spool_dir, SpoolLimits::new(config.spool_max_bytes))?;
         let counters = spool.counters();
@@ -328,18 +277,8 @@ impl Auditor {
     ) {
         let Some(h) = &self.inner else { return };
         let shared = &h.shared;
-        let key = Key {
-            action,
-            secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
-            version,
-            via,
-            uid: caller.uid,
-            exe: caller
-                .exe
-                .as_ref()
-                .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
-            unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
-        };
+        // Built before the lock is taken: the lock covers a map update only.
+        let key = Key::of(caller, action, secret, version, via);
         let now = SystemTime::now();
         let mut p = lock(&shared.pending);
         if shared.closed.load(Ordering::Relaxed) {
@@ -349,27 +288,11 @@ impl Auditor {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let room = p.map.len() < shared.max_pending;
-        match p.map.get_mut(&key) {
-            Some(agg) => agg.count += 1,
-            None if room => {
-                p.map.insert(
-                    key,
-                    Agg {
-                        time: now,
-                        pid: caller.pid,
-                        gid: caller.gid,
-                        count: 1,
-                    },
-                );
-            }
-            None => {
-                p.overflow += 1;
-                shared
-                    .counters
-                    .dropped_total
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if !p.add(key, caller, now, shared.max_pending) {
+            shared
+                .counters
+                .dropped_total
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -382,7 +305,7 @@ impl Auditor {
         let c = &s.counters;
         let pending_events = {
             let p = lock(&s.pending);
-            p.map.len() as u64 + u64::from(p.overflow > 0)
+            p.events()
         };
         let status = s.link.status();
         AuditStats {
@@ -499,16 +422,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, window: Duration) {
 
 /// Moves the coalesced events to the spool (one fsynced batch).
 fn drain(shared: &Shared) -> Result<(), SpoolError> {
-    let (map, overflow) = {
-        let mut p = lock(&shared.pending);
-        (std::mem::take(&mut p.map), std::mem::take(&mut p.overflow))
-    };
-    let mut aggs: Vec<(Key, Agg)> = map.into_iter().collect();
-    aggs.sort_by_key(|(_, a)| a.time);
-    let mut events: Vec<AccessEvent> = aggs.into_iter().map(|(k, a)| to_event(k, a)).collect();
-    if overflow > 0 {
-        events.push(AccessEvent::dropped(0, overflow));
-    }
+    let events = lock(&shared.pending).take();
     let result = match lock(&shared.spool).as_mut() {
         Some(spool) => spool.append(events),
         None => {
@@ -535,23 +449,6 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
             tracing::error!(error = %e, "audit: cannot write to the spool; the events are counted as dropped");
             Err(e)
         }
-    }
-}
-
-fn to_event(k: Key, a: Agg) -> AccessEvent {
-    AccessEvent {
-        seq: 0,
-        time: rfc3339::format(a.time),
-        action: k.action,
-        secret: k.secret,
-        version: k.version,
-        via: Some(k.via),
-        pid: Some(a.pid),
-        uid: Some(k.uid),
-        gid: Some(a.gid),
-        exe: k.exe,
-        unit: k.unit,
-        count: a.count,
     }
 }
 
@@ -600,7 +497,7 @@ mod tests {
         );
         // The writer takes that event and then blocks on the spool.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !lock(&h.shared.pending).map.is_empty() {
+        while !lock(&h.shared.pending).is_empty() {
             assert!(Instant::now() < deadline, "the writer never drained");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -637,13 +534,5 @@ mod tests {
         assert_eq!(sum(AccessAction::Accessed), 25_001);
         assert_eq!(sum(AccessAction::Dropped), 25_000);
         a.crash().await;
-    }
-
-    #[test]
-    fn fields_are_made_acceptable_to_the_vault() {
-        assert_eq!(printable("abc", 5), "abc");
-        assert_eq!(printable("abcdef", 3), "abc");
-        assert_eq!(printable("aé", 2), "a");
-        assert_eq!(printable("a\nb\u{7f}c", 10), "a?b?c");
     }
 }
