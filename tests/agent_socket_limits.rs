@@ -53,7 +53,7 @@ impl Agent {
     }
 
     fn put(&self, name: &str, version: u64, value: &[u8]) {
-        self.state.apply(
+        self.state.view.apply(
             version,
             false,
             vec![Update {

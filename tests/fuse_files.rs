@@ -386,15 +386,9 @@ fn fuse_stat_always_asks_the_agent() {
     };
     m.put("CACHED", 1, b"12345");
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 5);
-    {
-        let mut view = m.state.view.write().unwrap();
-        view.apply(
-            100,
-            false,
-            vec![active("CACHED", 2, b"1234567", None)],
-            std::time::Instant::now(),
-        );
-    }
+    m.state
+        .view
+        .apply_behind_caches(100, false, vec![active("CACHED", 2, b"1234567", None)]);
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 7);
     m.apply(vec![active("CACHED", 3, b"123456789", None)]);
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 9);

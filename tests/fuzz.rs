@@ -467,7 +467,7 @@ fn fuzz_sync_feed() {
             env: "prod".into(),
             key: fuzz_key(),
             state: state.clone(),
-            info: Arc::new(RunInfo::new("org_f", "prod")),
+            report: Arc::new(|_| {}),
             timing: SyncTiming::default(),
             grace_cap: None,
             token_changed: Arc::new(tokio::sync::Notify::new()),
@@ -478,17 +478,16 @@ fn fuzz_sync_feed() {
                 .await
                 .expect("a sync round ends")
         });
-        let view = state.view.read().unwrap();
-        let now = std::time::Instant::now();
-        let names: Vec<(String, u64)> = view
-            .list()
-            .map(|(n, m)| (n.to_owned(), m.version))
-            .collect();
-        for (name, version) in names {
-            let (_, v) = view.get(&name, Which::Current, now).expect("listed");
-            assert_eq!(v.expose(), feed_plain(&name, version).as_bytes(), "{name}");
-            if let Some((m, v)) = view.get(&name, Which::Previous, now) {
-                assert_eq!(v.expose(), feed_plain(&name, m.version).as_bytes());
+        for listed in state.view.list(|_| true) {
+            let name = &listed.name;
+            let (meta, v) = state.view.get(name, Which::Current).expect("listed");
+            assert_eq!(
+                v.expose(),
+                feed_plain(name, meta.version).as_bytes(),
+                "{name}"
+            );
+            if let Ok((m, v)) = state.view.get(name, Which::Previous) {
+                assert_eq!(v.expose(), feed_plain(name, m.version).as_bytes());
             }
         }
     });
@@ -567,7 +566,7 @@ fn fuzz_socket_request() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let state = AgentState::new(Policy::default(), Auditor::disabled());
-    state.apply(
+    state.view.apply(
         1,
         true,
         vec![Update {

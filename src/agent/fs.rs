@@ -48,7 +48,7 @@ mod inodes;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -56,7 +56,6 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use zeroize::Zeroizing;
 
 use crate::agent::access::Caller;
 use crate::agent::dotenv;
@@ -151,19 +150,14 @@ impl SecretFs {
     /// `.env` as `caller` would read it now: (size, newest update time).
     fn dotenv_attr(&self, caller: &Caller) -> FileAttr {
         let policy = self.state.policy();
-        let now = Instant::now();
-        let (len, newest) = {
-            let view = self.state.view.read().expect("view lock");
-            let mut newest = SystemTime::UNIX_EPOCH;
-            let allowed: Vec<_> = view
-                .list()
-                .filter(|(n, _)| policy.allows(caller, n))
-                .filter_map(|(n, _)| view.get(n, Which::Current, now).map(|(m, v)| (n, m, v)))
-                .inspect(|(_, m, _)| newest = newest.max(m.updated_at))
-                .map(|(n, _, v)| (n, v))
-                .collect();
-            (dotenv::rendered_len(allowed), newest)
-        };
+        let (len, newest) = self.state.view.with_current(
+            |n| policy.allows(caller, n),
+            |entries| {
+                let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
+                let len = dotenv::rendered_len(entries.iter().map(|(n, _, v)| (*n, *v)));
+                (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
+            },
+        );
         self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
     }
 
@@ -195,9 +189,7 @@ impl SecretFs {
     /// kernel's attribute cache is shared by all callers, and a refused caller must not see a
     /// size or time another caller's `stat` left there).
     fn secret_meta(&self, name: &str, which: Which) -> Result<(Meta, Duration), Errno> {
-        let now = Instant::now();
-        let view = self.state.view.read().expect("view lock");
-        let meta = view.meta(name, which, now).ok_or(Errno::ENOENT)?;
+        let meta = self.state.view.meta(name, which).ok_or(Errno::ENOENT)?;
         Ok((meta, FILE_ATTR_TTL))
     }
 
@@ -232,40 +224,24 @@ impl SecretFs {
             Which::Previous
         };
         self.check_policy(&self.caller(req), name)?;
-        let (meta, ttl) = self.secret_meta(name, which)?;
+        // A `.previous` entry is dropped by the kernel by itself when the earliest grace
+        // period ends, even before the expiry's invalidation arrives.
+        let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
         let ino = self.inodes.intern(name, which);
-        let entry_ttl = match which {
-            Which::Current => ENTRY_TTL,
-            // Dropped by the kernel by itself when the earliest grace period ends, even before
-            // the expiry's invalidation arrives.
-            Which::Previous => {
-                let now = Instant::now();
-                let view = self.state.view.read().expect("view lock");
-                view.next_deadline()
-                    .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
-                    .min(ENTRY_TTL)
-            }
-        };
-        Ok((self.meta_attr(ino, meta), ttl, entry_ttl))
+        Ok((
+            self.meta_attr(ino, meta),
+            FILE_ATTR_TTL,
+            left.min(ENTRY_TTL),
+        ))
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
-        let now = Instant::now();
         let caller = self.caller(req);
         if !self.state.policy().allows(&caller, name) {
-            let version = {
-                let view = self.state.view.read().expect("view lock");
-                view.meta(name, which, now).map(|m| m.version)
-            };
+            let version = self.state.view.meta(name, which).map(|m| m.version);
             return Err(self.denied(&caller, name, version));
         }
-        let (fh, meta) = self
-            .state
-            .view
-            .write()
-            .expect("view lock")
-            .open(name, which, now)
-            .ok_or(Errno::ENOENT)?;
+        let (fh, meta) = self.state.view.open(name, which).ok_or(Errno::ENOENT)?;
         self.audit(&caller, AccessAction::Accessed, name, Some(meta.version));
         Ok(fh)
     }
@@ -274,17 +250,10 @@ impl SecretFs {
         let caller = self.caller(req);
         let policy = self.state.policy();
         let allowed = |n: &str| policy.allows(&caller, n);
-        let (fh, pins) = {
-            let mut view = self.state.view.write().expect("view lock");
-            let pins: Vec<(String, u64)> = view
-                .list()
-                .filter(|(n, _)| allowed(n))
-                .map(|(n, m)| (n.to_owned(), m.version))
-                .collect();
-            let (fh, _len) =
-                view.open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
-            (fh, pins)
-        };
+        let (fh, pins) = self
+            .state
+            .view
+            .open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
         for (name, version) in pins {
             self.audit(&caller, AccessAction::Accessed, &name, Some(version));
         }
@@ -341,25 +310,11 @@ impl Filesystem for SecretFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // Copy the slice out under the read lock into a zeroizing buffer, reply after release.
-        let chunk = {
-            let view = self.state.view.read().expect("view lock");
-            match view.read(fh.0, Instant::now()) {
-                Ok(value) => {
-                    let bytes = value.expose();
-                    let start = usize::try_from(offset)
-                        .unwrap_or(usize::MAX)
-                        .min(bytes.len());
-                    let end = start.saturating_add(size as usize).min(bytes.len());
-                    Ok(Zeroizing::new(bytes[start..end].to_vec()))
-                }
-                Err(ReadError::Stale) => Err(Errno::ESTALE),
-                Err(ReadError::BadHandle) => Err(Errno::EBADF),
-            }
-        };
-        match chunk {
+        // Copied out under the lock into a zeroizing buffer; the reply goes after release.
+        match self.state.view.read(fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(e),
+            Err(ReadError::Stale) => reply.error(Errno::ESTALE),
+            Err(ReadError::BadHandle) => reply.error(Errno::EBADF),
         }
     }
 
@@ -373,7 +328,7 @@ impl Filesystem for SecretFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.state.view.write().expect("view lock").close(fh.0);
+        self.state.view.close(fh.0);
         reply.ok();
     }
 
@@ -439,26 +394,16 @@ impl Filesystem for SecretFs {
                 return reply.ok();
             }
         }
-        {
-            // The reply is an in-memory buffer: filling it under the read lock is brief.
-            let view = self.state.view.read().expect("view lock");
-            let names: Box<dyn Iterator<Item = &str>> = match which {
-                Which::Current => Box::new(view.list().map(|(n, _)| n)),
-                Which::Previous => Box::new(view.list_previous(Instant::now()).map(|(n, _)| n)),
-            };
-            let first = fixed.len();
-            for (i, name) in names.enumerate().skip(skip.saturating_sub(first)) {
+        // The reply is an in-memory buffer: filling it under the read lock is brief.
+        let first = fixed.len();
+        let mut next = skip.max(first);
+        self.state
+            .view
+            .each_name(which, skip.saturating_sub(first), |name| {
                 let ino = self.inodes.intern(name, which);
-                if reply.add(
-                    INodeNo(ino),
-                    (first + i) as u64 + 1,
-                    FileType::RegularFile,
-                    name,
-                ) {
-                    break;
-                }
-            }
-        }
+                next += 1;
+                reply.add(INodeNo(ino), next as u64, FileType::RegularFile, name)
+            });
         reply.ok();
     }
 
@@ -476,12 +421,7 @@ impl Filesystem for SecretFs {
             Node::DotEnv => Ok(()),
             Node::Secret(name, which) => {
                 self.check_policy(&self.caller(req), &name).and_then(|()| {
-                    let meta = self.state.view.read().expect("view lock").meta(
-                        &name,
-                        which,
-                        Instant::now(),
-                    );
-                    match meta {
+                    match self.state.view.meta(&name, which) {
                         None => Err(Errno::ENOENT),
                         Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
                         Some(_) => Ok(()),

@@ -13,7 +13,6 @@
 //! Keep-alive comments flow while nothing happens; the stream ends when the agent shuts down.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +27,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use super::limits::ConnControl;
 use super::wire::EventData;
 use super::{Ctx, Peer};
-use crate::agent::view::{Change, Which};
+use crate::agent::view::Change;
 
 pub(super) async fn events(
     State(ctx): State<Ctx>,
@@ -37,7 +36,7 @@ pub(super) async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the answer's head goes out: a client that has the head sees every
     // change from then on.
-    let rx = ctx.state.subscribe();
+    let rx = ctx.state.view.subscribe();
     let state = ctx.state.clone();
     let caller = peer.caller.clone();
     let mut stop = ctx.shutdown.clone();
@@ -46,7 +45,7 @@ pub(super) async fn events(
     let (gone, gone_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(Extension(control)) = control {
         tokio::spawn(watch_stall(
-            ctx.state.subscribe(),
+            ctx.state.view.subscribe(),
             taken.clone(),
             gone_rx,
             control,
@@ -66,7 +65,7 @@ pub(super) async fn events(
             Ok(change) => {
                 let name = change.name();
                 if state.policy().allows(&caller, name) {
-                    to_event(&change, &state)
+                    to_event(&change)
                 } else {
                     None
                 }
@@ -122,26 +121,19 @@ async fn watch_stall(
     }
 }
 
-fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<Event> {
+fn to_event(change: &Change) -> Option<Event> {
     let (kind, data) = match change {
         Change::Added { name, version } => ("added", data(name, *version, None)),
         Change::Rotated {
             name,
             version,
             previous,
-        } => {
-            // Rotated with grace if the replaced version is readable as the previous one.
-            let in_grace = state
-                .view
-                .read()
-                .expect("view lock")
-                .meta(name, Which::Previous, Instant::now())
-                .is_some_and(|m| m.version == *previous);
-            (
-                if in_grace { "rotated" } else { "updated" },
-                data(name, *version, Some(*previous)),
-            )
-        }
+            in_grace,
+        } => (
+            // As the view decided when it applied the change (not as it stands now).
+            if *in_grace { "rotated" } else { "updated" },
+            data(name, *version, Some(*previous)),
+        ),
         Change::Revoked { name, version } => ("revoked", data(name, *version, None)),
         Change::PreviousExpired { name, version } => ("expired", data(name, *version, None)),
         Change::RefusedRollback { .. } => return None,
