@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use agent_support::vault::{Log, VaultProc, World, spawn_logged, terminate};
-use agent_support::{DEADLINE, as_nobody, fyvault};
+use agent_support::{DEADLINE, as_nobody, fyvault, get};
 use common_fuse::{fuse_available, is_mounted};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -169,7 +169,17 @@ async fn ready_after_first_sync_watchdog_status_and_sighup() {
         matches!(agent.child.try_wait(), Ok(None)),
         "the agent keeps trying"
     );
-    assert!(!w.socket().exists(), "no socket before the first sync");
+    // The socket answers from the first second: not ready, and why (issue 17).
+    let h = get(&w.socket(), "/v1/health").await.json();
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(
+        h["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("starting: no values yet, first sync failed")),
+        "{h}"
+    );
+    let r = get(&w.socket(), "/v1/secrets/ANY_NAME").await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "not_ready"));
     assert!(!is_mounted(&mount), "no mount before the first sync");
 
     // 2. The vault comes back: READY=1, with the mount and the socket already up.

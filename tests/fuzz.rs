@@ -472,6 +472,7 @@ fn fuzz_sync_feed() {
             grace_cap: None,
             token_changed: Arc::new(tokio::sync::Notify::new()),
             shutdown: shutdown.clone(),
+            cache: None,
         };
         let _ = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), syncer.round(0, Duration::ZERO))

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{SecretState, SyncPrevious, SyncResponse, SyncSecret};
 use crate::crypto::{PrivateKey, ct_eq, hmac_sha256};
 
 /// The file's name in `state_dir`.
@@ -58,7 +59,15 @@ pub struct Cache {
     pub secrets: BTreeMap<String, CachedSecret>,
     /// The highest version seen of every secret, revoked ones included: a feed that offers
     /// less is a rollback.
-    pub highest: BTreeMap<String, u64>,
+    pub highest: BTreeMap<String, Seen>,
+}
+
+/// The highest version of a secret the agent has seen, and whether it was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Seen {
+    pub version: u64,
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -198,10 +207,115 @@ impl Cache {
         Duration::from_millis(now_ms().saturating_sub(self.written_at_ms))
     }
 
-    /// Raises the highest version seen of `name` to `version`.
-    pub fn saw(&mut self, name: &str, version: u64) {
-        let h = self.highest.entry(name.to_owned()).or_insert(0);
-        *h = (*h).max(version);
+    /// The rollback floor as the view takes it.
+    pub fn floor(&self) -> Vec<(String, u64, bool)> {
+        self.highest
+            .iter()
+            .map(|(n, s)| (n.clone(), s.version, s.revoked))
+            .collect()
+    }
+
+    /// The cached secrets as a sync answer: previous versions' grace recomputed from their
+    /// wall-clock deadlines (an ended grace is left out).
+    pub fn as_sync_secrets(&self) -> Vec<SyncSecret> {
+        let now = now_ms();
+        self.secrets
+            .iter()
+            .map(|(name, s)| SyncSecret {
+                name: name.clone(),
+                version: s.version,
+                state: SecretState::Active,
+                sealed_value: Some(s.sealed_value.clone()),
+                updated_at: s.updated_at.clone(),
+                previous: s
+                    .previous
+                    .as_ref()
+                    .filter(|p| p.grace_until_ms > now)
+                    .map(|p| SyncPrevious {
+                        version: p.version,
+                        sealed_value: p.sealed_value.clone(),
+                        grace_remaining_ms: p.grace_until_ms - now,
+                    }),
+            })
+            .collect()
+    }
+}
+
+/// Keeps the cache up to date with every applied sync answer (owned by the sync loop).
+#[derive(Debug)]
+pub struct Keeper {
+    dir: PathBuf,
+    org: String,
+    env: String,
+    cache: Cache,
+    failing: bool,
+}
+
+impl Keeper {
+    pub fn new(dir: &Path, org: &str, env: &str, start: Option<Cache>) -> Keeper {
+        Keeper {
+            dir: dir.to_owned(),
+            org: org.to_owned(),
+            env: env.to_owned(),
+            cache: start.unwrap_or_default(),
+            failing: false,
+        }
+    }
+
+    /// Records one applied answer (leaving out the secrets whose offer the view refused as a
+    /// rollback), takes the view's rollback `floor`, and writes the file.
+    pub fn record(
+        &mut self,
+        key: &PrivateKey,
+        resp: &SyncResponse,
+        refused: &[&str],
+        floor: Vec<(String, u64, bool)>,
+    ) {
+        let now = now_ms();
+        if resp.full {
+            self.cache.secrets.clear();
+        }
+        for s in resp
+            .secrets
+            .iter()
+            .filter(|s| !refused.contains(&s.name.as_str()))
+        {
+            match (&s.state, &s.sealed_value) {
+                (SecretState::Active, Some(sealed)) => {
+                    self.cache.secrets.insert(
+                        s.name.clone(),
+                        CachedSecret {
+                            version: s.version,
+                            sealed_value: sealed.clone(),
+                            updated_at: s.updated_at.clone(),
+                            previous: s.previous.as_ref().map(|p| CachedPrevious {
+                                version: p.version,
+                                sealed_value: p.sealed_value.clone(),
+                                grace_until_ms: now.saturating_add(p.grace_remaining_ms),
+                            }),
+                        },
+                    );
+                }
+                (SecretState::Revoked, _) => {
+                    self.cache.secrets.remove(&s.name);
+                }
+                (SecretState::Active, None) => {}
+            }
+        }
+        self.cache.highest = floor
+            .into_iter()
+            .map(|(n, version, revoked)| (n, Seen { version, revoked }))
+            .collect();
+        self.cache.revision = self.cache.revision.max(resp.revision);
+        self.cache.written_at_ms = now;
+        match write(&self.dir, key, &self.org, &self.env, &self.cache) {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!("offline cache not written: {e}");
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -259,8 +373,20 @@ mod tests {
                 }),
             },
         );
-        c.saw("A", 3);
-        c.saw("GONE", 9);
+        c.highest.insert(
+            "A".into(),
+            Seen {
+                version: 3,
+                revoked: false,
+            },
+        );
+        c.highest.insert(
+            "GONE".into(),
+            Seen {
+                version: 9,
+                revoked: true,
+            },
+        );
         c
     }
 

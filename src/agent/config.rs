@@ -26,6 +26,10 @@ pub const DEFAULT_MOUNT: &str = "/run/fyvault";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/fyvault";
 pub const DEFAULT_GROUP: &str = "fyvault";
 /// Default long-poll wait asked of the vault.
+/// Default of `cache_max_age_seconds`: a day.
+pub const DEFAULT_CACHE_MAX_AGE_SECONDS: u64 = 24 * 3600;
+/// Largest `cache_max_age_seconds`: 30 days.
+pub const MAX_CACHE_MAX_AGE_SECONDS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_SYNC_WAIT_SECONDS: u64 = 30;
 
 /// The validated config.
@@ -47,6 +51,9 @@ pub struct AgentConfig {
     pub grace_cap: Option<Duration>,
     /// Long-poll wait asked of the vault.
     pub sync_wait: Duration,
+    /// How old the offline cache may be to be served when the vault is unreachable at start
+    /// (`cache_max_age_seconds`, default 24 h); `None`: never served (0).
+    pub cache_max_age: Option<Duration>,
     /// CA certificates (PEM) trusted instead of the system roots for an `https` vault.
     pub ca_file: Option<PathBuf>,
     /// Bound of the access-event spool on disk (`[audit] spool_max_mb`; None: the default,
@@ -127,6 +134,8 @@ struct RawConfig {
     grace_seconds: Option<u64>,
     #[serde(default)]
     sync_wait_seconds: Option<u64>,
+    #[serde(default)]
+    cache_max_age_seconds: Option<u64>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
     #[serde(default = "default_group")]
@@ -276,6 +285,17 @@ impl Validator {
                 ));
             }
         };
+        let cache_max_age = match raw.cache_max_age_seconds {
+            None => Some(Duration::from_secs(DEFAULT_CACHE_MAX_AGE_SECONDS)),
+            Some(0) => None,
+            Some(s) if s <= MAX_CACHE_MAX_AGE_SECONDS => Some(Duration::from_secs(s)),
+            Some(s) => {
+                return Err(self.err(
+                    "cache_max_age_seconds",
+                    format!("{s} is more than {MAX_CACHE_MAX_AGE_SECONDS} (30 days)"),
+                ));
+            }
+        };
         let audit_spool_max_bytes = match raw.audit.spool_max_mb {
             None => None,
             Some(mb) if (1..=MAX_SPOOL_MB).contains(&mb) => Some(mb * 1024 * 1024),
@@ -303,6 +323,7 @@ impl Validator {
             state_dir: raw.state_dir,
             grace_cap,
             sync_wait: Duration::from_secs(sync_wait),
+            cache_max_age,
             ca_file: raw.ca_file,
             audit_spool_max_bytes,
             policy: Policy::new(group, rules),

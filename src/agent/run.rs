@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::agent::audit::{AuditConfig, AuditError, Auditor};
+use crate::agent::cache;
 use crate::agent::config::AgentConfig;
 use crate::agent::hygiene::{self, MlockStatus};
 use crate::agent::mount::{MountError, Mounted};
@@ -152,6 +153,19 @@ pub enum RunError {
 }
 
 /// Background tasks, aborted when dropped (so a start abandoned half-way leaves nothing).
+/// The socket server until `start` hands it to the [`Agent`]: a failed start stops it and
+/// removes the socket file it bound.
+struct AbortOnDrop(Option<JoinHandle<std::io::Result<()>>>, PathBuf);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+}
+
 struct Tasks(Vec<JoinHandle<()>>);
 
 impl Drop for Tasks {
@@ -392,7 +406,50 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         })?
     };
 
+    // The offline cache: its rollback floor holds from the start, whatever the vault says;
+    // its values are served only if the vault is unreachable now (and the cache is young).
+    let cached = match cache::read(&config.state_dir, &key, &config.org_id, &config.environment) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    if let Some(c) = &cached {
+        state.view.remember(c.floor());
+    }
+    let servable = cached.as_ref().filter(|c| {
+        let fresh = config.cache_max_age.is_some_and(|max| c.age() <= max);
+        if !fresh {
+            tracing::info!(
+                "the offline cache is older than cache_max_age_seconds (or disabled): it keeps \
+                 its rollback floor but is not served"
+            );
+        }
+        fresh
+    });
+    let keeper = Arc::new(Mutex::new(cache::Keeper::new(
+        &config.state_dir,
+        &config.org_id,
+        &config.environment,
+        cached.clone(),
+    )));
+
+    // The socket answers from the first second (status, and why nothing is served yet).
+    let listener = socket::bind(&config.socket)?;
+    let ctx = Ctx {
+        state: state.clone(),
+        info: info.clone(),
+        shutdown: stop_rx.clone(),
+        keep_alive: options.keep_alive,
+    };
+    let mut server = AbortOnDrop(
+        Some(tokio::spawn(socket::serve(listener, ctx))),
+        config.socket.clone(),
+    );
+
     let syncer = Syncer {
+        cache: Some(keeper),
         client,
         org: config.org_id.clone(),
         env: config.environment.clone(),
@@ -407,8 +464,13 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         token_changed,
         shutdown: stop_rx.clone(),
     };
+    // The last known values, until the first sync replaces them (a full answer: what the
+    // vault revoked meanwhile goes at once; an older version than the cache's is refused).
+    if let Some(c) = servable {
+        syncer.serve_cache(c);
+    }
     supervise::notify_status("syncing");
-    let revision = syncer.first_sync().await?;
+    let revision = syncer.first_sync(servable).await?;
     tracing::info!(
         revision,
         secrets = state.view.summary().secrets,
@@ -424,14 +486,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     )
     .await?;
 
-    let listener = socket::bind(&config.socket)?;
-    let ctx = Ctx {
-        state: state.clone(),
-        info: info.clone(),
-        shutdown: stop_rx.clone(),
-        keep_alive: options.keep_alive,
-    };
-    let server = tokio::spawn(socket::serve(listener, ctx));
+    let server = server.0.take().expect("the socket server runs");
     tasks.0.push(tokio::spawn(syncer.run(revision)));
     tasks.0.push(tokio::spawn(
         supervise::Supervisor {

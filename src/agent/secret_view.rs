@@ -144,6 +144,22 @@ impl SecretView {
             .apply(revision, full, updates, Instant::now());
     }
 
+    /// The rollback floor: (name, highest version seen, revoked).
+    pub fn highest(&self) -> Vec<(String, u64, bool)> {
+        self.read_lock()
+            .highest()
+            .map(|(n, v, r)| (n.to_owned(), v, r))
+            .collect()
+    }
+
+    /// Raises the rollback floor (from the offline cache, before the first sync).
+    pub fn remember(&self, floor: impl IntoIterator<Item = (String, u64, bool)>) {
+        let mut view = self.write_lock();
+        for (name, version, revoked) in floor {
+            view.remember(&name, version, revoked);
+        }
+    }
+
     /// Drops every value now (zeroized) and every handle: the agent is stopping.
     pub fn clear(&self) {
         *self.write_lock() = View::new();

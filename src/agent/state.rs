@@ -29,6 +29,9 @@ pub struct AgentState {
     pub callers: CallerCache,
     pub auditor: Auditor,
     health: RwLock<Health>,
+    /// Secrets whose feed offered an older version than one already served: name →
+    /// (offered, held). Reported as degraded until a version at least as new arrives.
+    rollbacks: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 impl AgentState {
@@ -39,6 +42,7 @@ impl AgentState {
             callers: CallerCache::default(),
             auditor,
             health: RwLock::new(Health::Syncing),
+            rollbacks: std::sync::Mutex::default(),
         })
     }
 
@@ -61,6 +65,41 @@ impl AgentState {
 
     pub fn health(&self) -> Health {
         self.health.read().expect("health lock").clone()
+    }
+
+    /// Notes what one applied answer said about rollbacks: `refused` (name, offered, held) are
+    /// kept; a name that got a version at least as new as the one held (`accepted`) is cleared.
+    pub fn note_rollbacks(&self, refused: &[(String, u64, u64)], accepted: &[&str]) {
+        let mut r = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in accepted {
+            r.remove(*name);
+        }
+        for (name, offered, held) in refused {
+            r.insert(name.clone(), (*offered, *held));
+        }
+    }
+
+    /// The refused rollbacks, as a reason for `degraded` (None when there are none).
+    pub fn rollback_reason(&self) -> Option<String> {
+        let r = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = r
+            .iter()
+            .map(|(n, (offered, held))| format!("{n} (offered v{offered}, serving v{held})"))
+            .collect();
+        Some(format!(
+            "refused older versions than already served: {} — was the vault restored from a \
+             backup? (docs/agent.md, \"Rollback protection\")",
+            list.join(", ")
+        ))
     }
 
     pub fn set_health(&self, h: Health) {

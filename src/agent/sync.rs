@@ -65,6 +65,9 @@ pub enum SyncError {
     Shutdown,
 }
 
+/// How a degraded reason starts while the agent serves its offline cache (until a sync).
+pub const CACHE_PREFIX: &str = "serving cache from ";
+
 /// What the sync loop reports to its owner (`run`), synchronously, as it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncEvent {
@@ -93,6 +96,8 @@ pub struct Syncer {
     pub token_changed: Arc<Notify>,
     /// Flips to true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The offline cache kept up to date with every applied answer (None: not kept).
+    pub cache: Option<Arc<std::sync::Mutex<crate::agent::cache::Keeper>>>,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -118,15 +123,36 @@ impl Syncer {
 
     /// Opens and applies one answer (changes are published by the state).
     fn apply(&self, resp: SyncResponse) {
-        let SyncResponse {
-            revision,
-            full,
-            secrets,
-        } = resp;
+        let (revision, full) = (resp.revision, resp.full);
         // A secret that cannot be opened stays listed (`Unopened`): the view keeps what it holds
         // for it, and a full answer drops only what it does not list (the view's rule).
-        let updates = secrets.iter().map(|s| self.open(s)).collect();
+        let updates = resp.secrets.iter().map(|s| self.open(s)).collect();
         let changes = self.state.view.apply(revision, full, updates);
+        let refused: Vec<(String, u64, u64)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RefusedRollback {
+                    name,
+                    offered,
+                    held,
+                } => Some((name.clone(), *offered, *held)),
+                _ => None,
+            })
+            .collect();
+        let refused_names: Vec<&str> = refused.iter().map(|r| r.0.as_str()).collect();
+        let accepted: Vec<&str> = resp
+            .secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !refused_names.contains(n))
+            .collect();
+        self.state.note_rollbacks(&refused, &accepted);
+        if let Some(keeper) = &self.cache {
+            keeper
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(&self.key, &resp, &refused_names, self.state.view.highest());
+        }
         (self.report)(SyncEvent::Synced { revision });
         for c in &changes {
             log_change(c);
@@ -199,9 +225,30 @@ impl Syncer {
         Some(state)
     }
 
+    /// Serves the offline cache: its secrets opened and applied as a full answer. Returns its
+    /// revision (the sync loop goes on from there).
+    pub fn serve_cache(&self, cache: &crate::agent::cache::Cache) -> u64 {
+        let updates = cache
+            .as_sync_secrets()
+            .iter()
+            .map(|s| self.open(s))
+            .collect();
+        let changes = self.state.view.apply(cache.revision, true, updates);
+        for c in &changes {
+            log_change(c);
+        }
+        cache.revision
+    }
+
     /// The first full sync, before the agent reports ready. Retries while the vault is
     /// unreachable (status `syncing`); a refused token is fatal here (the operator must fix it).
-    pub async fn first_sync(&self) -> Result<u64, SyncError> {
+    /// With an offline cache young enough (`cached`, already applied by
+    /// [`serve_cache`](Self::serve_cache)), an unreachable vault ends the wait: the cache is
+    /// served, degraded, and the sync loop catches up once the vault answers.
+    pub async fn first_sync(
+        &self,
+        cached: Option<&crate::agent::cache::Cache>,
+    ) -> Result<u64, SyncError> {
         let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
         let mut stop = self.shutdown.clone();
         loop {
@@ -220,6 +267,20 @@ impl Syncer {
                         env: self.env.clone(),
                         message,
                     });
+                }
+                Err(e) if cached.is_some() => {
+                    let cache = cached.expect("checked");
+                    let from = crate::rfc3339::format(
+                        std::time::UNIX_EPOCH + Duration::from_millis(cache.written_at_ms),
+                    );
+                    tracing::warn!(
+                        "first sync failed: {e}; serving the offline cache written at {from}"
+                    );
+                    (self.report)(SyncEvent::Failed {
+                        reason: format!("{CACHE_PREFIX}{from}, {e}"),
+                        first: false,
+                    });
+                    return Ok(cache.revision);
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();

@@ -174,6 +174,22 @@ impl View {
         Self::default()
     }
 
+    /// The highest version seen of every name and whether it was revoked: the rollback floor
+    /// (kept in the offline cache, so that it survives restarts).
+    pub fn highest(&self) -> impl Iterator<Item = (&str, u64, bool)> {
+        self.highest.iter().map(|(n, (v, r))| (n.as_str(), *v, *r))
+    }
+
+    /// Raises the rollback floor of `name` to `version` (from the offline cache at start).
+    pub fn remember(&mut self, name: &str, version: u64, revoked: bool) {
+        let e = self.highest.entry(name.to_owned()).or_insert((0, false));
+        if version > e.0 {
+            *e = (version, revoked);
+        } else if version == e.0 {
+            e.1 |= revoked;
+        }
+    }
+
     /// The vault revision the view is synced to (0 before the first sync).
     pub fn revision(&self) -> u64 {
         self.revision

@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 use crate::agent::secret_view::Summary;
 use crate::agent::socket::RunInfo;
 use crate::agent::state::{AgentState, Health};
-use crate::agent::sync::{Reporter, SyncEvent};
+use crate::agent::sync::{CACHE_PREFIX, Reporter, SyncEvent};
 
 /// How often the status line is recomputed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -43,19 +43,46 @@ pub(super) fn sync_reporter(state: Arc<AgentState>, info: Arc<RunInfo>) -> Repor
     Arc::new(move |event| match event {
         SyncEvent::Synced { .. } => {
             info.mark_synced();
-            state.set_health(Health::Ready);
+            // Synced, but refusing a rollback: degraded, naming the secrets.
+            state.set_health(match state.rollback_reason() {
+                Some(reason) => Health::Degraded {
+                    since: std::time::SystemTime::now(),
+                    reason,
+                },
+                None => Health::Ready,
+            });
         }
         SyncEvent::Failed {
             reason,
             first: true,
-        } => notify_status(&format!("syncing: {reason}")),
+        } => {
+            notify_status(&format!("syncing: {reason}"));
+            // The socket answers from the first second: it says why nothing is served yet.
+            state.set_health(Health::Degraded {
+                since: std::time::SystemTime::now(),
+                reason: format!("starting: no values yet, first sync failed: {reason}"),
+            });
+        }
         SyncEvent::Failed {
             reason,
             first: false,
-        } => state.set_health(Health::Degraded {
-            since: std::time::SystemTime::now(),
-            reason,
-        }),
+        } => {
+            // Still on the offline cache: keep saying so, with the latest failure.
+            let reason = match state.health() {
+                Health::Degraded { reason: r, .. } if r.starts_with(CACHE_PREFIX) => {
+                    let from = r.split(", ").next().unwrap_or(&r).to_owned();
+                    format!(
+                        "{from}, {}",
+                        reason.trim_start_matches(&format!("{from}, "))
+                    )
+                }
+                _ => reason,
+            };
+            state.set_health(Health::Degraded {
+                since: std::time::SystemTime::now(),
+                reason,
+            })
+        }
     })
 }
 
@@ -240,7 +267,12 @@ mod tests {
             reason: "down".into(),
             first: true,
         });
-        assert_eq!(state.health(), Health::Syncing, "not serving yet");
+        assert!(
+            matches!(state.health(), Health::Degraded { ref reason, .. }
+                if reason == "starting: no values yet, first sync failed: down"),
+            "not serving yet, and says why: {:?}",
+            state.health()
+        );
         assert!(info.last_sync.read().unwrap().is_none());
         report(SyncEvent::Synced { revision: 3 });
         assert_eq!(state.health(), Health::Ready);
@@ -254,6 +286,16 @@ mod tests {
             Health::Degraded { reason, .. } if reason == "vault unreachable: x"
         ));
         report(SyncEvent::Synced { revision: 4 });
+        assert_eq!(state.health(), Health::Ready);
+        // A refused rollback keeps it degraded, naming the secret, until a newer version.
+        state.note_rollbacks(&[("API_KEY".into(), 2, 5)], &[]);
+        report(SyncEvent::Synced { revision: 5 });
+        assert!(matches!(
+            state.health(),
+            Health::Degraded { reason, .. } if reason.contains("API_KEY (offered v2, serving v5)")
+        ));
+        state.note_rollbacks(&[], &["API_KEY"]);
+        report(SyncEvent::Synced { revision: 6 });
         assert_eq!(state.health(), Health::Ready);
     }
 }

@@ -196,6 +196,18 @@ fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &Header
                 ),
             );
         }
+        // Nothing synced yet (and no offline cache served): say so, not "no such secret".
+        Err(Absent::NoSecret) if ctx.state.view.summary().revision == 0 => {
+            let why = match ctx.state.health() {
+                StateHealth::Degraded { reason, .. } => reason,
+                _ => "the first sync is under way".to_owned(),
+            };
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the agent has no values yet: {why}"),
+            );
+        }
         Err(Absent::NoSecret) => {
             return error(
                 StatusCode::NOT_FOUND,

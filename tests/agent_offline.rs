@@ -1,0 +1,188 @@
+//! Real processes (`fyvault server`, `fyvault agent`): the agent restarted while the vault is
+//! down serves its sealed offline cache (and says so), the cache holds no plaintext, the agent
+//! catches up when the vault returns, and a vault restored from an older copy never makes it
+//! serve an older value — across restarts of both.
+
+mod agent_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use agent_support::vault::{Log, VaultProc, World, spawn_logged, terminate};
+use agent_support::*;
+
+/// `fyvault agent` (the binary), stopped with SIGTERM when dropped.
+struct AgentBin {
+    child: Child,
+    log: Log,
+}
+
+impl AgentBin {
+    fn start(config: &Path) -> AgentBin {
+        let log = Log::default();
+        let mut cmd = Command::new(fyvault());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(config)
+            .env("FYVAULT_LOG", "info")
+            .env_remove("NOTIFY_SOCKET");
+        let (child, _rx) = spawn_logged(cmd, &log);
+        AgentBin { child, log }
+    }
+
+    fn stop(mut self) {
+        assert!(terminate(&mut self.child), "{}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for AgentBin {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn health(sock: &Path) -> Option<serde_json::Value> {
+    if !sock.exists() {
+        return None;
+    }
+    let r = tokio::time::timeout(std::time::Duration::from_secs(2), get(sock, "/v1/health"))
+        .await
+        .ok()?;
+    Some(r.json())
+}
+
+async fn wait_health(sock: &Path, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    eventually(what, || async { health(sock).await.filter(|h| ok(h)) }).await;
+}
+
+async fn value(sock: &Path, name: &str) -> (u16, Vec<u8>) {
+    let r = get(sock, &format!("/v1/secrets/{name}")).await;
+    (r.status, r.body)
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
+    let vault_log = Log::default();
+    let mut w = World::new("info", &vault_log).await;
+    let port = w.vault.port;
+    let canary1 = b"CANARY-offline-first-5b1e";
+    let canary2 = b"CANARY-offline-second-5b1e";
+    w.push("API_KEY", canary1).await;
+    let cfg = w.agent_config("");
+    let sock = w.socket();
+    let state_dir = w.dir.path().join("state");
+
+    // Vault and agent: the agent serves v1.
+    let agent = AgentBin::start(&cfg);
+    wait_health(&sock, "the agent to be ready", |h| h["status"] == "ready").await;
+    assert_eq!(value(&sock, "API_KEY").await, (200, canary1.to_vec()));
+    // Stop both; keep a copy of the vault's data (only v1 in it) for a "restore" later.
+    agent.stop();
+    w.vault.stop();
+    let backup = w.dir.path().join("vault-backup");
+    copy_dir(&w.data_dir, &backup);
+
+    // The sealed cache holds no plaintext.
+    let state_files = files(&state_dir);
+    assert!(
+        state_files.iter().any(|p| p.ends_with("cache")),
+        "{state_files:?}"
+    );
+    for f in &state_files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes.windows(canary1.len()).any(|w| w == canary1),
+            "plaintext in {}",
+            f.display()
+        );
+    }
+
+    // The agent alone: it answers at once, serves the cache and says degraded, and why.
+    let agent = AgentBin::start(&cfg);
+    wait_health(&sock, "the agent to serve its cache", |h| {
+        h["status"] == "degraded"
+            && h["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("serving cache from") && r.contains("unreachable"))
+    })
+    .await;
+    assert_eq!(value(&sock, "API_KEY").await, (200, canary1.to_vec()));
+    let status = Command::new(fyvault())
+        .arg("status")
+        .env("FYVAULT_SOCKET", &sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("serving cache from"), "{text}");
+
+    // The vault returns: the agent catches up, and a rotation arrives.
+    w.vault = {
+        let (d, l) = (w.data_dir.clone(), vault_log.clone());
+        tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
+            .await
+            .unwrap()
+    };
+    wait_health(&sock, "the agent to catch up", |h| h["status"] == "ready").await;
+    let v2 = w.rotate("API_KEY", canary2, 600).await;
+    eventually("the rotation to arrive", || async {
+        (value(&sock, "API_KEY").await == (200, canary2.to_vec())).then_some(())
+    })
+    .await;
+    agent.stop();
+    w.vault.stop();
+
+    // Restore the vault's older copy (v1 only) and restart both: the agent never serves v1.
+    for f in files(&w.data_dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    copy_dir(&backup, &w.data_dir);
+    w.vault = {
+        let (d, l) = (w.data_dir.clone(), vault_log.clone());
+        tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
+            .await
+            .unwrap()
+    };
+    let agent = AgentBin::start(&cfg);
+    wait_health(&sock, "the agent to refuse the rollback", |h| {
+        h["status"] == "degraded"
+            && h["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("API_KEY") && r.contains(&format!("serving v{v2}")))
+    })
+    .await;
+    let (status, body) = value(&sock, "API_KEY").await;
+    assert_ne!(
+        body,
+        canary1.to_vec(),
+        "the restored older value was served"
+    );
+    assert_eq!((status, body), (200, canary2.to_vec()));
+    agent.stop();
+}
