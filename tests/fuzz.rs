@@ -9,8 +9,7 @@
 //! | `dotenv` | values of any bytes | python-dotenv reads back exactly each value, or the value is one left out (not UTF-8, NUL) |
 //! | `agent_toml` | mutated real configs and any text | `config::parse` answers Ok or an error, never panics |
 //! | `spool_frames` | segment files of framed and raw bytes, any `ack`/`seq` files | frame reading ends; the spool opens (or refuses) and reads without panicking |
-//!
-//! The sealed offline cache file gets its target with the cache.
+//! | `cache_file` | the offline cache file: mutated real files (a byte changed, cut short) and any bytes | refused whole, or read back with exactly the content written |
 
 mod common;
 mod fuzz_support;
@@ -887,4 +886,77 @@ fn fuzz_spool_frames() {
         }
     });
     eprintln!("spool_frames: {n} inputs");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sealed offline cache file
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum CacheInput {
+    Any(Vec<u8>),
+    /// A real file with the byte at `at` set to `to`, cut to `cut` bytes when shorter.
+    Mutated {
+        at: usize,
+        to: u8,
+        cut: usize,
+    },
+}
+
+#[test]
+fn fuzz_cache_file() {
+    use fyvault::agent::cache::{self, Cache, CachedPrevious, CachedSecret, Seen};
+    let key = fuzz_key();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cache {
+        revision: 9,
+        written_at_ms: 1_700_000_000_000,
+        ..Cache::default()
+    };
+    c.secrets.insert(
+        "A_KEY".into(),
+        CachedSecret {
+            version: 4,
+            sealed_value: key.public_key().seal(b"v", b"x").unwrap(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            previous: Some(CachedPrevious {
+                version: 3,
+                sealed_value: "AAAA".into(),
+                grace_until_ms: 1_700_000_060_000,
+            }),
+        },
+    );
+    c.highest.insert(
+        "A_KEY".into(),
+        Seen {
+            version: 4,
+            revoked: false,
+        },
+    );
+    cache::write(dir.path(), &key, "org_f", "prod", &c).unwrap();
+    let good = std::fs::read(cache::path(dir.path())).unwrap();
+    let strategy = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512).prop_map(CacheInput::Any),
+        (any::<usize>(), any::<u8>(), any::<usize>())
+            .prop_map(|(at, to, cut)| CacheInput::Mutated { at, to, cut }),
+    ];
+    let p = Path::new("cache");
+    let n = fuzz("cache_file", strategy, |inp: &CacheInput| {
+        let bytes = match inp {
+            CacheInput::Any(b) => b.clone(),
+            CacheInput::Mutated { at, to, cut } => {
+                let mut b = good.clone();
+                let i = at % b.len();
+                b[i] = *to;
+                b.truncate((*cut % (b.len() + 1)).max(1));
+                b
+            }
+        };
+        match cache::decode(&bytes, &key, "org_f", "prod", p) {
+            // Accepted only with exactly the content written (a change the MAC does not cover,
+            // such as the case of its own hex digits, changes nothing).
+            Ok(got) => assert_eq!(got, c, "{:?}", String::from_utf8_lossy(&bytes)),
+            Err(_) => assert_ne!(bytes, good, "the real file was refused"),
+        }
+    });
+    eprintln!("cache_file: {n} inputs");
 }
