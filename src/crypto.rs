@@ -309,11 +309,11 @@ pub fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
         opad[i] ^= k;
     }
     let inner = Sha256::new()
-        .chain_update(&*ipad)
+        .chain_update(&ipad[..])
         .chain_update(data)
         .finalize();
     Sha256::new()
-        .chain_update(&*opad)
+        .chain_update(&opad[..])
         .chain_update(inner)
         .finalize()
         .into()
@@ -412,7 +412,8 @@ mod tests {
         let a = hash_token(b"fvagent_example");
         let a = a.as_bytes();
         assert!(ct_eq(a, a));
-        assert!(ct_eq(&a.to_vec(), a));
+        let copy = a.to_vec();
+        assert!(ct_eq(&copy, a), "an equal copy");
         assert!(ct_eq(b"", b""));
         for i in 0..a.len() {
             for bit in 0..8 {

@@ -3,6 +3,8 @@
 //! and a populated `AgentState`.
 #![allow(dead_code)] // each test file uses a different part
 
+// A test file that uses two of the helper modules loads this twice (harmless: no state).
+#[allow(clippy::duplicate_mod)]
 #[path = "../skip/mod.rs"]
 pub mod skip;
 
