@@ -4,89 +4,14 @@
 mod agent_support;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use agent_support::socket_agent::SocketAgent as Agent;
 use agent_support::*;
 use fyvault::agent::access::{Glob, Policy, Rule};
-use fyvault::agent::audit::Auditor;
-use fyvault::agent::socket::{self, Ctx, RunInfo, SocketError};
-use fyvault::agent::state::{AgentState, Health};
-use fyvault::agent::view::{Update, UpdateState};
-use fyvault::secret::Secret;
-use tokio::sync::watch;
-
-struct Agent {
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
-    state: Arc<AgentState>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Agent {
-    async fn start(policy: Policy) -> Agent {
-        let dir = open_tempdir();
-        let sock = dir.path().join("agent.sock");
-        let state = AgentState::new(policy, Auditor::disabled());
-        tokio::spawn(state.clone().run_expiry());
-        let (stop, rx) = watch::channel(false);
-        let ctx = Ctx {
-            state: state.clone(),
-            info: Arc::new(RunInfo::new("org_t", "test")),
-            shutdown: rx,
-            keep_alive: Duration::from_secs(15),
-        };
-        let listener = socket::bind(&sock).unwrap();
-        let task = tokio::spawn(socket::serve(listener, ctx));
-        Agent {
-            _dir: dir,
-            sock,
-            state,
-            stop,
-            task,
-        }
-    }
-
-    fn push(&self, name: &str, version: u64, value: &[u8], prev: Option<(u64, &[u8], Duration)>) {
-        self.state.view.apply(
-            version,
-            false,
-            vec![Update {
-                name: name.into(),
-                version,
-                state: UpdateState::Active {
-                    value: Secret::copy_from(value),
-                    previous: prev.map(|(v, b, d)| (v, Secret::copy_from(b), d)),
-                },
-                updated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(version),
-            }],
-        );
-    }
-
-    fn revoke(&self, name: &str, version: u64) {
-        self.state.view.apply(
-            version,
-            false,
-            vec![Update {
-                name: name.into(),
-                version,
-                state: UpdateState::Revoked,
-                updated_at: SystemTime::now(),
-            }],
-        );
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
-}
+use fyvault::agent::socket::{self, SocketError};
+use fyvault::agent::state::Health;
 
 #[tokio::test]
 async fn read_rotate_grace_revoke() {

@@ -6,66 +6,34 @@ mod agent_support;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use agent_support::*;
 use fyvault::agent::access::Policy;
-use fyvault::agent::audit::Auditor;
-use fyvault::agent::socket::{self, Ctx, Limits, RunInfo};
-use fyvault::agent::state::AgentState;
-use fyvault::agent::view::{Update, UpdateState};
-use fyvault::secret::Secret;
-use tokio::sync::watch;
+use fyvault::agent::socket::Limits;
 
-struct Agent {
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
-    state: Arc<AgentState>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+use agent_support::socket_agent::SocketAgent;
+
+/// The socket alone, with `GOOD` readable.
+struct Agent(SocketAgent);
+
+impl std::ops::Deref for Agent {
+    type Target = SocketAgent;
+    fn deref(&self) -> &SocketAgent {
+        &self.0
+    }
 }
 
 impl Agent {
     async fn start(limits: Limits) -> Agent {
-        let dir = open_tempdir();
-        let sock = dir.path().join("agent.sock");
-        let state = AgentState::new(Policy::default(), Auditor::disabled());
-        let (stop, rx) = watch::channel(false);
-        let ctx = Ctx {
-            state: state.clone(),
-            info: Arc::new(RunInfo::new("org_t", "test")),
-            shutdown: rx,
-            keep_alive: Duration::from_secs(15),
-        };
-        let listener = socket::bind(&sock).unwrap();
-        let task = tokio::spawn(socket::serve_with(listener, ctx, limits));
-        let a = Agent {
-            _dir: dir,
-            sock,
-            state,
-            stop,
-            task,
-        };
+        let a = Agent(SocketAgent::start_with(Policy::default(), limits).await);
         a.put("GOOD", 1, b"good-value");
         a
     }
 
     fn put(&self, name: &str, version: u64, value: &[u8]) {
-        self.state.view.apply(
-            version,
-            false,
-            vec![Update {
-                name: name.into(),
-                version,
-                state: UpdateState::Active {
-                    value: Secret::copy_from(value),
-                    previous: None,
-                },
-                updated_at: SystemTime::now(),
-            }],
-        );
+        self.0.push(name, version, value, None);
     }
 
     /// A well-behaved client is answered.
@@ -77,8 +45,7 @@ impl Agent {
     }
 
     async fn stop(self) {
-        self.stop.send_replace(true);
-        self.task.await.unwrap().unwrap();
+        self.0.stop().await;
     }
 }
 
