@@ -8,6 +8,7 @@
 //! /NAME             current value, exact bytes            (inode: interned, see `inodes`)
 //! /.previous/NAME   previous value while its grace runs
 //! /.env             KEY=value lines of what the caller may read (see `dotenv`)
+//! /.env.sh          the same as `export KEY='value'` lines for shells
 //! ```
 //!
 //! Access is decided by the policy in `open` and `access` (the mount has no
@@ -25,7 +26,7 @@
 //! invalidation is discarded by the kernel (its attribute version is older). So a `stat` issued
 //! once a rotation has been applied shows the new size, and a `stat` between rotations costs no
 //! round trip to the agent. Exceptions:
-//! - `.env`'s attributes are never cached ([`DOTENV_ATTR_TTL`] = 0): its size depends on who
+//! - `.env`'s and `.env.sh`'s attributes are never cached ([`DOTENV_ATTR_TTL`] = 0): its size depends on who
 //!   asks, and the kernel's attribute cache is shared by all callers.
 //! - `.previous/NAME` is cached at most until the earliest grace deadline, so the kernel drops
 //!   it on time by itself, even before the expiry's invalidation arrives.
@@ -53,12 +54,15 @@ use fuser::{
 use zeroize::Zeroizing;
 
 use crate::agent::access::Caller;
-use crate::agent::dotenv;
+use crate::agent::dotenv::{self, Form};
 use crate::agent::state::AgentState;
 use crate::agent::view::{Meta, ReadError, Which};
 use crate::api::{AccessAction, AccessVia};
 
-pub use inodes::{DOTENV, DOTENV_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME, ROOT};
+pub use inodes::{
+    DOTENV, DOTENV_NAME, DOTENV_SH, DOTENV_SH_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME,
+    ROOT,
+};
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
@@ -141,8 +145,8 @@ impl SecretFs {
         self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
     }
 
-    /// `.env` as `caller` would read it now: (size, newest update time).
-    fn dotenv_attr(&self, caller: &Caller) -> FileAttr {
+    /// `.env` (or `.env.sh`) as `caller` would read it now: (size, newest update time).
+    fn dotenv_attr(&self, caller: &Caller, form: Form) -> FileAttr {
         let policy = self.state.policy();
         let now = Instant::now();
         let (len, newest) = {
@@ -155,9 +159,13 @@ impl SecretFs {
                 .inspect(|(_, m, _)| newest = newest.max(m.updated_at))
                 .map(|(n, _, v)| (n, v))
                 .collect();
-            (dotenv::rendered_len(allowed), newest)
+            (dotenv::rendered_len(form, allowed), newest)
         };
-        self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
+        let ino = match form {
+            Form::Dotenv => DOTENV,
+            Form::Shell => DOTENV_SH,
+        };
+        self.attr(ino, FileType::RegularFile, len as u64, newest)
     }
 
     /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
@@ -165,7 +173,7 @@ impl SecretFs {
     fn attr_of(&self, req: &Request, ino: u64) -> Result<(FileAttr, Duration), Errno> {
         match self.inodes.node(ino).ok_or(Errno::ENOENT)? {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
-            Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), DOTENV_ATTR_TTL)),
+            Node::DotEnv(form) => Ok((self.dotenv_attr(&self.caller(req), form), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
                 let (meta, ttl) = self.secret_meta(&name, which)?;
                 Ok((self.meta_attr(ino, meta), ttl))
@@ -201,9 +209,10 @@ impl SecretFs {
             (ROOT, b".previous") => {
                 return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL, ENTRY_TTL));
             }
-            (ROOT, b".env") => {
+            (ROOT, b".env" | b".env.sh") => {
+                let ino = if raw == b".env" { DOTENV } else { DOTENV_SH };
                 return self
-                    .attr_of(req, DOTENV)
+                    .attr_of(req, ino)
                     .map(|(attr, ttl)| (attr, ttl, ENTRY_TTL));
             }
             (ROOT | PREVIOUS_DIR, _) => {}
@@ -249,7 +258,7 @@ impl SecretFs {
         Ok(fh)
     }
 
-    fn open_dotenv(&self, req: &Request) -> u64 {
+    fn open_dotenv(&self, req: &Request, form: Form) -> u64 {
         let caller = self.caller(req);
         let policy = self.state.policy();
         let allowed = |n: &str| policy.allows(&caller, n);
@@ -260,8 +269,9 @@ impl SecretFs {
                 .filter(|(n, _)| allowed(n))
                 .map(|(n, m)| (n.to_owned(), m.version))
                 .collect();
-            let (fh, _len) =
-                view.open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
+            let (fh, _len) = view.open_snapshot(allowed, |entries| {
+                dotenv::render(form, entries.iter().copied())
+            });
             (fh, pins)
         };
         for (name, version) in pins {
@@ -297,7 +307,7 @@ impl Filesystem for SecretFs {
         let opened = match self.inodes.node(ino.0) {
             None => Err(Errno::ENOENT),
             Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
-            Some(Node::DotEnv) => Ok(self.open_dotenv(req)),
+            Some(Node::DotEnv(form)) => Ok(self.open_dotenv(req, form)),
             Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
         };
         match opened {
@@ -412,6 +422,7 @@ impl Filesystem for SecretFs {
         if which == Which::Current {
             fixed.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME));
             fixed.push((DOTENV, FileType::RegularFile, DOTENV_NAME));
+            fixed.push((DOTENV_SH, FileType::RegularFile, DOTENV_SH_NAME));
         }
         for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(*fino), i as u64 + 1, *kind, name) {
@@ -451,8 +462,8 @@ impl Filesystem for SecretFs {
         }
         let result = match node {
             Node::Root | Node::PreviousDir => Ok(()),
-            Node::DotEnv if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-            Node::DotEnv => Ok(()),
+            Node::DotEnv(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+            Node::DotEnv(_) => Ok(()),
             Node::Secret(name, which) => {
                 let meta =
                     self.state
