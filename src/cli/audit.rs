@@ -15,16 +15,19 @@ pub struct AuditArgs {
     /// The org (`org_…`); without it, every org plus org-less records (admin tokens).
     #[arg(long, env = "FYVAULT_ORG")]
     pub org: Option<String>,
+    /// Only records about this secret name.
     #[arg(long)]
     pub secret: Option<String>,
+    /// Only records about this environment.
     #[arg(long)]
     pub environment: Option<String>,
     /// issued, rotated, revoked, accessed, denied, dropped, token_created, token_revoked, …
     #[arg(long)]
     pub action: Option<String>,
-    /// RFC 3339 time, e.g. 2025-01-31T00:00:00Z.
+    /// RFC 3339 time, e.g. 2025-01-31T00:00:00Z: only records at or after it.
     #[arg(long)]
     pub since: Option<String>,
+    /// RFC 3339 time: only records before it.
     #[arg(long)]
     pub until: Option<String>,
     /// At most this many records (default 1000).
