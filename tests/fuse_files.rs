@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common_fuse::{TestMount, active, errno, fuse_available, revoked, wait_for};
+use common_fuse::{TestMount, active, errno, fuse_available, logs, revoked, wait_for};
 use fyvault::agent::access::Policy;
 use fyvault::agent::dotenv::{self, Form};
 use fyvault::secret::Secret;
@@ -372,4 +372,27 @@ fn fuse_large_directory_lists_every_name_once() {
     }
     // `ls -l` style: every listed secret resolves.
     assert_eq!(std::fs::metadata(m.file("SECRET_02499")).unwrap().len(), 1);
+}
+
+/// `isatty` (an ioctl) and `SEEK_DATA`/`SEEK_HOLE` get a regular file's answers, and fuser logs
+/// no "Not Implemented" warning for them.
+#[test]
+fn fuse_ioctl_and_lseek_are_answered_quietly() {
+    use std::os::fd::AsRawFd;
+    let Some(m) = mount("fuse_ioctl_and_lseek_are_answered_quietly") else {
+        return;
+    };
+    m.put("IOCTL", 1, b"hello");
+    let f = std::fs::File::open(m.file("IOCTL")).unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: plain system calls on a descriptor this test owns.
+    let (tty, tty_errno) = unsafe { (libc::isatty(fd), *libc::__errno_location()) };
+    assert_eq!((tty, tty_errno), (0, libc::ENOTTY));
+    // SAFETY: as above.
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!((data, hole), (0, 5));
+    let log = logs();
+    assert!(!log.contains("Not Implemented"), "{log}");
 }
