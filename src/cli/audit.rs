@@ -51,6 +51,19 @@ const HEADERS: [&str; 13] = [
     "COUNT",
 ];
 
+/// `time` in one fixed width, UTC with milliseconds (`2025-01-31T08:00:00.440Z`), so the
+/// column lines up; a time that does not parse is shown as it came.
+fn fixed_time(time: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::parse(time, &Rfc3339)
+        .ok()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&fmt).ok())
+        .unwrap_or_else(|| time.to_owned())
+}
+
 fn cells(r: &AuditRecord) -> [String; 13] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
@@ -60,7 +73,7 @@ fn cells(r: &AuditRecord) -> [String; 13] {
         None => "",
     };
     [
-        r.time.clone(),
+        fixed_time(&r.time),
         format!("{}{via}", r.action),
         opt(&r.secret),
         num(r.version),
@@ -132,6 +145,27 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_one_width() {
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00.44Z"),
+            "2025-01-31T08:00:00.440Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00.262Z"),
+            "2025-01-31T08:00:00.262Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00Z"),
+            "2025-01-31T08:00:00.000Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T09:00:00.123456+01:00"),
+            "2025-01-31T08:00:00.123Z"
+        );
+        assert_eq!(fixed_time("not a time"), "not a time");
+    }
 
     #[test]
     fn table_aligns_and_shows_dashes() {

@@ -24,6 +24,7 @@ use crate::vault::dev::{self, DevFacts, FACTS_FILE, write_private_atomic};
 const AGENT_CONFIG_FILE: &str = "agent.toml";
 const AGENT_TOKEN_FILE: &str = "agent.token";
 const ADMIN_TOKEN_FILE: &str = "admin.token";
+const PROVIDER_TOKEN_FILE: &str = "provider.token";
 const AGENT_STATE_DIR: &str = "agent-state";
 
 #[derive(Debug, Args)]
@@ -299,6 +300,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         write_private_atomic(
             &data_dir.join(ADMIN_TOKEN_FILE),
             format!("{}\n", facts.admin_token).as_bytes(),
+        )?;
+        // `fyvault provider push --token-file` takes the token only from a file.
+        write_private_atomic(
+            &data_dir.join(PROVIDER_TOKEN_FILE),
+            format!("{}\n", facts.provider_token).as_bytes(),
         )?;
         let config_path = write_agent_files(&data_dir, &facts, &mount, &socket)?;
         facts.agent_config = Some(config_path.clone());
