@@ -8,8 +8,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    self, MAX_GRACE_SECONDS, MAX_VALUE_BYTES, PublicKeyResponse, PushRequest, RevokeRequest,
-    RevokeResponse, RotateRequest,
+    self, MAX_GRACE_SECONDS, MAX_VALUE_BYTES, PublicKeyResponse, PushRequest, RevokeResponse,
+    RotateRequest,
 };
 use crate::crypto::{self, PublicKey};
 use crate::secret::Secret;
@@ -300,16 +300,26 @@ pub struct RevokeQuery {
     secret_name: Option<String>,
 }
 
-/// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=`.
+/// The body of a revoke: `secret_name` may be left to `?secret_name=`, so `{}` (what many HTTP
+/// clients send with every DELETE) is accepted beside the query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    secret_name: Option<String>,
+}
+
+/// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=` (and then
+/// no body or `{}`).
 pub async fn revoke(
     State(state): State<AppState>,
     Auth(p): Auth,
     P((org, provider)): P<(String, String)>,
     Q(query): Q<RevokeQuery>,
-    OptJsonBody(body): OptJsonBody<RevokeRequest>,
+    OptJsonBody(body): OptJsonBody<RevokeBody>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     p.require_provider(&state, &org, &provider).await?;
-    let name = match (body.map(|b| b.secret_name), query.secret_name) {
+    let name = match (body.and_then(|b| b.secret_name), query.secret_name) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
                 "ambiguous_secret_name",

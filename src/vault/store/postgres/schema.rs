@@ -120,8 +120,12 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<us
     )
     .await
     .map_err(pe)?;
+    // `IF NOT EXISTS` on a schema in place makes the server send a NOTICE ("relation …
+    // already exists, skipping"), which the driver logs at INFO on every start: routine, so
+    // this transaction asks only for warnings and worse.
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
+        "SET LOCAL client_min_messages TO warning;
+         CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
              name       TEXT NOT NULL,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
