@@ -129,6 +129,9 @@ pub struct PublicKeyResponse {
     /// base64 of the 32-byte X25519 public key.
     pub public_key: String,
     pub suite: String,
+    /// HPKE `info` (`fyvault sealed secret v1`): a seal with any other info never opens.
+    #[serde(default)]
+    pub info: String,
     pub aad_format: String,
 }
 

@@ -2,9 +2,9 @@
 //! class is read back as docs/fuse.md promises, no entry disturbs its neighbours, and nothing in
 //! a value ever runs.
 
-mod common_parsers;
+mod common_interop;
 
-use common_parsers::{Case, check_dotenv_file, check_shell_file, value_classes};
+use common_interop::{Case, check_dotenv_file, check_shell_file, value_classes};
 use fyvault::agent::dotenv::{Form, render};
 use fyvault::secret::Secret;
 

@@ -2,7 +2,7 @@
 //! rotation, pinned handles, revoke.
 
 mod common_fuse;
-mod common_parsers;
+mod common_interop;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -258,7 +258,7 @@ fn fuse_env_files_read_back_through_real_parsers() {
     };
     let dir = tempfile::tempdir().unwrap();
     let canary = dir.path().join("canary");
-    let cases = common_parsers::value_classes(&canary);
+    let cases = common_interop::value_classes(&canary);
     for c in &cases {
         m.put(&c.name, 1, &c.value);
     }
@@ -279,8 +279,8 @@ fn fuse_env_files_read_back_through_real_parsers() {
             content.len() as u64
         );
     }
-    common_parsers::check_dotenv_file(&m.file(".env"), &cases);
-    common_parsers::check_shell_file(&m.file(".env.sh"), &cases);
+    common_interop::check_dotenv_file(&m.file(".env"), &cases);
+    common_interop::check_shell_file(&m.file(".env.sh"), &cases);
     assert!(!canary.exists(), "a value ran a command");
 }
 

@@ -137,6 +137,9 @@ mod tests {
         let sync = "/api/v1/orgs/org_a/environments/production/sync";
         assert!(super::routine(sync, StatusCode::OK));
         assert!(!super::routine(sync, StatusCode::UNAUTHORIZED));
-        assert!(!super::routine("/api/v1/orgs/org_a/providers/p/push", StatusCode::CREATED));
+        assert!(!super::routine(
+            "/api/v1/orgs/org_a/providers/p/push",
+            StatusCode::CREATED
+        ));
     }
 }

@@ -378,6 +378,7 @@ pub async fn public_key(
         environment: env,
         public_key: e.public_key,
         suite: crypto::SUITE.to_string(),
+        info: crypto::INFO.to_string(),
         aad_format: crypto::AAD_FORMAT.to_string(),
     }))
 }

@@ -1,11 +1,14 @@
-//! The real third-party readers of the mount's environment files (docs/fuse.md, "Environment
-//! files"): python-dotenv (`interpolate=False` and its default), Node's `dotenv` (its default
+//! Real third-party tools against fyvault's output. Here: the readers of the mount's environment
+//! files (docs/fuse.md, "Environment files"): python-dotenv (`interpolate=False` and its default), Node's `dotenv` (its default
 //! parser and `fast: true`), and bash and dash sourcing `.env.sh` under `set -eu`. Used by the
 //! pure rendering test (`tests/dotenv_parsers.rs`) and by the FUSE test (`tests/fuse_files.rs`).
 //!
 //! The parsers are required, not optional: python-dotenv and dash come from `scripts/deps`, Node's
 //! `dotenv` is installed by [`node_dir`] with `npm ci` from `tests/interop/package-lock.json`.
+//! [`sealing`]: sealing with pyhpke and `@hpke/core` (docs/vault.md).
 #![allow(dead_code)]
+
+pub mod sealing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
