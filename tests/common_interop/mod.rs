@@ -137,12 +137,15 @@ pub fn value_classes(canary: &Path) -> Vec<Case> {
     cases
 }
 
-/// `tests/interop` with its npm packages installed (`npm ci`, once per test process).
+/// `tests/interop` with its npm packages installed (`npm ci`, once per test process, when
+/// `node_modules` is missing or older than `package-lock.json`).
 pub fn node_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-        if !dir.join("node_modules/.package-lock.json").exists() {
+        let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let installed = modified(dir.join("node_modules/.package-lock.json"));
+        if installed.is_none() || installed < modified(dir.join("package-lock.json")) {
             let out = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                 .current_dir(&dir)

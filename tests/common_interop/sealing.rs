@@ -7,13 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// `tests/interop/pydeps`, holding pyhpke and its dependencies (`pip install --target`, once).
+/// `tests/interop/pydeps`, holding pyhpke and its dependencies (`pip install --target`, once
+/// per test process, again whenever `requirements.txt` changed).
 pub fn pyhpke_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         let dir = interop.join("pydeps");
-        if !dir.join("pyhpke").exists() {
+        let wanted = std::fs::read(interop.join("requirements.txt")).unwrap();
+        let stamp = dir.join("requirements.txt");
+        if std::fs::read(&stamp).ok() != Some(wanted.clone()) {
+            let _ = std::fs::remove_dir_all(&dir);
             let out = Command::new("python3")
                 .args([
                     "-m",
@@ -33,6 +37,7 @@ pub fn pyhpke_dir() -> &'static Path {
                 "pip install pyhpke failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            std::fs::write(&stamp, &wanted).unwrap();
         }
         dir
     })
