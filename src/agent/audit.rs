@@ -159,10 +159,13 @@ struct Key {
     /// the vault refuses such names, and the access is still counted.
     secret: Option<String>,
     version: Option<u64>,
-    via: AccessVia,
+    /// `None` only for `undeliverable` (no process involved; then uid is 0 and not shipped).
+    via: Option<AccessVia>,
     uid: u32,
     exe: Option<String>,
     unit: Option<String>,
+    /// `undeliverable` only.
+    reason: Option<&'static str>,
 }
 
 /// One coalesced event: the first access's time, pid and gid, and how many accesses.
@@ -333,20 +336,45 @@ impl Auditor {
         version: Option<u64>,
         via: AccessVia,
     ) {
-        let Some(h) = &self.inner else { return };
-        let shared = &h.shared;
+        if self.inner.is_none() {
+            return;
+        }
         let key = Key {
             action,
             secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
             version,
-            via,
+            via: Some(via),
             uid: caller.uid,
             exe: caller
                 .exe
                 .as_ref()
                 .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
             unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
+            reason: None,
         };
+        self.add(key, caller.pid, caller.gid);
+    }
+
+    /// Reports that this agent cannot deliver `version` of `secret` (`reason`: one of
+    /// [`crate::api::UNDELIVERABLE_REASONS`]). Carries no byte of the value and no process.
+    pub fn undeliverable(&self, secret: &str, version: u64, reason: &'static str) {
+        let key = Key {
+            action: AccessAction::Undeliverable,
+            secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
+            version: Some(version),
+            via: None,
+            uid: 0,
+            exe: None,
+            unit: None,
+            reason: Some(reason),
+        };
+        self.add(key, 0, 0);
+    }
+
+    /// Counts `key` in the coalescer (see [`record`](Self::record)).
+    fn add(&self, key: Key, pid: u32, gid: u32) {
+        let Some(h) = &self.inner else { return };
+        let shared = &h.shared;
         let now = SystemTime::now();
         let mut p = lock(&shared.pending);
         if shared.closed.load(Ordering::Relaxed) {
@@ -364,8 +392,8 @@ impl Auditor {
                     key,
                     Agg {
                         time: now,
-                        pid: caller.pid,
-                        gid: caller.gid,
+                        pid,
+                        gid,
                         count: 1,
                     },
                 );
@@ -555,6 +583,7 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
             exe: None,
             unit: None,
             count: overflow,
+            reason: None,
         });
     }
     let result = match lock(&shared.spool).as_mut() {
@@ -587,19 +616,22 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
 }
 
 fn to_event(k: Key, a: Agg) -> AccessEvent {
+    // A process is involved only in reads and denials (they have `via`).
+    let process = k.via.is_some();
     AccessEvent {
         seq: 0,
         time: rfc3339(a.time),
         action: k.action,
         secret: k.secret,
         version: k.version,
-        via: Some(k.via),
-        pid: Some(a.pid),
-        uid: Some(k.uid),
-        gid: Some(a.gid),
+        via: k.via,
+        pid: process.then_some(a.pid),
+        uid: process.then_some(k.uid),
+        gid: process.then_some(a.gid),
         exe: k.exe,
         unit: k.unit,
         count: a.count,
+        reason: k.reason.map(str::to_owned),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct AgentState {
     /// Wakes the expiry task when a new grace deadline may be earlier than the one it waits for.
     deadline_changed: tokio::sync::Notify,
     invalidators: Invalidators,
+    /// Versions this agent cannot open: name → (version, reason), each reported once.
+    undeliverable: RwLock<std::collections::BTreeMap<String, (u64, &'static str)>>,
 }
 
 impl AgentState {
@@ -81,7 +83,39 @@ impl AgentState {
             health: RwLock::new(Health::Syncing),
             deadline_changed: tokio::sync::Notify::new(),
             invalidators: Invalidators::default(),
+            undeliverable: RwLock::default(),
         })
+    }
+
+    /// Notes that `version` of `name` cannot be opened and reports it (an `undeliverable`
+    /// access event, shipped to the vault) the first time only.
+    pub fn undeliverable(&self, name: &str, version: u64, reason: &'static str) {
+        let mut map = self.undeliverable.write().expect("undeliverable lock");
+        if map.get(name) != Some(&(version, reason)) {
+            map.insert(name.to_owned(), (version, reason));
+            self.auditor.undeliverable(name, version, reason);
+        }
+    }
+
+    /// `name` is delivered (or revoked): no longer undeliverable.
+    pub fn delivered(&self, name: &str) {
+        if self
+            .undeliverable
+            .read()
+            .expect("undeliverable lock")
+            .contains_key(name)
+        {
+            self.undeliverable
+                .write()
+                .expect("undeliverable lock")
+                .remove(name);
+        }
+    }
+
+    /// The versions this agent cannot open now: (name, version, reason), by name.
+    pub fn undeliverable_list(&self) -> Vec<(String, u64, &'static str)> {
+        let map = self.undeliverable.read().expect("undeliverable lock");
+        map.iter().map(|(n, (v, r))| (n.clone(), *v, *r)).collect()
     }
 
     /// Registers a cache invalidator, run synchronously on every view change; returns its id

@@ -19,7 +19,7 @@ use crate::agent::state::{AgentState, Health};
 use crate::agent::view::{Change, Update, UpdateState};
 use crate::api::{SecretState, SyncResponse, SyncSecret};
 use crate::client::{ClientError, VaultClient};
-use crate::crypto::{PrivateKey, aad};
+use crate::crypto::{CryptoError, PrivateKey, aad};
 
 /// Retry delays after a failure: full jitter over `min(cap, base * 2^n)`.
 #[derive(Debug, Clone)]
@@ -201,13 +201,18 @@ impl Syncer {
         .map(SystemTime::from)
         .unwrap_or_else(|_| SystemTime::now());
         let state = match s.state {
-            SecretState::Revoked => UpdateState::Revoked,
+            SecretState::Revoked => {
+                self.state.delivered(&s.name);
+                UpdateState::Revoked
+            }
             SecretState::Active => {
                 let Some(sealed) = &s.sealed_value else {
                     tracing::error!(
                         secret = %s.name, version = s.version,
                         "the vault sent an active secret without a value; skipped"
                     );
+                    self.state
+                        .undeliverable(&s.name, s.version, "missing_value");
                     return None;
                 };
                 let place = aad(&self.org, &self.env, &s.name);
@@ -216,11 +221,18 @@ impl Syncer {
                     Err(e) => {
                         tracing::error!(
                             secret = %s.name, version = s.version,
-                            "cannot open the sealed value ({e}); keeping what this agent holds"
+                            "cannot open the sealed value ({e}); keeping what this agent holds \
+                             (reported to the vault as undeliverable)"
                         );
+                        let reason = match e {
+                            CryptoError::BadSealedValue => "malformed",
+                            _ => "cannot_open",
+                        };
+                        self.state.undeliverable(&s.name, s.version, reason);
                         return None;
                     }
                 };
+                self.state.delivered(&s.name);
                 let previous = s.previous.as_ref().and_then(|p| {
                     let mut left = Duration::from_millis(p.grace_remaining_ms);
                     if let Some(cap) = self.grace_cap {

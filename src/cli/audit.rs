@@ -72,9 +72,14 @@ fn cells(r: &AuditRecord) -> [String; 13] {
         Some(AccessVia::Socket) => " (socket)",
         None => "",
     };
+    let why = r
+        .reason
+        .as_deref()
+        .map(|w| format!(" ({w})"))
+        .unwrap_or_default();
     [
         fixed_time(&r.time),
-        format!("{}{via}", r.action),
+        format!("{}{via}{why}", r.action),
         opt(&r.secret),
         num(r.version),
         opt(&r.environment),
@@ -187,6 +192,7 @@ mod tests {
             exe: Some("/usr/bin/python3".into()),
             unit: None,
             count: Some(7),
+            reason: None,
         };
         let t = table(&[r]);
         let lines: Vec<&str> = t.lines().collect();

@@ -178,6 +178,13 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(a) = &h.audit {
         println!("{}", audit_line(a));
     }
+    for u in &h.undeliverable {
+        println!(
+            "undeliverable: {} version {} ({}): cannot be opened here, the previous value (if \
+             any) is still served; reported to the vault",
+            u.secret, u.version, u.reason
+        );
+    }
     Ok(if h.status == "ready" {
         ExitCode::SUCCESS
     } else {

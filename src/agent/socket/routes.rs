@@ -314,6 +314,16 @@ async fn health(State(ctx): State<Ctx>) -> Response {
         audit_backlog: audit.as_ref().map(|a| a.backlog_events),
         audit,
         mount: ctx.info.mount(),
+        undeliverable: ctx
+            .state
+            .undeliverable_list()
+            .into_iter()
+            .map(|(secret, version, reason)| wire::Undeliverable {
+                secret,
+                version,
+                reason: reason.to_owned(),
+            })
+            .collect(),
     };
     no_store(Json(body).into_response())
 }

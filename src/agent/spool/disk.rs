@@ -43,6 +43,7 @@ pub fn dropped_event(seq: u64, count: u64) -> AccessEvent {
         exe: None,
         unit: None,
         count,
+        reason: None,
     }
 }
 

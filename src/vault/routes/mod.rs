@@ -52,6 +52,10 @@ fn api() -> Router<AppState> {
             patch(provider::rotate).delete(provider::revoke),
         )
         .route(
+            "/orgs/{org}/providers/{id}/undeliverable",
+            get(provider::undeliverable),
+        )
+        .route(
             "/orgs/{org}/environments/{env}/public-key",
             get(provider::public_key),
         )

@@ -13,10 +13,17 @@ use crate::vault::store::StoreError;
 const MIGRATION_LOCK: (i32, i32) = (0x6679_7661, 0x7363_6865);
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial schema", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial schema", V1),
+    (
+        2,
+        "audit reason",
+        "ALTER TABLE audit ADD COLUMN reason TEXT",
+    ),
+];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const V1: &str = r#"
 CREATE TABLE orgs (
