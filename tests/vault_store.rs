@@ -65,7 +65,9 @@ fn a_version_1_database_is_migrated() {
     }
     drop(SqliteStore::open(&dir).unwrap());
     let c = rusqlite::Connection::open(&file).unwrap();
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(version, 2);
     c.execute_batch("SELECT reason FROM audit LIMIT 1").unwrap();
     // Opening again changes nothing (no second ALTER).

@@ -408,6 +408,13 @@ impl Auditor {
         }
     }
 
+    /// Cuts a shipping backoff short: the vault was just seen reachable.
+    pub fn retry_now(&self) {
+        if let Some(h) = &self.inner {
+            h.shared.link.kick.notify_one();
+        }
+    }
+
     /// Current figures; cheap (atomics and two short locks, no I/O).
     pub fn stats(&self) -> AuditStats {
         let Some(h) = &self.inner else {

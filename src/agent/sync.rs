@@ -312,22 +312,32 @@ impl Syncer {
         let mut was_ready = true;
         loop {
             let started = Instant::now();
+            // After a failure the retry does not wait for news: the vault is marked reachable as
+            // soon as it answers, not when a long-poll ends (up to `wait` later).
+            let wait = if was_ready {
+                self.timing.wait
+            } else {
+                Duration::ZERO
+            };
             let r = tokio::select! {
-                r = self.round(since, self.timing.wait) => r,
+                r = self.round(since, wait) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let delay = match r {
                 Ok(rev) => {
                     retry.reset();
                     refused.reset();
-                    if !was_ready {
+                    let recovered = !was_ready;
+                    if recovered {
                         tracing::info!("vault reachable again; synced to revision {rev}");
                         was_ready = true;
+                        // Access events waiting in the spool go now, not after their backoff.
+                        self.state.auditor.retry_now();
                     }
                     self.state.set_health(Health::Ready);
                     let news = rev != since;
                     since = rev;
-                    if news || started.elapsed() >= Duration::from_secs(1) {
+                    if news || recovered || started.elapsed() >= Duration::from_secs(1) {
                         empty.reset();
                         continue;
                     }
