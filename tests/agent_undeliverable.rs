@@ -9,10 +9,9 @@ mod agent_support;
 mod common_interop;
 
 use std::process::Command;
-use std::time::Duration;
 
 use agent_support::vault::{Log, World};
-use agent_support::{eventually, fyvault, get};
+use agent_support::{eventually, fyvault, get, ship_all};
 use common_interop::sealing::{Mistake, seal_python};
 use fyvault::api::{AuditQuery, AuditQueryResponse, CreateTokenRequest};
 use fyvault::client::{WriteRequest, WriteValue};
@@ -96,13 +95,7 @@ async fn undeliverable_seals_are_reported_not_lost() {
     );
 
     // Shipped to the vault: the audit trail has one record each, without value bytes.
-    let out = agent
-        .state()
-        .auditor
-        .flush(Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert!(out.shipped_all, "{out:?}");
+    ship_all(&agent).await;
     let query = AuditQuery {
         action: Some("undeliverable".into()),
         ..AuditQuery::default()
@@ -164,13 +157,7 @@ async fn undeliverable_seals_are_reported_not_lost() {
         (h["undeliverable"].as_array().map(Vec::len) == Some(1)).then_some(())
     })
     .await;
-    let out = agent
-        .state()
-        .auditor
-        .flush(Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert!(out.shipped_all, "{out:?}");
+    ship_all(&agent).await;
     let again = w.admin.audit(&org, &query).await.unwrap();
     assert_eq!(again.records.len(), 2, "each reported once: {again:?}");
     agent.shutdown().await.unwrap();
