@@ -192,9 +192,17 @@ class Client {
    */
   async get(name, options) {
     const buf = await this._value(name, options);
-    const s = buf.toString("utf8");
-    buf.fill(0);
-    return s;
+    try {
+      // Strict: a value that is not UTF-8 is an error, never silently altered (and the BOM is
+      // kept: the bytes are the value).
+      return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(buf);
+    } catch {
+      throw new FyvaultError("bad_response", `${name} is not UTF-8 text; read it with getBuffer`, {
+        socket: this.socket,
+      });
+    } finally {
+      buf.fill(0);
+    }
   }
 
   /** The secret's exact bytes. */
