@@ -45,21 +45,9 @@ class Dev {
     const args = ["dev", "--listen", "127.0.0.1:0", "--data-dir", data, "--socket", socket,
       "--mount", path.join(dir, "mnt"), "--no-mount"];
     if (grace !== undefined) args.push("--grace", String(grace));
-    const child = spawn(fyvaultBin(), args, { stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    child.stderr.on("data", (c) => (stderr += c.toString()));
-    const dev = new Dev(dir, data, socket, child);
-    dev.stderr = () => stderr;
+    const dev = new Dev(dir, data, socket, args);
     try {
-      await eventually("fyvault dev to be ready", () => {
-        if (child.exitCode !== null) throw new Error(`fyvault dev exited: ${stderr}`);
-        try {
-          const f = JSON.parse(fs.readFileSync(path.join(data, "dev.json"), "utf8"));
-          return f.pid === child.pid && fs.existsSync(socket) ? f : undefined;
-        } catch {
-          return undefined;
-        }
-      }).then((f) => (dev.facts = f));
+      await dev._spawn();
     } catch (e) {
       await dev.stop();
       throw e;
@@ -67,14 +55,50 @@ class Dev {
     return dev;
   }
 
-  constructor(dir, data, socket, child) {
+  constructor(dir, data, socket, args) {
     this.dir = dir;
     this.data = data;
     this.socket = socket;
-    this.child = child;
+    this.args = args;
+    this.child = null;
     // A test that dies still ends its dev process.
-    this._onExit = () => child.exitCode === null && child.kill("SIGKILL");
+    this._onExit = () => this.child && this.child.exitCode === null && this.child.kill("SIGKILL");
     process.on("exit", this._onExit);
+  }
+
+  /** Starts `fyvault dev` and waits until dev.json names this process and the socket is up. */
+  async _spawn() {
+    const child = spawn(fyvaultBin(), this.args, { stdio: ["ignore", "ignore", "pipe"] });
+    this.child = child;
+    let stderr = "";
+    child.stderr.on("data", (c) => (stderr += c.toString()));
+    this.stderr = () => stderr;
+    this.facts = await eventually("fyvault dev to be ready", () => {
+      if (child.exitCode !== null) throw new Error(`fyvault dev exited: ${stderr}`);
+      try {
+        const f = JSON.parse(fs.readFileSync(path.join(this.data, "dev.json"), "utf8"));
+        return f.pid === child.pid && fs.existsSync(this.socket) ? f : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+
+  /** Stops the vault and agent (SIGTERM) and starts them again on the same data and socket. */
+  async restart() {
+    await this._terminate();
+    await this._spawn();
+  }
+
+  async _terminate() {
+    const child = this.child;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(t);
+    }
   }
 
   async provider(method, suffix, body) {
@@ -119,13 +143,7 @@ class Dev {
 
   async stop() {
     process.removeListener("exit", this._onExit);
-    if (this.child.exitCode === null) {
-      const exited = new Promise((r) => this.child.once("exit", r));
-      this.child.kill("SIGTERM");
-      const t = setTimeout(() => this.child.kill("SIGKILL"), 20_000);
-      await exited;
-      clearTimeout(t);
-    }
+    await this._terminate();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

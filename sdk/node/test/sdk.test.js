@@ -204,3 +204,35 @@ test("events delivers a rotation (and watch a revoke), never a value", async () 
   watcher.close();
   await watcher.closed;
 });
+
+test("events reconnect by themselves after the agent restarts, with a resync", async () => {
+  // A dev of its own: restarting the shared one would disturb the other tests.
+  const own = await Dev.start();
+  const c = new Client({ socket: own.socket });
+  try {
+    await own.push("NODE_RECONNECT", "r-1");
+    await own.waitFor("NODE_RECONNECT", "r-1");
+    const ac = new AbortController();
+    const it = c.events({ signal: ac.signal })[Symbol.asyncIterator]();
+    let i = 0;
+    await eventually("the event stream to deliver", async () => {
+      await own.push("NODE_RECONNECT_CANARY", `c-${i++}`);
+      return Promise.race([it.next(), new Promise((r) => setTimeout(() => r(undefined), 200))]);
+    });
+    await own.restart();
+    let step;
+    do {
+      step = await it.next();
+    } while (step.value.type !== "resync");
+    assert.equal(step.value.missed, null);
+    await own.rotate("NODE_RECONNECT", "r-2", 60);
+    do {
+      step = await it.next();
+    } while (!(step.value.type === "rotated" && step.value.name === "NODE_RECONNECT"));
+    assert.equal(step.value.version, 2);
+    ac.abort();
+  } finally {
+    c.close();
+    await own.stop();
+  }
+});

@@ -52,13 +52,32 @@ class Dev:
                 "--socket", self.socket, "--mount", os.path.join(self.dir, "mnt"), "--no-mount"]
         if grace is not None:
             args += ["--grace", str(grace)]
+        self.args = args
         self.stderr = open(os.path.join(self.dir, "dev.log"), "w+")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.stderr)
         try:
-            self.facts = eventually("fyvault dev to be ready", self._ready)
+            self._spawn()
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.facts = eventually("fyvault dev to be ready", self._ready)
+
+    def _terminate(self):
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self):
+        """Stops the vault and agent (SIGTERM) and starts them again on the same data and
+        socket."""
+        self._terminate()
+        self._spawn()
 
     def _ready(self):
         if self.proc.poll() is not None:
@@ -105,13 +124,7 @@ class Dev:
         eventually(f"{name} to be gone", lambda: self.cli_get(name) is None)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._terminate()
         self.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -174,6 +174,41 @@ class Blocking(unittest.TestCase):
         self.assertNotIn("ev-", repr(got))
 
 
+class Reconnect(unittest.TestCase):
+    def test_events_reconnect_after_the_agent_restarts_with_a_resync(self):
+        # A dev of its own: restarting the shared one would disturb the other tests.
+        own = Dev()
+        self.addCleanup(own.stop)
+        own.push("PY_RECONNECT", "r-1")
+        own.wait_for("PY_RECONNECT", "r-1")
+        client = fyvault.Client(socket=own.socket)
+        got = []
+        stream = client.events()
+        stop = threading.Event()
+
+        def consume():
+            for ev in stream:
+                got.append(ev)
+                if stop.is_set():
+                    break
+        threading.Thread(target=consume, daemon=True).start()
+        n = [0]
+
+        def streaming():
+            n[0] += 1
+            own.push("PY_RECONNECT_CANARY", f"c-{n[0]}")
+            return eventually_short(lambda: got)
+        eventually("the event stream to deliver", streaming)
+        own.restart()
+        eventually("a resync after the reconnection",
+                   lambda: any(e.type == "resync" for e in got))
+        self.assertIsNone(next(e for e in got if e.type == "resync").missed)
+        own.rotate("PY_RECONNECT", "r-2", 60)
+        eventually("the rotation after the reconnection", lambda: any(
+            e.type == "rotated" and e.name == "PY_RECONNECT" for e in got))
+        stop.set()
+
+
 def eventually_short(f, tries=10):
     """``f()`` within ~200 ms, else None."""
     for _ in range(tries):
