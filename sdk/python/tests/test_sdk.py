@@ -158,14 +158,7 @@ class Blocking(unittest.TestCase):
             done.set()
         t = threading.Thread(target=consume, daemon=True)
         t.start()
-        # Canary pushes until the stream delivers: it is then open.
-        n = [0]
-
-        def streaming():
-            n[0] += 1
-            dev.push("PY_EVENTS_CANARY", f"c-{n[0]}")
-            return eventually_short(lambda: got)
-        eventually("the event stream to deliver", streaming)
+        wait_streaming(dev, "PY_EVENTS_CANARY", got)
         dev.rotate("PY_EVENTS", "ev-2", 60)
         self.assertTrue(done.wait(60), f"no rotated event; got {got}")
         stream.close()
@@ -192,13 +185,7 @@ class Reconnect(unittest.TestCase):
                 if stop.is_set():
                     break
         threading.Thread(target=consume, daemon=True).start()
-        n = [0]
-
-        def streaming():
-            n[0] += 1
-            own.push("PY_RECONNECT_CANARY", f"c-{n[0]}")
-            return eventually_short(lambda: got)
-        eventually("the event stream to deliver", streaming)
+        wait_streaming(own, "PY_RECONNECT_CANARY", got)
         own.restart()
         eventually("a resync after the reconnection",
                    lambda: any(e.type == "resync" for e in got))
@@ -209,14 +196,20 @@ class Reconnect(unittest.TestCase):
         stop.set()
 
 
-def eventually_short(f, tries=10):
-    """``f()`` within ~200 ms, else None."""
-    for _ in range(tries):
-        v = f()
-        if v:
-            return v
-        threading.Event().wait(0.02)
-    return None
+def wait_streaming(d, canary, got):
+    """Pushes ``canary`` until a consumer thread has appended an event to ``got``: the stream
+    is then open (the agent reports every change from the moment it answered)."""
+    n = [0]
+
+    def delivered():
+        n[0] += 1
+        d.push(canary, f"c-{n[0]}")
+        for _ in range(10):
+            if got:
+                return True
+            threading.Event().wait(0.02)
+        return False
+    eventually("the event stream to deliver", delivered)
 
 
 class Asyncio(unittest.IsolatedAsyncioTestCase):
