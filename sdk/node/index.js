@@ -9,6 +9,9 @@ const http = require("node:http");
 const DEFAULT_SOCKET = "/run/fyvault.sock";
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 5000;
+// Strict: a value that is not UTF-8 is an error, never silently altered; the BOM is kept (the
+// bytes are the value). Stateless between calls (no `stream` option), so one serves all.
+const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 class FyvaultError extends Error {
   /**
@@ -193,9 +196,7 @@ class Client {
   async get(name, options) {
     const buf = await this._value(name, options);
     try {
-      // Strict: a value that is not UTF-8 is an error, never silently altered (and the BOM is
-      // kept: the bytes are the value).
-      return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(buf);
+      return UTF8.decode(buf);
     } catch {
       throw new FyvaultError("bad_response", `${name} is not UTF-8 text; read it with getBuffer`, {
         socket: this.socket,
