@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::agent::config::DEFAULT_SOCKET;
 use crate::agent::hygiene::MlockStatus;
-use crate::agent::socket::wire::{AuditHealth, Health, MountHealth, SecretList};
+use crate::agent::socket::wire::{AuditStats, Health, MountHealth, SecretList};
 use crate::api::ErrorBody;
 
 #[derive(Debug, clap::Args)]
@@ -226,7 +226,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn audit_line(a: &AuditHealth) -> String {
+fn audit_line(a: &AuditStats) -> String {
     if !a.enabled {
         return "audit: off".to_owned();
     }
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let mut a = AuditHealth {
+        let mut a = AuditStats {
             enabled: true,
             pending_events: 1,
             backlog_events: 2,
