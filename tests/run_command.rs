@@ -21,6 +21,8 @@ struct Run {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Signalled when stderr reaches its end.
+    stderr_done: mpsc::Receiver<()>,
 }
 
 impl Run {
@@ -44,17 +46,20 @@ impl Run {
         });
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (err, e) = (child.stderr.take().unwrap(), stderr.clone());
+        let (done_tx, stderr_done) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut e = e.lock().unwrap();
                 e.push_str(&line);
                 e.push('\n');
             }
+            let _ = done_tx.send(());
         });
         Run {
             child,
             lines,
             stderr,
+            stderr_done,
         }
     }
 
@@ -87,8 +92,10 @@ impl Run {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain.
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                // Everything it wrote on stderr (the pipe ends once every writer has exited).
+                self.stderr_done
+                    .recv_timeout(DEADLINE)
+                    .expect("stderr to end within the deadline");
                 let stderr = self.stderr.lock().unwrap().clone();
                 return (status, stderr);
             }
@@ -115,8 +122,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A child that prints its pid and the value, then waits; TERM prints the value it holds.
-const WAITER: &str = r#"echo "start $$ $STRIPE_SK"; trap 'echo "term $$ $STRIPE_SK"; exit 0' TERM; while :; do sleep 0.05; done"#;
+/// A child that prints its pid and the value, then waits; TERM prints the value it holds. The
+/// trap is set before the line is printed: a test may signal as soon as it reads it.
+const WAITER: &str = r#"trap 'echo "term $$ $STRIPE_SK"; exit 0' TERM; echo "start $$ $STRIPE_SK"; while :; do sleep 0.05; done"#;
 
 async fn world_with(secrets: &[(&str, &[u8])]) -> (World, fyvault::agent::run::Agent) {
     let log = Log::default();
@@ -236,7 +244,7 @@ async fn restart_starts_a_new_child_and_terminates_the_old() {
 async fn signal_mode_and_exit_mode() {
     let (w, agent) = world_with(&[("STRIPE_SK", b"v1"), ("UNRELATED", b"u1")]).await;
     let sock = agent.socket().to_owned();
-    let script = r#"echo "start $$"; trap 'echo "usr1 $$"' USR1; while :; do sleep 0.05; done"#;
+    let script = r#"trap 'echo "usr1 $$"' USR1; echo "start $$"; while :; do sleep 0.05; done"#;
     let run = Run::start(
         &sock,
         &[
@@ -304,7 +312,7 @@ async fn exit_statuses_and_sigint() {
 
     // Ctrl-C: SIGINT to fyvault run reaches the supervised child, whose status comes back.
     let script =
-        r#"echo "start $$"; trap 'echo "int $$"; exit 130' INT; while :; do sleep 0.05; done"#;
+        r#"trap 'echo "int $$"; exit 130' INT; echo "start $$"; while :; do sleep 0.05; done"#;
     let run = Run::start(&sock, &["--on-rotate", "restart", "--", "sh", "-c", script]);
     let pid = run.line().split(' ').nth(1).unwrap().to_owned();
     kill(run.pid(), Signal::SIGINT).unwrap();
