@@ -129,6 +129,9 @@ pub struct PublicKeyResponse {
     /// base64 of the 32-byte X25519 public key.
     pub public_key: String,
     pub suite: String,
+    /// HPKE `info` (`fyvault sealed secret v1`): a seal with any other info never opens.
+    #[serde(default)]
+    pub info: String,
     pub aad_format: String,
 }
 
@@ -185,7 +188,20 @@ pub enum AccessAction {
     Denied,
     /// The agent's spool was full and dropped `count` older records.
     Dropped,
+    /// The agent cannot open this version of the secret (`secret`, `version`, `reason`; never
+    /// any byte of the value) and keeps serving what it held.
+    Undeliverable,
 }
+
+/// Why an agent cannot deliver a version (`reason` of an `undeliverable` event).
+pub const UNDELIVERABLE_REASONS: &[&str] = &[
+    // HPKE open failed: sealed to another key, with another info or AAD, or altered.
+    "cannot_open",
+    // Not base64 of `enc || ciphertext`.
+    "malformed",
+    // An active version without a sealed value.
+    "missing_value",
+];
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +235,9 @@ pub struct AccessEvent {
     #[serde(default)]
     pub unit: Option<String>,
     pub count: u64,
+    /// `undeliverable` only: one of [`UNDELIVERABLE_REASONS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl AccessEvent {
@@ -237,6 +256,7 @@ impl AccessEvent {
             exe: None,
             unit: None,
             count,
+            reason: None,
         }
     }
 }
@@ -303,6 +323,9 @@ pub struct AuditRecord {
     pub unit: Option<String>,
     #[serde(default)]
     pub count: Option<u64>,
+    /// `undeliverable` records: why (see [`UNDELIVERABLE_REASONS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

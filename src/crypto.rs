@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 use crate::secret::Secret;
 
 type Kem = X25519HkdfSha256;
-const INFO: &[u8] = b"fyvault sealed secret v1";
+/// HPKE's `info` for every sealed value, as published next to every public key.
+pub const INFO: &str = "fyvault sealed secret v1";
 const ENC_LEN: usize = 32;
 /// AES-GCM tag length.
 const TAG_LEN: usize = 16;
@@ -86,7 +87,7 @@ impl PublicKey {
         let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
             &OpModeS::Base,
             &self.0,
-            INFO,
+            INFO.as_bytes(),
             plaintext,
             aad,
         )
@@ -165,7 +166,7 @@ impl PrivateKey {
             &OpModeR::Base,
             &self.0,
             &enc,
-            INFO,
+            INFO.as_bytes(),
             &raw[ENC_LEN..],
             aad,
         )
@@ -327,6 +328,44 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worked example of docs/vault.md ("Sealing a value yourself"), sealed by pyhpke (a
+    /// third party): the fixed private key is the bytes 1..=32.
+    const VECTOR_PRIVATE_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    const VECTOR_PUBLIC_KEY: &str = "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw=";
+    const VECTOR_PLACE: (&str, &str, &str) = ("org_test", "production", "STRIPE_SK");
+    const VECTOR_VALUE: &[u8] = b"sk_live_test_vector";
+    const VECTOR_SEALED: &str = "79FTdC/k3L4Af4GiKJLLpdBXSo8td4LlDo7YRfv8EB01CwHRxQpQ+/L4/2rk8qJf5zLKrbrZSLm7lOPDHimR/65pHQ==";
+
+    #[test]
+    fn the_documented_test_vector_opens() {
+        let sk = PrivateKey::from_file_contents(VECTOR_PRIVATE_KEY.as_bytes()).unwrap();
+        assert_eq!(sk.public_key().to_base64(), VECTOR_PUBLIC_KEY);
+        let (org, env, name) = VECTOR_PLACE;
+        let place = aad(org, env, name);
+        assert_eq!(place, b"fyvault-v1|org_test|production|STRIPE_SK");
+        assert_eq!(
+            sk.open(VECTOR_SEALED, &place).unwrap().expose(),
+            VECTOR_VALUE
+        );
+        // Bound to its place.
+        assert_eq!(
+            sk.open(VECTOR_SEALED, &aad(org, env, "OTHER")).unwrap_err(),
+            CryptoError::OpenFailed
+        );
+        // The docs give exactly these.
+        let docs = include_str!("../docs/vault.md");
+        for s in [
+            VECTOR_PRIVATE_KEY,
+            VECTOR_PUBLIC_KEY,
+            VECTOR_SEALED,
+            INFO,
+            "fyvault-v1|org_test|production|STRIPE_SK",
+            "sk_live_test_vector",
+        ] {
+            assert!(docs.contains(s), "docs/vault.md lacks {s}");
+        }
+    }
 
     #[test]
     fn low_order_public_keys_are_refused() {

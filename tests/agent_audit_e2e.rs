@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use agent_support::vault::{Log, VaultProc, World, spawn_logged};
-use agent_support::{DEADLINE, as_nobody, eventually, fyvault, get};
+use agent_support::{DEADLINE, as_nobody, eventually, fyvault, get, ship_all};
 use common_fuse::{fuse_available, is_mounted};
 use fyvault::agent::config;
 use fyvault::agent::run::{self, Agent, AuditTuning, RunOptions};
@@ -219,13 +219,7 @@ async fn fuse_and_socket_reads_are_counted_exactly_with_who_read_them() {
         assert!(r.actor.starts_with("agent:"), "{r:?}");
     }
     // Nothing more arrives later: the counts stay exact after a full flush.
-    let out = agent
-        .state()
-        .auditor
-        .flush(Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert!(out.shipped_all, "{out:?}");
+    ship_all(&agent).await;
     let again = records(&w, "AUDITED_KEY").await;
     assert_eq!(accessed(&again), fuse_n + M + 1, "nothing counted twice");
     let h = get(&sock, "/v1/health").await.json();

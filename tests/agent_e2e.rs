@@ -205,6 +205,39 @@ async fn vault_outage_keeps_serving_and_recovers_without_restart() {
     agent.shutdown().await.unwrap();
 }
 
+/// With long-polls of 120 s, the agent is `ready` again as soon as the vault answers after an
+/// outage, not when a long-poll would end (the retry after a failure does not wait for news).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_back_means_ready_at_once_even_with_long_polls() {
+    let log = Log::default();
+    let mut w = World::new("info", &log).await;
+    w.push("DB_PASSWORD", b"pw-one").await;
+    let agent = w.start_agent("sync_wait_seconds = 120\n").await;
+    let sock = agent.socket().to_owned();
+    let port = w.vault.port;
+    tokio::task::block_in_place(|| w.vault.stop());
+    eventually("health to say degraded", || async {
+        (health(&sock).await["status"] == "degraded").then_some(())
+    })
+    .await;
+    // Read while the vault is down: an access event waits in the spool.
+    assert_eq!(
+        value(&sock, "/v1/secrets/DB_PASSWORD").await.unwrap(),
+        b"pw-one"
+    );
+    w.vault = tokio::task::block_in_place(|| VaultProc::start(&w.data_dir, port, "info", &log));
+    // Nothing changes in the vault, so only a fresh request can tell (DEADLINE < 120 s).
+    eventually("health to say ready", || async {
+        (health(&sock).await["status"] == "ready").then_some(())
+    })
+    .await;
+    eventually("the waiting access event to ship", || async {
+        (health(&sock).await["audit"]["backlog_events"] == 0).then_some(())
+    })
+    .await;
+    agent.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_revoked_upstream_is_reported_and_a_new_token_file_is_used() {
     let log = Log::default();

@@ -231,7 +231,15 @@ fn dev_serves_through_mount_and_socket_and_ctrl_c_unmounts() {
     assert_eq!(f["socket"], socket.to_str().unwrap());
     assert!(f["agent_token"].as_str().unwrap().starts_with("fvagent_"));
     assert_eq!(f["mount_active"], fuse, "{f}");
-    for file in ["dev.json", "agent.toml", "agent.token", "admin.token"] {
+    let provider_token = std::fs::read_to_string(data.join("provider.token")).unwrap();
+    assert_eq!(provider_token.trim(), f["provider_token"].as_str().unwrap());
+    for file in [
+        "dev.json",
+        "agent.toml",
+        "agent.token",
+        "admin.token",
+        "provider.token",
+    ] {
         let mode = std::fs::metadata(data.join(file))
             .unwrap()
             .permissions()

@@ -2,14 +2,17 @@
 //! rotation, pinned handles, revoke.
 
 mod common_fuse;
+mod common_interop;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common_fuse::{TestMount, active, errno, fuse_available, revoked, wait_for};
+use common_fuse::{TestMount, active, errno, fuse_available, logs, revoked, wait_for};
 use fyvault::agent::access::Policy;
+use fyvault::agent::dotenv::{self, Form};
+use fyvault::secret::Secret;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -56,7 +59,14 @@ fn fuse_reads_exact_bytes_and_lists_names() {
     names.sort();
     assert_eq!(
         names,
-        [".env", ".previous", "BINARY", "EMPTYISH", "STRIPE_SK"]
+        [
+            ".env",
+            ".env.sh",
+            ".previous",
+            "BINARY",
+            "EMPTYISH",
+            "STRIPE_SK"
+        ]
     );
     assert_eq!(
         std::fs::read_dir(m.path.join(".previous")).unwrap().count(),
@@ -239,97 +249,39 @@ fn fuse_open_handle_is_pinned_then_stale() {
     assert_eq!(std::fs::read(m.file("GONE")).unwrap(), b"back");
 }
 
-/// Values that exercise every quoting rule of `.env`.
-const TRICKY: &[(&str, &str)] = &[
-    ("A_PLAIN", "sk_live_abc123"),
-    ("B_SPACES", "two words  and # not a comment"),
-    ("C_DOLLAR", "pa$$word $HOME"),
-    ("D_SQUOTE", "it's"),
-    ("E_DQUOTE", "say \"hi\""),
-    ("F_NEWLINE", "line1\nline2\n"),
-    ("G_BACKSLASH", "C:\\path\\n"),
-    ("H_MIXED", "a'b\"c\\d#e$f g\r\nh"),
-    ("I_HASH", "#starts-with-hash"),
-    ("J_UNICODE", "ünïcødé ✓"),
-    ("K_TAB", "tab\there"),
-];
-
+/// `.env` and `.env.sh` through the mount: the bytes `dotenv::render` gives, read by the real
+/// parsers (python-dotenv, Node's dotenv, bash and dash) as docs/fuse.md promises.
 #[test]
-fn fuse_dotenv_round_trips_through_dotenv_readers() {
-    let Some(m) = mount("fuse_dotenv_round_trips_through_dotenv_readers") else {
+fn fuse_env_files_read_back_through_real_parsers() {
+    let Some(m) = mount("fuse_env_files_read_back_through_real_parsers") else {
         return;
     };
-    for (name, value) in TRICKY {
-        m.put(name, 1, value.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary");
+    let cases = common_interop::value_classes(&canary);
+    for c in &cases {
+        m.put(&c.name, 1, &c.value);
     }
-    m.put("Z_BINARY", 1, b"\xff\xfe");
-    let env_path = m.file(".env");
-    let content = std::fs::read(&env_path).unwrap();
-    assert_eq!(
-        std::fs::metadata(&env_path).unwrap().len(),
-        content.len() as u64
-    );
-    let text = String::from_utf8(content.clone()).unwrap();
-    assert!(text.starts_with("A_PLAIN='sk_live_abc123'\n"), "{text}");
-    assert!(text.ends_with("# Z_BINARY: not representable in .env (read the file Z_BINARY)\n"));
-
-    // python-dotenv (interpolation off: it has no escape for `${`).
-    let script = "import json,sys\nfrom dotenv import dotenv_values\n\
-                  print(json.dumps(dotenv_values(sys.argv[1], interpolate=False)))";
-    match Command::new("python3")
-        .args(["-c", script])
-        .arg(&env_path)
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let parsed: std::collections::BTreeMap<String, Option<String>> =
-                serde_json::from_slice(&out.stdout).unwrap();
-            for (name, value) in TRICKY {
-                assert_eq!(
-                    parsed.get(*name).cloned().flatten().as_deref(),
-                    Some(*value),
-                    "python-dotenv read {name} differently"
-                );
-            }
-            assert_eq!(parsed.len(), TRICKY.len(), "{parsed:?}");
-        }
-        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            common_fuse::skip::skip(
-                "fuse_dotenv_round_trips_through_dotenv_readers",
-                "python-dotenv missing (pip install python-dotenv)",
-            );
-        }
-        other => panic!("python3 failed: {other:?}"),
-    }
-
-    // A POSIX shell reads back every value its quoting allows (single-quoted ones, and
-    // double-quoted ones without `$`, backquote or line breaks).
-    let shell_safe: Vec<&(&str, &str)> = TRICKY
+    let secrets: Vec<(&str, Secret)> = cases
         .iter()
-        .filter(|(_, v)| {
-            !v.contains('\'') && !v.contains('\\') && !v.contains('\n') && !v.contains('\r')
-                || !(v.contains('$') || v.contains('`') || v.contains('\n') || v.contains('\r'))
-        })
+        .map(|c| (c.name.as_str(), Secret::copy_from(&c.value)))
         .collect();
-    assert!(shell_safe.len() >= 8, "{shell_safe:?}");
-    let mut script = String::from("set -a; . \"$1\"; set +a;");
-    for (name, _) in &shell_safe {
-        script.push_str(&format!(" printf '%s\\0' \"${name}\";"));
+    for (file, form) in [(".env", Form::Dotenv), (".env.sh", Form::Shell)] {
+        let path = m.file(file);
+        let content = std::fs::read(&path).unwrap();
+        let want = dotenv::render(form, secrets.iter().map(|(n, s)| (*n, s)));
+        assert!(
+            content == want.expose(),
+            "{file} differs from the rendering"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            content.len() as u64
+        );
     }
-    let out = Command::new("bash")
-        .args(["-c", &script, "bash"])
-        .arg(&env_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
-    for (i, (name, value)) in shell_safe.iter().enumerate() {
-        assert_eq!(got[i], value.as_bytes(), "bash read {name} differently");
-    }
+    common_interop::check_dotenv_file(&m.file(".env"), &cases);
+    common_interop::check_shell_file(&m.file(".env.sh"), &cases);
+    assert!(!canary.exists(), "a value ran a command");
 }
 
 #[test]
@@ -406,7 +358,7 @@ fn fuse_large_directory_lists_every_name_once() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    let mut want: Vec<String> = vec![".previous".into(), ".env".into()];
+    let mut want: Vec<String> = vec![".previous".into(), ".env".into(), ".env.sh".into()];
     want.extend(names.iter().cloned());
     assert_eq!(listed.len(), want.len(), "entries listed");
     if let Some(i) = (0..want.len()).find(|i| listed[*i] != want[*i]) {
@@ -414,4 +366,27 @@ fn fuse_large_directory_lists_every_name_once() {
     }
     // `ls -l` style: every listed secret resolves.
     assert_eq!(std::fs::metadata(m.file("SECRET_02499")).unwrap().len(), 1);
+}
+
+/// `isatty` (an ioctl) and `SEEK_DATA`/`SEEK_HOLE` get a regular file's answers, and fuser logs
+/// no "Not Implemented" warning for them.
+#[test]
+fn fuse_ioctl_and_lseek_are_answered_quietly() {
+    use std::os::fd::AsRawFd;
+    let Some(m) = mount("fuse_ioctl_and_lseek_are_answered_quietly") else {
+        return;
+    };
+    m.put("IOCTL", 1, b"hello");
+    let f = std::fs::File::open(m.file("IOCTL")).unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: plain system calls on a descriptor this test owns.
+    let (tty, tty_errno) = unsafe { (libc::isatty(fd), *libc::__errno_location()) };
+    assert_eq!((tty, tty_errno), (0, libc::ENOTTY));
+    // SAFETY: as above.
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!((data, hole), (0, 5));
+    let log = logs();
+    assert!(!log.contains("Not Implemented"), "{log}");
 }

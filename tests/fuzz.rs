@@ -633,7 +633,7 @@ fn value_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn fuzz_dotenv() {
-    use fyvault::agent::dotenv::{Quoting, quoting, render, rendered_len};
+    use fyvault::agent::dotenv::{Form, Quoting, quoting, render, rendered_len};
     let python = Path::new("/usr/bin/python3");
     let has_dotenv = std::process::Command::new(python)
         .args(["-c", "import dotenv"])
@@ -650,21 +650,13 @@ fn fuzz_dotenv() {
                   print(json.dumps(dotenv_values(sys.argv[1], interpolate=False)))";
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(".env");
-    // KNOWN on main, fixed on branch `interop` (its .env forms 4 and 5): a value ending in `\`
-    // cannot be double-quoted (python-dotenv reads `\"` as an escaped quote and runs into the
-    // next line). Left out of this target until that branch merges; then this filter goes.
-    let strategy = prop::collection::vec(
-        value_bytes().prop_filter("ends in a backslash (fixed on interop)", |v| {
-            !v.ends_with(b"\\")
-        }),
-        1..40,
-    );
+    let strategy = prop::collection::vec(value_bytes(), 1..40);
     let n = fuzz("dotenv", strategy, |values: &Vec<Vec<u8>>| {
         let names: Vec<String> = (0..values.len()).map(|i| format!("K_{i:03}")).collect();
         let secrets: Vec<Secret> = values.iter().map(|v| Secret::copy_from(v)).collect();
         let entries = || names.iter().map(String::as_str).zip(secrets.iter());
-        let rendered = render(entries());
-        assert_eq!(rendered.len(), rendered_len(entries()));
+        let rendered = render(Form::Dotenv, entries());
+        assert_eq!(rendered.len(), rendered_len(Form::Dotenv, entries()));
         std::fs::write(&file, rendered.expose()).unwrap();
         let out = std::process::Command::new(python)
             .args(["-c", script])
@@ -680,12 +672,19 @@ fn fuzz_dotenv() {
             serde_json::from_slice(&out.stdout).unwrap();
         for (name, value) in names.iter().zip(values) {
             let got = parsed.get(name).cloned().flatten();
-            if quoting(value) == Quoting::Omitted {
+            if quoting(Form::Dotenv, name, value) == Quoting::Omitted {
                 assert!(
                     got.is_none(),
                     "{name} was left out but python-dotenv read {got:?}"
                 );
-                assert!(value.contains(&0) || std::str::from_utf8(value).is_err());
+                // Only what no form can hold: not UTF-8, NUL, or a final `\` that the bare
+                // form cannot take either (docs of agent::dotenv, form 5).
+                assert!(
+                    value.contains(&0)
+                        || std::str::from_utf8(value).is_err()
+                        || value.ends_with(b"\\"),
+                    "{name}: {value:?} left out"
+                );
             } else {
                 assert_eq!(
                     got.as_deref().map(str::as_bytes),
@@ -857,6 +856,7 @@ fn fuzz_spool_frames() {
                         exe: None,
                         unit: None,
                         count: *count,
+                        reason: None,
                     };
                     encode(&serde_json::to_vec(&ev).unwrap(), &mut bytes);
                 }

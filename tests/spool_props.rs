@@ -41,6 +41,7 @@ fn event(count: u64) -> AccessEvent {
         exe: None,
         unit: None,
         count,
+        reason: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn event(secret: &str, count: u64) -> AccessEvent {
         exe: Some("/usr/bin/app".into()),
         unit: Some("app.service".into()),
         count,
+        reason: None,
     }
 }
 

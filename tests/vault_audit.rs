@@ -39,6 +39,7 @@ fn event(seq: u64, secret: &str) -> AccessEvent {
         exe: Some("/usr/bin/python3".into()),
         unit: Some("billing.service".into()),
         count: 2,
+        reason: None,
     }
 }
 
@@ -189,7 +190,32 @@ async fn agent_batches_are_ingested_once_and_validated() {
     bad_secret["secret"] = json!("../etc/passwd");
     let mut extra_field = ev.clone();
     extra_field["surprise"] = json!(1);
+    let mut reason_on_read = ev.clone();
+    reason_on_read["reason"] = json!("cannot_open");
+    let mut undeliverable = ev.clone();
+    undeliverable["action"] = json!("undeliverable");
+    let mut unknown_reason = undeliverable.clone();
+    unknown_reason["reason"] = json!("the value was sk_live_…");
+    let mut no_version = undeliverable.clone();
+    no_version["reason"] = json!("cannot_open");
+    no_version["version"] = json!(null);
     let cases = [
+        (
+            json!({"agent_id":"a","events":[reason_on_read]}),
+            "invalid_event",
+        ),
+        (
+            json!({"agent_id":"a","events":[undeliverable]}),
+            "invalid_event",
+        ),
+        (
+            json!({"agent_id":"a","events":[unknown_reason]}),
+            "invalid_event",
+        ),
+        (
+            json!({"agent_id":"a","events":[no_version]}),
+            "invalid_event",
+        ),
         (json!({"agent_id":"","events":[ev]}), "invalid_agent_id"),
         (json!({"agent_id":"a b","events":[ev]}), "invalid_agent_id"),
         (

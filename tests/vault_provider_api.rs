@@ -106,6 +106,27 @@ async fn push_rotate_revoke_success_paths() {
     .await;
     assert_eq!(r.0, 200, "{}", r.2);
     assert_eq!(r.2["secret_name"], "OTHER");
+    // …and with `{}` as the body beside the query (many HTTP clients send one).
+    raw(
+        "POST",
+        &format!("{base}/push"),
+        Some(&t),
+        Some(&body(
+            json!({"secret_name":"THIRD","value":"o","environment":ENV}),
+        )),
+        &[],
+    )
+    .await;
+    let r = raw(
+        "DELETE",
+        &format!("{alias}?secret_name=THIRD"),
+        Some(&t),
+        Some("{}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    assert_eq!(r.2["secret_name"], "THIRD");
 }
 
 #[tokio::test]
@@ -468,6 +489,7 @@ async fn every_input_error_is_a_clear_json_4xx_and_stores_nothing() {
             "secret_not_found",
         ),
         ("DELETE", &base, "".into(), 400, "missing_secret_name"),
+        ("DELETE", &base, "{}".into(), 400, "missing_secret_name"),
         (
             "DELETE",
             &base,

@@ -49,3 +49,28 @@ async fn sqlite_files_are_private_and_state_survives_reopen() {
     let now = fyvault::vault::clock::now_ms();
     assert_eq!(store.count_live_admin_tokens(now).await.unwrap(), 1);
 }
+
+/// A database of schema version 1 (before `undeliverable` reasons) is migrated on open.
+#[test]
+fn a_version_1_database_is_migrated() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    drop(SqliteStore::open(&dir).unwrap());
+    let file = dir.join(fyvault::vault::store::sqlite::DB_FILE);
+    {
+        // Back to version 1: the audit table without `reason`.
+        let c = rusqlite::Connection::open(&file).unwrap();
+        c.execute_batch("ALTER TABLE audit DROP COLUMN reason; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    drop(SqliteStore::open(&dir).unwrap());
+    let c = rusqlite::Connection::open(&file).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    c.execute_batch("SELECT reason FROM audit LIMIT 1").unwrap();
+    // Opening again changes nothing (no second ALTER).
+    drop(c);
+    drop(SqliteStore::open(&dir).unwrap());
+}

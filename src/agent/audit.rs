@@ -275,10 +275,31 @@ impl Auditor {
         version: Option<u64>,
         via: AccessVia,
     ) {
+        if self.inner.is_none() {
+            return;
+        }
+        // Built before the lock is taken: the lock covers a map update only.
+        self.add(Key::of(caller, action, secret, version, via), caller);
+    }
+
+    /// Reports that this agent cannot deliver `version` of `secret` (`reason`: one of
+    /// [`crate::api::UNDELIVERABLE_REASONS`]). Carries no byte of the value and no process.
+    pub fn undeliverable(&self, secret: &str, version: u64, reason: &'static str) {
+        let no_process = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            groups: Vec::new(),
+            exe: None,
+            unit: None,
+        };
+        self.add(Key::undeliverable(secret, version, reason), &no_process);
+    }
+
+    /// Counts `key` in the coalescer, `caller` being the first access's process.
+    fn add(&self, key: Key, caller: &Caller) {
         let Some(h) = &self.inner else { return };
         let shared = &h.shared;
-        // Built before the lock is taken: the lock covers a map update only.
-        let key = Key::of(caller, action, secret, version, via);
         let now = SystemTime::now();
         let mut p = lock(&shared.pending);
         if shared.closed.load(Ordering::Relaxed) {
@@ -293,6 +314,13 @@ impl Auditor {
                 .counters
                 .dropped_total
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Cuts a shipping backoff short: the vault was just seen reachable.
+    pub fn retry_now(&self) {
+        if let Some(h) = &self.inner {
+            h.shared.link.kick.notify_one();
         }
     }
 

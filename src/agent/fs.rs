@@ -8,6 +8,7 @@
 //! /NAME             current value, exact bytes            (inode: interned, see `inodes`)
 //! /.previous/NAME   previous value while its grace runs
 //! /.env             KEY=value lines of what the caller may read (see `dotenv`)
+//! /.env.sh          the same as `export KEY='value'` lines for shells
 //! ```
 //!
 //! Access is decided by the policy in `open` and `access` (the mount has no
@@ -31,8 +32,8 @@
 //! old view that reaches the kernel after the invalidation is discarded by the kernel. A cached
 //! entry is no leak: every `stat` through it still asks us ([`FILE_ATTR_TTL`] = 0, as the
 //! kernel's attribute cache is shared by all callers), and so does every `open`. So:
-//! - secret files' and `.env`'s attributes are never cached: sizes and times depend on who
-//!   asks (a `stat` costs one round trip to the agent, ~16 µs);
+//! - secret files', `.env`'s and `.env.sh`'s attributes are never cached: sizes and times
+//!   depend on who asks (a `stat` costs one round trip to the agent, ~16 µs);
 //! - `.previous/NAME` entries are cached at most until the earliest grace deadline, so the
 //!   kernel drops them on time by itself, even before the expiry's invalidation arrives;
 //! - inode numbers are stable per name, so even a stale entry is harmless: `open` always asks
@@ -52,18 +53,21 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::agent::access::Caller;
-use crate::agent::dotenv;
+use crate::agent::dotenv::{self, Form};
 use crate::agent::state::AgentState;
 use crate::agent::view::{Meta, ReadError, Which};
 use crate::api::{AccessAction, AccessVia};
 
-pub use inodes::{DOTENV, DOTENV_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME, ROOT};
+pub use inodes::{
+    DOTENV, DOTENV_NAME, DOTENV_SH, DOTENV_SH_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME,
+    ROOT,
+};
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
@@ -147,18 +151,22 @@ impl SecretFs {
         self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
     }
 
-    /// `.env` as `caller` would read it now: (size, newest update time).
-    fn dotenv_attr(&self, caller: &Caller) -> FileAttr {
+    /// `.env` (or `.env.sh`) as `caller` would read it now: (size, newest update time).
+    fn dotenv_attr(&self, caller: &Caller, form: Form) -> FileAttr {
         let policy = self.state.policy();
         let (len, newest) = self.state.view.with_current(
             |n| policy.allows(caller, n),
             |entries| {
                 let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
-                let len = dotenv::rendered_len(entries.iter().map(|(n, _, v)| (*n, *v)));
+                let len = dotenv::rendered_len(form, entries.iter().map(|(n, _, v)| (*n, *v)));
                 (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
             },
         );
-        self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
+        let ino = match form {
+            Form::Dotenv => DOTENV,
+            Form::Shell => DOTENV_SH,
+        };
+        self.attr(ino, FileType::RegularFile, len as u64, newest)
     }
 
     /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
@@ -166,7 +174,7 @@ impl SecretFs {
     fn attr_of(&self, req: &Request, ino: u64) -> Result<(FileAttr, Duration), Errno> {
         match self.inodes.node(ino).ok_or(Errno::ENOENT)? {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
-            Node::DotEnv => Ok((self.dotenv_attr(&self.caller(req)), DOTENV_ATTR_TTL)),
+            Node::DotEnv(form) => Ok((self.dotenv_attr(&self.caller(req), form), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
                 self.check_policy(&self.caller(req), &name)?;
                 let (meta, ttl) = self.secret_meta(&name, which)?;
@@ -205,9 +213,10 @@ impl SecretFs {
             (ROOT, b".previous") => {
                 return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL, ENTRY_TTL));
             }
-            (ROOT, b".env") => {
+            (ROOT, b".env" | b".env.sh") => {
+                let ino = if raw == b".env" { DOTENV } else { DOTENV_SH };
                 return self
-                    .attr_of(req, DOTENV)
+                    .attr_of(req, ino)
                     .map(|(attr, ttl)| (attr, ttl, ENTRY_TTL));
             }
             (ROOT | PREVIOUS_DIR, _) => {}
@@ -246,14 +255,13 @@ impl SecretFs {
         Ok(fh)
     }
 
-    fn open_dotenv(&self, req: &Request) -> u64 {
+    fn open_dotenv(&self, req: &Request, form: Form) -> u64 {
         let caller = self.caller(req);
         let policy = self.state.policy();
         let allowed = |n: &str| policy.allows(&caller, n);
-        let (fh, pins) = self
-            .state
-            .view
-            .open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
+        let (fh, pins) = self.state.view.open_snapshot(allowed, |entries| {
+            dotenv::render(form, entries.iter().copied())
+        });
         for (name, version) in pins {
             self.audit(&caller, AccessAction::Accessed, &name, Some(version));
         }
@@ -287,7 +295,7 @@ impl Filesystem for SecretFs {
         let opened = match self.inodes.node(ino.0) {
             None => Err(Errno::ENOENT),
             Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
-            Some(Node::DotEnv) => Ok(self.open_dotenv(req)),
+            Some(Node::DotEnv(form)) => Ok(self.open_dotenv(req, form)),
             Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
         };
         match opened {
@@ -345,6 +353,36 @@ impl Filesystem for SecretFs {
         reply.error(Errno::ENOSYS);
     }
 
+    /// No ioctl applies to these files: ENOTTY, what the kernel answers for a regular file
+    /// (e.g. to `isatty`). Answered here so fuser does not log each one as "Not Implemented".
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// Only `SEEK_DATA`/`SEEK_HOLE` reach us: ENOSYS makes the kernel answer them itself from
+    /// the file size (no holes here) and stop asking, without fuser's warning.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn fsync(
         &self,
         _req: &Request,
@@ -388,6 +426,7 @@ impl Filesystem for SecretFs {
         if which == Which::Current {
             fixed.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME));
             fixed.push((DOTENV, FileType::RegularFile, DOTENV_NAME));
+            fixed.push((DOTENV_SH, FileType::RegularFile, DOTENV_SH_NAME));
         }
         for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(*fino), i as u64 + 1, *kind, name) {
@@ -417,8 +456,8 @@ impl Filesystem for SecretFs {
         }
         let result = match node {
             Node::Root | Node::PreviousDir => Ok(()),
-            Node::DotEnv if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-            Node::DotEnv => Ok(()),
+            Node::DotEnv(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+            Node::DotEnv(_) => Ok(()),
             Node::Secret(name, which) => {
                 self.check_policy(&self.caller(req), &name).and_then(|()| {
                     match self.state.view.meta(&name, which) {

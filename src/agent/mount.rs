@@ -36,9 +36,24 @@ use crate::agent::view::{Change, Which};
 /// FUSE worker threads serving requests.
 pub const FUSE_THREADS: usize = 4;
 
+/// What to do about a failed open of `/dev/fuse`, by its cause.
+fn fuse_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            "no FUSE device: load the module (`modprobe fuse`), or in a container pass /dev/fuse in"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "the device exists but this user may not open it: the agent mounts with mount(2), \
+             which needs root; run it as root (the packaged unit does), or `fyvault dev` without \
+             root serves the socket only"
+        }
+        _ => "check that /dev/fuse is the FUSE character device (10, 229)",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot open /dev/fuse (is the fuse module loaded?): {0}")]
+    #[error("cannot open /dev/fuse: {0} ({hint})", hint = fuse_hint(.0))]
     NoFuse(#[source] io::Error),
     #[error("mountpoint {}: {source}", path.display())]
     Mountpoint {
@@ -448,6 +463,18 @@ fn invalidate_name(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fuse_device_error_says_what_is_wrong() {
+        let denied = MountError::NoFuse(io::Error::from_raw_os_error(libc::EACCES)).to_string();
+        assert!(
+            denied.starts_with("cannot open /dev/fuse: Permission denied"),
+            "{denied}"
+        );
+        assert!(denied.contains("needs root") && !denied.contains("module loaded"));
+        let missing = MountError::NoFuse(io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(missing.contains("modprobe fuse"), "{missing}");
+    }
 
     #[test]
     fn mounted_can_live_in_async_tasks() {

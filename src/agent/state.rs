@@ -32,6 +32,8 @@ pub struct AgentState {
     /// Secrets whose feed offered an older version than one already served: name →
     /// (offered, held). Reported as degraded until a version at least as new arrives.
     rollbacks: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// Versions this agent cannot open: name → (version, reason), each reported once.
+    undeliverable: RwLock<std::collections::BTreeMap<String, (u64, &'static str)>>,
 }
 
 impl AgentState {
@@ -43,7 +45,39 @@ impl AgentState {
             auditor,
             health: RwLock::new(Health::Syncing),
             rollbacks: std::sync::Mutex::default(),
+            undeliverable: RwLock::default(),
         })
+    }
+
+    /// Notes that `version` of `name` cannot be opened and reports it (an `undeliverable`
+    /// access event, shipped to the vault) the first time only.
+    pub fn undeliverable(&self, name: &str, version: u64, reason: &'static str) {
+        let mut map = self.undeliverable.write().expect("undeliverable lock");
+        if map.get(name) != Some(&(version, reason)) {
+            map.insert(name.to_owned(), (version, reason));
+            self.auditor.undeliverable(name, version, reason);
+        }
+    }
+
+    /// `name` is delivered (or revoked): no longer undeliverable.
+    pub fn delivered(&self, name: &str) {
+        if self
+            .undeliverable
+            .read()
+            .expect("undeliverable lock")
+            .contains_key(name)
+        {
+            self.undeliverable
+                .write()
+                .expect("undeliverable lock")
+                .remove(name);
+        }
+    }
+
+    /// The versions this agent cannot open now: (name, version, reason), by name.
+    pub fn undeliverable_list(&self) -> Vec<(String, u64, &'static str)> {
+        let map = self.undeliverable.read().expect("undeliverable lock");
+        map.iter().map(|(n, (v, r))| (n.clone(), *v, *r)).collect()
     }
 
     /// The policy in force (cheap clone of an `Arc`).

@@ -21,7 +21,7 @@ use crate::agent::state::AgentState;
 use crate::agent::view::{Change, Update, UpdateState};
 use crate::api::{SecretState, SyncResponse, SyncSecret};
 use crate::client::{ClientError, VaultClient};
-use crate::crypto::{PrivateKey, aad};
+use crate::crypto::{CryptoError, PrivateKey, aad};
 use crate::retry::{Backoff, Jitter};
 
 /// Timing knobs (defaults are the product's; tests shorten them).
@@ -179,13 +179,18 @@ impl Syncer {
 
     fn open_state(&self, s: &SyncSecret) -> Option<UpdateState> {
         let state = match s.state {
-            SecretState::Revoked => UpdateState::Revoked,
+            SecretState::Revoked => {
+                self.state.delivered(&s.name);
+                UpdateState::Revoked
+            }
             SecretState::Active => {
                 let Some(sealed) = &s.sealed_value else {
                     tracing::error!(
                         secret = %s.name, version = s.version,
                         "the vault sent an active secret without a value; skipped"
                     );
+                    self.state
+                        .undeliverable(&s.name, s.version, "missing_value");
                     return None;
                 };
                 let place = aad(&self.org, &self.env, &s.name);
@@ -194,11 +199,18 @@ impl Syncer {
                     Err(e) => {
                         tracing::error!(
                             secret = %s.name, version = s.version,
-                            "cannot open the sealed value ({e}); keeping what this agent holds"
+                            "cannot open the sealed value ({e}); keeping what this agent holds \
+                             (reported to the vault as undeliverable)"
                         );
+                        let reason = match e {
+                            CryptoError::BadSealedValue => "malformed",
+                            _ => "cannot_open",
+                        };
+                        self.state.undeliverable(&s.name, s.version, reason);
                         return None;
                     }
                 };
+                self.state.delivered(&s.name);
                 let previous = s.previous.as_ref().and_then(|p| {
                     let mut left = Duration::from_millis(p.grace_remaining_ms);
                     if let Some(cap) = self.grace_cap {
@@ -312,21 +324,31 @@ impl Syncer {
         let mut was_ready = true;
         loop {
             let started = Instant::now();
+            // After a failure the retry does not wait for news: the vault is marked reachable as
+            // soon as it answers, not when a long-poll ends (up to `wait` later).
+            let wait = if was_ready {
+                self.timing.wait
+            } else {
+                Duration::ZERO
+            };
             let r = tokio::select! {
-                r = self.round(since, self.timing.wait) => r,
+                r = self.round(since, wait) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let delay = match r {
                 Ok(rev) => {
                     retry.reset();
                     refused.reset();
-                    if !was_ready {
+                    let recovered = !was_ready;
+                    if recovered {
                         tracing::info!("vault reachable again; synced to revision {rev}");
                         was_ready = true;
+                        // Access events waiting in the spool go now, not after their backoff.
+                        self.state.auditor.retry_now();
                     }
                     let news = rev != since;
                     since = rev;
-                    if news || started.elapsed() >= Duration::from_secs(1) {
+                    if news || recovered || started.elapsed() >= Duration::from_secs(1) {
                         empty.reset();
                         continue;
                     }

@@ -213,6 +213,7 @@ pub enum AdminCommand {
 pub enum OrgCommand {
     /// Create an org.
     Create {
+        /// The org's name.
         #[arg(long)]
         name: String,
     },
@@ -225,8 +226,10 @@ pub enum EnvCommand {
     /// Create an environment: generates its X25519 key pair here, uploads the public key and
     /// writes the private key to `--key-out` (mode 0600).
     Create {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The environment's name (`^[a-z0-9][a-z0-9-]{0,62}$`).
         #[arg(long)]
         name: String,
         /// Where to write the private key (must not exist).
@@ -238,15 +241,19 @@ pub enum EnvCommand {
     },
     /// List an org's environments.
     List {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
     },
     /// Change an environment's default grace period.
     SetGrace {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The environment's name.
         #[arg(long)]
         name: String,
+        /// The new default grace period, seconds.
         #[arg(long)]
         grace: u64,
     },
@@ -256,32 +263,42 @@ pub enum EnvCommand {
 pub enum ProviderCommand {
     /// Create a provider and its first `fvprov_` token.
     Create {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The provider's name.
         #[arg(long)]
         name: String,
         /// Token lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<u64>,
-        /// Write the token to this file (0600) instead of printing it.
+        /// Write the token to this file (0600) instead of printing it; with --json the output then
+        /// carries `token_file` (this path) instead of `token`.
         #[arg(long, value_name = "FILE")]
         token_out: Option<PathBuf>,
     },
     /// List an org's providers.
     List {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
     },
     /// Another token for an existing provider.
     Token {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The provider's id (`prov_…`).
         #[arg(long)]
         provider: String,
+        /// A note to tell this token from others.
         #[arg(long)]
         label: Option<String>,
+        /// Token lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// Write the token to this file (0600) instead of printing it; with --json the output then
+        /// carries `token_file` (this path) instead of `token`.
         #[arg(long, value_name = "FILE")]
         token_out: Option<PathBuf>,
     },
@@ -291,29 +308,39 @@ pub enum ProviderCommand {
 pub enum TokenCommand {
     /// An `fvagent_` token for one environment.
     Agent {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The environment's name (the token reads only this environment).
         #[arg(long)]
         environment: String,
         /// A note such as the host name.
         #[arg(long)]
         label: Option<String>,
+        /// Token lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// Write the token to this file (0600) instead of printing it; with --json the output then
+        /// carries `token_file` (this path) instead of `token`.
         #[arg(long, value_name = "FILE")]
         token_out: Option<PathBuf>,
     },
     /// Another `fvadmin_` token.
     Admin {
+        /// A note to tell this token from others.
         #[arg(long)]
         label: Option<String>,
+        /// Token lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// Write the token to this file (0600) instead of printing it; with --json the output then
+        /// carries `token_file` (this path) instead of `token`.
         #[arg(long, value_name = "FILE")]
         token_out: Option<PathBuf>,
     },
     /// List tokens (ids and scopes only).
     List {
+        /// Only this org's tokens (`org_…`).
         #[arg(long)]
         org: Option<String>,
         /// provider | agent | admin
@@ -324,7 +351,10 @@ pub enum TokenCommand {
         all: bool,
     },
     /// Revoke a token by id (`tok_…`).
-    Revoke { token_id: String },
+    Revoke {
+        /// The token's id (`tok_…`), as `token list` shows it.
+        token_id: String,
+    },
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {

@@ -15,16 +15,19 @@ pub struct AuditArgs {
     /// The org (`org_…`); without it, every org plus org-less records (admin tokens).
     #[arg(long, env = "FYVAULT_ORG")]
     pub org: Option<String>,
+    /// Only records about this secret name.
     #[arg(long)]
     pub secret: Option<String>,
+    /// Only records about this environment.
     #[arg(long)]
     pub environment: Option<String>,
     /// issued, rotated, revoked, accessed, denied, dropped, token_created, token_revoked, …
     #[arg(long)]
     pub action: Option<String>,
-    /// RFC 3339 time, e.g. 2025-01-31T00:00:00Z.
+    /// RFC 3339 time, e.g. 2025-01-31T00:00:00Z: only records at or after it.
     #[arg(long)]
     pub since: Option<String>,
+    /// RFC 3339 time: only records before it.
     #[arg(long)]
     pub until: Option<String>,
     /// At most this many records (default 1000).
@@ -48,6 +51,19 @@ const HEADERS: [&str; 13] = [
     "COUNT",
 ];
 
+/// `time` in one fixed width, UTC with milliseconds (`2025-01-31T08:00:00.440Z`), so the
+/// column lines up; a time that does not parse is shown as it came.
+fn fixed_time(time: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::parse(time, &Rfc3339)
+        .ok()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&fmt).ok())
+        .unwrap_or_else(|| time.to_owned())
+}
+
 fn cells(r: &AuditRecord) -> [String; 13] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
@@ -56,9 +72,14 @@ fn cells(r: &AuditRecord) -> [String; 13] {
         Some(AccessVia::Socket) => " (socket)",
         None => "",
     };
+    let why = r
+        .reason
+        .as_deref()
+        .map(|w| format!(" ({w})"))
+        .unwrap_or_default();
     [
-        r.time.clone(),
-        format!("{}{via}", r.action),
+        fixed_time(&r.time),
+        format!("{}{via}{why}", r.action),
         opt(&r.secret),
         num(r.version),
         opt(&r.environment),
@@ -131,6 +152,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_have_one_width() {
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00.44Z"),
+            "2025-01-31T08:00:00.440Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00.262Z"),
+            "2025-01-31T08:00:00.262Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T08:00:00Z"),
+            "2025-01-31T08:00:00.000Z"
+        );
+        assert_eq!(
+            fixed_time("2025-01-31T09:00:00.123456+01:00"),
+            "2025-01-31T08:00:00.123Z"
+        );
+        assert_eq!(fixed_time("not a time"), "not a time");
+    }
+
+    #[test]
     fn table_aligns_and_shows_dashes() {
         let r = AuditRecord {
             id: 1,
@@ -150,6 +192,7 @@ mod tests {
             exe: Some("/usr/bin/python3".into()),
             unit: None,
             count: Some(7),
+            reason: None,
         };
         let t = table(&[r]);
         let lines: Vec<&str> = t.lines().collect();

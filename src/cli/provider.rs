@@ -64,6 +64,7 @@ pub enum ProviderCommand {
     },
     /// Revoke a secret in every environment at once (no grace).
     Revoke {
+        /// Secret name.
         #[arg(long)]
         name: String,
     },

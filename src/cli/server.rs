@@ -26,7 +26,8 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory of the database (`vault.db`), created 0700 if missing.
+    /// Directory of the SQLite database (`vault.db`), created 0700 if missing. Not used (and
+    /// not created) with --database.
     #[arg(
         long,
         env = "FYVAULT_DATA_DIR",
@@ -87,6 +88,8 @@ pub enum ServerCommand {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
+    /// Directory of the SQLite database (`vault.db`), as for `fyvault server`. Not used with
+    /// --database.
     #[arg(
         long,
         env = "FYVAULT_DATA_DIR",
@@ -101,6 +104,7 @@ pub struct InitArgs {
     pub token_out: Option<PathBuf>,
     #[command(flatten)]
     pub db: DatabaseArg,
+    /// Machine-readable output (with --token-out: `token_file`, the path, instead of `token`).
     #[arg(long)]
     pub json: bool,
 }

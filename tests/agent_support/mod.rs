@@ -214,3 +214,15 @@ pub fn open_tempdir() -> tempfile::TempDir {
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
+
+/// Writes every access event the agent recorded to its spool and waits (20 s at most) until the
+/// vault acknowledged them all.
+pub async fn ship_all(agent: &fyvault::agent::run::Agent) {
+    let out = agent
+        .state()
+        .auditor
+        .flush(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(out.shipped_all, "{out:?}");
+}

@@ -258,13 +258,19 @@ impl World {
             .unwrap();
     }
 
-    /// A config for an agent of this world (socket in the world's dir, no FUSE).
+    /// A config for an agent of this world (socket in the world's dir, no FUSE; long-polls of
+    /// 2 s unless `extra` sets `sync_wait_seconds`).
     pub fn agent_config(&self, extra: &str) -> PathBuf {
         let d = self.dir.path();
+        let wait = if extra.contains("sync_wait_seconds") {
+            ""
+        } else {
+            "sync_wait_seconds = 2\n"
+        };
         let text = format!(
             "vault_url = \"{}\"\norg_id = \"{}\"\nenvironment = \"{}\"\n\
              token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\nfuse = false\n\
-             state_dir = \"{}\"\nsync_wait_seconds = 2\ngroup = \"\"\n{extra}",
+             state_dir = \"{}\"\n{wait}group = \"\"\n{extra}",
             self.vault.url,
             self.org,
             self.env,

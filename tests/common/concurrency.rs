@@ -125,6 +125,7 @@ fn event(seq: u64) -> AccessEvent {
         exe: Some("/usr/bin/app".into()),
         unit: None,
         count: 1,
+        reason: None,
     }
 }
 

@@ -537,6 +537,7 @@ fn event(seq: u64, action: AccessAction) -> (i64, AccessEvent) {
             exe: Some("/usr/bin/app".into()),
             unit: Some("app.service".into()),
             count: 3,
+            reason: None,
         },
     )
 }
@@ -613,6 +614,23 @@ pub async fn audit_trail(store: Arc<dyn Store>) {
     assert_eq!((a.pid, a.uid, a.count), (Some(100), Some(1000), Some(3)));
     assert_eq!(a.via, Some(AccessVia::Fuse));
     assert_eq!(a.actor, "agent:tok_a");
+    assert_eq!(a.reason, None);
+    // An `undeliverable` report keeps its reason (schema version 2).
+    let mut report = batch(&[]);
+    let (t, mut e) = event(9, AccessAction::Undeliverable);
+    (e.via, e.pid, e.uid, e.gid, e.exe, e.unit) = (None, None, None, None, None, None);
+    e.reason = Some("cannot_open".into());
+    report.events = vec![(t, e)];
+    assert_eq!(store.ingest_agent_batch(report).await.unwrap().accepted, 1);
+    let u = store
+        .query_audit(filter(Some("undeliverable")))
+        .await
+        .unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        (u[0].version, u[0].reason.as_deref(), u[0].pid),
+        (Some(1), Some("cannot_open"), None)
+    );
     // Time window and limit.
     let window = store
         .query_audit(AuditFilter {

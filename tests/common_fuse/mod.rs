@@ -204,7 +204,7 @@ fn capture_logs() {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = buf.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("fyvault=debug")
+            .with_env_filter("fyvault=debug,fuser=warn")
             .with_ansi(false)
             .with_writer(move || LogWriter(writer.clone()))
             .try_init();

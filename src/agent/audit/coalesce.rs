@@ -25,10 +25,13 @@ pub(super) struct Key {
     /// the vault refuses such names, and the access is still counted.
     secret: Option<String>,
     version: Option<u64>,
-    via: AccessVia,
+    /// `None` only for `undeliverable` (no process involved: no process fields are shipped).
+    via: Option<AccessVia>,
     uid: u32,
     exe: Option<String>,
     unit: Option<String>,
+    /// `undeliverable` only.
+    reason: Option<&'static str>,
 }
 
 impl Key {
@@ -44,13 +47,28 @@ impl Key {
             action,
             secret: valid_secret_name(secret).then(|| secret.to_owned()),
             version,
-            via,
+            via: Some(via),
             uid: caller.uid,
             exe: caller
                 .exe
                 .as_ref()
                 .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
             unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
+            reason: None,
+        }
+    }
+
+    /// The key of an `undeliverable` report: a version this agent cannot open, and why.
+    pub(super) fn undeliverable(secret: &str, version: u64, reason: &'static str) -> Key {
+        Key {
+            action: AccessAction::Undeliverable,
+            secret: valid_secret_name(secret).then(|| secret.to_owned()),
+            version: Some(version),
+            via: None,
+            uid: 0,
+            exe: None,
+            unit: None,
+            reason: Some(reason),
         }
     }
 }
@@ -141,19 +159,22 @@ pub(super) fn printable(s: &str, max: usize) -> String {
 }
 
 fn to_event(k: Key, a: Agg) -> AccessEvent {
+    // A process is involved only in reads and denials (they have `via`).
+    let process = k.via.is_some();
     AccessEvent {
         seq: 0,
         time: rfc3339::format(a.time),
         action: k.action,
         secret: k.secret,
         version: k.version,
-        via: Some(k.via),
-        pid: Some(a.pid),
-        uid: Some(k.uid),
-        gid: Some(a.gid),
+        via: k.via,
+        pid: process.then_some(a.pid),
+        uid: process.then_some(k.uid),
+        gid: process.then_some(a.gid),
         exe: k.exe,
         unit: k.unit,
         count: a.count,
+        reason: k.reason.map(str::to_owned),
     }
 }
 

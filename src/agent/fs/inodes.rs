@@ -1,4 +1,4 @@
-//! The inode scheme: fixed inodes for the root, `.previous` and `.env`, and two stable inodes
+//! The inode scheme: fixed inodes for the root, `.previous`, `.env` and `.env.sh`, and two stable inodes
 //! per secret name (current and previous), allocated from an interned name table.
 //!
 //! Names are interned only once the view has held them (a lookup of a name the view does not
@@ -8,23 +8,27 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use crate::agent::dotenv::Form;
 use crate::agent::view::Which;
 
 pub const ROOT: u64 = 1;
 pub const PREVIOUS_DIR: u64 = 2;
 pub const DOTENV: u64 = 3;
+pub const DOTENV_SH: u64 = 4;
 /// First per-secret inode; `FIRST + 2*i` is secret `i`'s current file, `+1` its previous.
 const FIRST: u64 = 16;
 
 pub const PREVIOUS_DIR_NAME: &str = ".previous";
 pub const DOTENV_NAME: &str = ".env";
+pub const DOTENV_SH_NAME: &str = ".env.sh";
 
 /// What an inode stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Root,
     PreviousDir,
-    DotEnv,
+    /// `.env` or `.env.sh`.
+    DotEnv(Form),
     Secret(String, Which),
 }
 
@@ -83,7 +87,8 @@ impl Inodes {
         match ino {
             ROOT => Some(Node::Root),
             PREVIOUS_DIR => Some(Node::PreviousDir),
-            DOTENV => Some(Node::DotEnv),
+            DOTENV => Some(Node::DotEnv(Form::Dotenv)),
+            DOTENV_SH => Some(Node::DotEnv(Form::Shell)),
             i if i >= FIRST => {
                 let rel = i - FIRST;
                 let which = if rel.is_multiple_of(2) {
@@ -151,12 +156,17 @@ mod tests {
         assert_eq!(t.node(a), Some(Node::Secret("A".into(), Which::Current)));
         assert_eq!(t.node(ap), Some(Node::Secret("A".into(), Which::Previous)));
         assert_eq!(t.node(ROOT), Some(Node::Root));
-        assert_eq!(t.node(DOTENV), Some(Node::DotEnv));
+        assert_eq!(t.node(DOTENV), Some(Node::DotEnv(Form::Dotenv)));
+        assert_eq!(t.node(DOTENV_SH), Some(Node::DotEnv(Form::Shell)));
         assert_eq!(t.node(PREVIOUS_DIR), Some(Node::PreviousDir));
-        assert_eq!(t.node(4), None);
+        assert_eq!(t.node(5), None);
         assert_eq!(t.node(b + 2), None);
         assert_eq!(t.get("C", Which::Current), None);
-        assert!([ROOT, PREVIOUS_DIR, DOTENV].iter().all(|f| *f < a));
+        assert!(
+            [ROOT, PREVIOUS_DIR, DOTENV, DOTENV_SH]
+                .iter()
+                .all(|f| *f < a)
+        );
     }
 
     #[test]

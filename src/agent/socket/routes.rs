@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::wire::{Health, SecretInfo, SecretList};
+use super::wire::{Health, SecretInfo, SecretList, Undeliverable};
 use super::{Ctx, Peer, events};
 use crate::agent::secret_view::{Absent, Summary};
 use crate::agent::state::Health as StateHealth;
@@ -348,6 +348,16 @@ async fn health(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) ->
         audit_backlog: audit.as_ref().map(|a| a.backlog_events),
         audit,
         mount: ctx.info.mount(),
+        undeliverable: ctx
+            .state
+            .undeliverable_list()
+            .into_iter()
+            .map(|(secret, version, reason)| Undeliverable {
+                secret,
+                version,
+                reason: reason.to_owned(),
+            })
+            .collect(),
     };
     no_store(Json(body).into_response())
 }

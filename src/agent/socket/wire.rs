@@ -57,6 +57,19 @@ pub struct Health {
     /// The FUSE mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<MountHealth>,
+    /// Versions this agent cannot open (it keeps serving what it held); each is reported to
+    /// the vault as an `undeliverable` event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undeliverable: Vec<Undeliverable>,
+}
+
+/// `/v1/health` → `"undeliverable"`: one version the agent cannot open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Undeliverable {
+    pub secret: String,
+    pub version: u64,
+    /// One of [`crate::api::UNDELIVERABLE_REASONS`].
+    pub reason: String,
 }
 
 /// `GET /v1/health` for a caller the access policy does not admit: liveness only, nothing

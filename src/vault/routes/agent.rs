@@ -131,6 +131,21 @@ pub async fn ingest(
         if e.unit.as_deref().is_some_and(|s| !clean(s, MAX_FIELD)) {
             return Err(bad_event(i, "unit is too long or holds control characters"));
         }
+        let undeliverable = e.action == api::AccessAction::Undeliverable;
+        let reason_ok = match e.reason.as_deref() {
+            None => !undeliverable,
+            Some(r) => undeliverable && api::UNDELIVERABLE_REASONS.contains(&r),
+        };
+        if !reason_ok {
+            return Err(bad_event(
+                i,
+                "reason is given with undeliverable only, as one of cannot_open, malformed, \
+                 missing_value",
+            ));
+        }
+        if undeliverable && (e.secret.is_none() || e.version.is_none()) {
+            return Err(bad_event(i, "undeliverable names a secret and a version"));
+        }
         events.push((time, e));
     }
     let resp = state

@@ -52,6 +52,10 @@ fn api() -> Router<AppState> {
             patch(provider::rotate).delete(provider::revoke),
         )
         .route(
+            "/orgs/{org}/providers/{id}/undeliverable",
+            get(provider::undeliverable),
+        )
+        .route(
             "/orgs/{org}/environments/{env}/public-key",
             get(provider::public_key),
         )
@@ -103,15 +107,19 @@ async fn log_request(req: Request, next: Next) -> Response {
         .unwrap_or_default();
     let start = Instant::now();
     let resp = next.run(req).await;
-    tracing::info!(
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        ms = start.elapsed().as_millis() as u64,
-        peer,
-        "request"
-    );
+    let (status, ms) = (resp.status().as_u16(), start.elapsed().as_millis() as u64);
+    // An agent's long-poll answers every `sync_wait_seconds` per agent: routine, at debug.
+    if routine(&path, resp.status()) {
+        tracing::debug!(%method, path, status, ms, peer, "request");
+    } else {
+        tracing::info!(%method, path, status, ms, peer, "request");
+    }
     resp
+}
+
+/// A request not worth an INFO line: a successful agent sync (long-poll).
+fn routine(path: &str, status: axum::http::StatusCode) -> bool {
+    status.is_success() && path.ends_with("/sync")
 }
 
 /// The whole application.
@@ -122,4 +130,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    #[test]
+    fn only_successful_syncs_are_routine() {
+        let sync = "/api/v1/orgs/org_a/environments/production/sync";
+        assert!(super::routine(sync, StatusCode::OK));
+        assert!(!super::routine(sync, StatusCode::UNAUTHORIZED));
+        assert!(!super::routine(
+            "/api/v1/orgs/org_a/providers/p/push",
+            StatusCode::CREATED
+        ));
+    }
 }

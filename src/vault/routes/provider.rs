@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    self, MAX_GRACE_SECONDS, MAX_VALUE_BYTES, PublicKeyResponse, PushRequest, RevokeRequest,
+    self, AuditQueryResponse, MAX_GRACE_SECONDS, MAX_VALUE_BYTES, PublicKeyResponse, PushRequest,
     RevokeResponse, RotateRequest,
 };
 use crate::crypto::{self, PublicKey};
@@ -18,7 +18,9 @@ use crate::vault::auth::{Auth, DeniedTarget, Principal, record_denial};
 use crate::vault::clock::{fmt_ms, now_ms};
 use crate::vault::error::ApiError;
 use crate::vault::extract::{JsonBody, OptJsonBody, P, Q};
-use crate::vault::store::{Idempotency, RevokeSecret, StoreError, WriteKind, WriteVersion};
+use crate::vault::store::{
+    AuditFilter, Idempotency, RevokeSecret, StoreError, WriteKind, WriteVersion,
+};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -303,16 +305,26 @@ pub struct RevokeQuery {
     secret_name: Option<String>,
 }
 
-/// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=`.
+/// The body of a revoke: `secret_name` may be left to `?secret_name=`, so `{}` (what many HTTP
+/// clients send with every DELETE) is accepted beside the query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    secret_name: Option<String>,
+}
+
+/// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=` (and then
+/// no body or `{}`).
 pub async fn revoke(
     State(state): State<AppState>,
     Auth(p): Auth,
     P((org, provider)): P<(String, String)>,
     Q(query): Q<RevokeQuery>,
-    OptJsonBody(body): OptJsonBody<RevokeRequest>,
+    OptJsonBody(body): OptJsonBody<RevokeBody>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     p.require_provider(&state, &org, &provider).await?;
-    let name = match (body.map(|b| b.secret_name), query.secret_name) {
+    let name = match (body.and_then(|b| b.secret_name), query.secret_name) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
                 "ambiguous_secret_name",
@@ -351,6 +363,60 @@ pub async fn revoke(
     }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndeliverableQuery {
+    secret_name: String,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+/// Records read per query of [`undeliverable`] (the newest are what matter; a provider that
+/// wrote more versions of one secret than this sees the oldest ones).
+const UNDELIVERABLE_SCAN: u32 = 10_000;
+
+/// `GET …/orgs/:org_id/providers/:id/undeliverable?secret_name=[&environment=]`: what agents
+/// reported they cannot open (`undeliverable` audit records: environment, version, reason, host;
+/// never a value), for the versions of that secret this provider wrote.
+pub async fn undeliverable(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    P((org, provider)): P<(String, String)>,
+    Q(q): Q<UndeliverableQuery>,
+) -> Result<Json<AuditQueryResponse>, ApiError> {
+    p.require_provider(&state, &org, &provider).await?;
+    check_secret_name(&q.secret_name)?;
+    if let Some(env) = &q.environment {
+        check_environment(env)?;
+    }
+    let filter = |action: &str| AuditFilter {
+        org_id: Some(org.clone()),
+        secret: Some(q.secret_name.clone()),
+        environment: q.environment.clone(),
+        action: Some(action.to_owned()),
+        since_ms: None,
+        until_ms: None,
+        limit: UNDELIVERABLE_SCAN,
+    };
+    let writer = format!("provider:{provider}");
+    let mut written = std::collections::HashSet::new();
+    for action in ["issued", "rotated"] {
+        for r in state.store.query_audit(filter(action)).await? {
+            if r.actor == writer {
+                written.insert((r.environment, r.version));
+            }
+        }
+    }
+    let records = state
+        .store
+        .query_audit(filter("undeliverable"))
+        .await?
+        .into_iter()
+        .filter(|r| written.contains(&(r.environment.clone(), r.version)))
+        .collect();
+    Ok(Json(AuditQueryResponse { records }))
+}
+
 /// `GET …/orgs/:org_id/environments/:env/public-key`
 pub async fn public_key(
     State(state): State<AppState>,
@@ -371,6 +437,7 @@ pub async fn public_key(
         environment: env,
         public_key: e.public_key,
         suite: crypto::SUITE.to_string(),
+        info: crypto::INFO.to_string(),
         aad_format: crypto::AAD_FORMAT.to_string(),
     }))
 }

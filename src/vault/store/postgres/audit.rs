@@ -22,6 +22,7 @@ fn action_str(a: AccessAction) -> &'static str {
         AccessAction::Accessed => "accessed",
         AccessAction::Denied => "denied",
         AccessAction::Dropped => "dropped",
+        AccessAction::Undeliverable => "undeliverable",
     }
 }
 
@@ -34,8 +35,8 @@ pub(super) async fn ingest_tx(
         let n = exec(
             tx,
             "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor,
-                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
+                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
              ON CONFLICT (org_id, environment, agent_id, seq) DO NOTHING",
             &[
                 time_ms,
@@ -56,6 +57,7 @@ pub(super) async fn ingest_tx(
                 &i(e.count),
                 &b.agent_id,
                 &i(e.seq),
+                &e.reason,
             ],
         )
         .await?;
@@ -74,7 +76,7 @@ pub(super) async fn query_audit_q(
     let rows = all(
         tx,
         "SELECT id, time_ms, org_id, environment, secret, version, action, actor, source_ip,
-                host, via, pid, uid, gid, exe, unit, count
+                host, via, pid, uid, gid, exe, unit, count, reason
          FROM audit
          WHERE ($1::text IS NULL OR org_id = $1)
            AND ($2::text IS NULL OR secret = $2)
@@ -122,6 +124,7 @@ pub(super) async fn query_audit_q(
                 exe: r.get(14),
                 unit: r.get(15),
                 count: r.get::<_, Option<i64>>(16).map(u),
+                reason: r.get(17),
             }
         })
         .collect())

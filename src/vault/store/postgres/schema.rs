@@ -13,10 +13,17 @@ use crate::vault::store::StoreError;
 const MIGRATION_LOCK: (i32, i32) = (0x6679_7661, 0x7363_6865);
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial schema", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial schema", V1),
+    (
+        2,
+        "audit reason",
+        "ALTER TABLE audit ADD COLUMN reason TEXT",
+    ),
+];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const V1: &str = r#"
 CREATE TABLE orgs (
@@ -120,8 +127,12 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<us
     )
     .await
     .map_err(pe)?;
+    // `IF NOT EXISTS` on a schema in place makes the server send a NOTICE ("relation …
+    // already exists, skipping"), which the driver logs at INFO on every start: routine, so
+    // this transaction asks only for warnings and worse.
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
+        "SET LOCAL client_min_messages TO warning;
+         CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
              name       TEXT NOT NULL,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()

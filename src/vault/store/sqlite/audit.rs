@@ -19,6 +19,7 @@ pub(super) fn action_str(a: AccessAction) -> &'static str {
         AccessAction::Accessed => "accessed",
         AccessAction::Denied => "denied",
         AccessAction::Dropped => "dropped",
+        AccessAction::Undeliverable => "undeliverable",
     }
 }
 
@@ -26,8 +27,8 @@ pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchRes
     let mut st = tx
         .prepare_cached(
             "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor,
-                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)
+                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
              ON CONFLICT (org_id, environment, agent_id, seq) DO NOTHING",
         )
         .map_err(be)?;
@@ -53,6 +54,7 @@ pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchRes
                 i(e.count),
                 b.agent_id,
                 i(e.seq),
+                e.reason,
             ])
             .map_err(be)?;
         accepted += n as u64;
@@ -70,7 +72,7 @@ pub(super) fn query_audit_q(
     let mut st = conn
         .prepare_cached(
             "SELECT id, time_ms, org_id, environment, secret, version, action, actor, source_ip,
-                    host, via, pid, uid, gid, exe, unit, count
+                    host, via, pid, uid, gid, exe, unit, count, reason
              FROM audit
              WHERE (?1 IS NULL OR org_id = ?1)
                AND (?2 IS NULL OR secret = ?2)
@@ -117,6 +119,7 @@ pub(super) fn query_audit_q(
                     exe: r.get(14)?,
                     unit: r.get(15)?,
                     count: r.get::<_, Option<i64>>(16)?.map(u),
+                    reason: r.get(17)?,
                 })
             },
         )

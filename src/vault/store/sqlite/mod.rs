@@ -33,7 +33,7 @@ use rows::{
     ENV_COLS, TOKEN_COLS, env_row, insert_audit, insert_token, kind_str, org_exists, token_audit,
     token_row,
 };
-use schema::{SCHEMA, SCHEMA_VERSION};
+use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 use secrets::{revoke_tx, sync_q, write_version_tx};
 
 /// File name of the database inside the data dir.
@@ -125,9 +125,17 @@ impl SqliteStore {
                 "the database schema is version {version}, newer than this fyvault ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(be)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(be)?;
+        // One transaction: what is missing is created (a fresh database gets the newest schema
+        // at once), an older one is migrated step by step, and the version is set with it.
+        let pending = match version {
+            0 => &[][..],
+            v => &MIGRATIONS[usize::try_from(v - 1).unwrap_or(0)..],
+        };
+        let batch = format!(
+            "BEGIN IMMEDIATE; {SCHEMA} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            pending.concat()
+        );
+        conn.execute_batch(&batch).map_err(be)?;
         let readers = readers::Readers::open(path)?;
         Ok(SqliteStore {
             writer: writer::Writer::start(Arc::new(Mutex::new(conn)))?,

@@ -1,6 +1,13 @@
 //! The SQLite schema.
 
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// From one version to the next, in order (`MIGRATIONS[0]` takes version 1 to 2). A fresh
+/// database gets [`SCHEMA`], which is already the newest.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 2: why an agent could not deliver a version (`undeliverable` events).
+    "ALTER TABLE audit ADD COLUMN reason TEXT;",
+];
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orgs (
@@ -89,7 +96,8 @@ CREATE TABLE IF NOT EXISTS audit (
     unit        TEXT,
     count       INTEGER,
     agent_id    TEXT,
-    seq         INTEGER
+    seq         INTEGER,
+    reason      TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS audit_agent_seq ON audit(org_id, environment, agent_id, seq);
 CREATE INDEX IF NOT EXISTS audit_by_org_time ON audit(org_id, time_ms);
