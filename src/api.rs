@@ -201,6 +201,9 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
     "malformed",
     // An active version without a sealed value.
     "missing_value",
+    // An older version than one the agent already served (a vault restored from a backup, a
+    // replayed answer): refused by rollback protection; `version` is the one offered.
+    "older_than_served",
 ];
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]

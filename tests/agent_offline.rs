@@ -184,5 +184,22 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
         "the restored older value was served"
     );
     assert_eq!((status, body), (200, canary2.to_vec()));
+    // The vault is told: an `undeliverable` event, reason `older_than_served`, version 1.
+    let query = fyvault::api::AuditQuery {
+        action: Some("undeliverable".into()),
+        ..Default::default()
+    };
+    eventually("the refusal to reach the vault's audit trail", || async {
+        let records = w.admin.audit(&w.org, &query).await.ok()?.records;
+        records
+            .iter()
+            .any(|r| {
+                r.secret.as_deref() == Some("API_KEY")
+                    && r.reason.as_deref() == Some("older_than_served")
+                    && r.version == Some(1)
+            })
+            .then_some(())
+    })
+    .await;
     agent.stop();
 }

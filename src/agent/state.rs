@@ -112,7 +112,11 @@ impl AgentState {
             r.remove(*name);
         }
         for (name, offered, held) in refused {
-            r.insert(name.clone(), (*offered, *held));
+            // Reported to the vault once per offer (an `undeliverable` event).
+            if r.insert(name.clone(), (*offered, *held)) != Some((*offered, *held)) {
+                self.auditor
+                    .undeliverable(name, *offered, "older_than_served");
+            }
         }
     }
 
