@@ -119,6 +119,20 @@ impl AuditContext {
     }
 }
 
+/// The audit record of `action` on token `t` (scoped to its org and environment).
+pub(crate) fn token_audit(
+    t: &TokenRecord,
+    ctx: &AuditContext,
+    time_ms: i64,
+    action: &str,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        org_id: t.org_id.clone(),
+        environment: t.environment.clone(),
+        ..ctx.record(time_ms, action)
+    }
+}
+
 /// A database integer as a count or version (negative: 0).
 pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -185,6 +199,20 @@ impl WritePlan {
                 .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
                 .unwrap_or(default_grace_s),
         })
+    }
+
+    /// [`decide`](Self::decide) for write `w` given the secret's current (version, state).
+    pub(crate) fn for_write(
+        w: &WriteVersion,
+        current: Option<&(i64, String)>,
+        default_grace_s: i64,
+    ) -> Result<WritePlan, StoreError> {
+        Self::decide(
+            current.map(|(v, state)| (*v, state.as_str())),
+            w.kind,
+            w.grace_seconds,
+            default_grace_s,
+        )
     }
 
     /// When the replaced version stops being readable, written at `now_ms`; `None` without
@@ -281,6 +309,27 @@ impl SyncRow {
 pub struct Idempotency {
     pub key_hash: String,
     pub fingerprint: String,
+}
+
+impl Idempotency {
+    /// A write repeated with a key the store remembers (with that write's `fingerprint` and
+    /// answer): the same answer again, or a mismatch when the request differs.
+    pub(crate) fn replay(
+        &self,
+        fingerprint: &str,
+        response: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        if !crate::crypto::ct_eq(fingerprint.as_bytes(), self.fingerprint.as_bytes()) {
+            return Err(StoreError::IdempotencyMismatch);
+        }
+        let response: PushResponse = serde_json::from_str(response)
+            .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
+        Ok(WriteOutcome {
+            response,
+            replayed: true,
+            revision: None,
+        })
+    }
 }
 
 /// One new version of one secret in one environment.

@@ -6,7 +6,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{CHANGES_CHANNEL, i, pe, u};
 use crate::crypto::TokenKind;
-use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
 
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -139,18 +139,7 @@ pub(super) async fn insert_token<C: GenericClient>(
     Ok(())
 }
 
-pub(super) fn token_audit(
-    t: &TokenRecord,
-    ctx: &AuditContext,
-    time_ms: i64,
-    action: &str,
-) -> NewAuditRecord {
-    NewAuditRecord {
-        org_id: t.org_id.clone(),
-        environment: t.environment.clone(),
-        ..ctx.record(time_ms, action)
-    }
-}
+pub(super) use crate::vault::store::token_audit;
 
 /// Owner of a secret name in an org (the provider that first pushed it), if any.
 pub(super) async fn owner_of<C: GenericClient>(

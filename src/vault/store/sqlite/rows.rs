@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{be, exec, i, row, u};
 use crate::crypto::TokenKind;
-use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
 
 pub(super) fn kind_str(k: TokenKind) -> &'static str {
     k.as_str()
@@ -106,18 +106,7 @@ pub(super) fn insert_token(tx: &Connection, t: &TokenRecord) -> Result<(), Store
     Ok(())
 }
 
-pub(super) fn token_audit(
-    t: &TokenRecord,
-    ctx: &AuditContext,
-    time_ms: i64,
-    action: &str,
-) -> NewAuditRecord {
-    NewAuditRecord {
-        org_id: t.org_id.clone(),
-        environment: t.environment.clone(),
-        ..ctx.record(time_ms, action)
-    }
-}
+pub(super) use crate::vault::store::token_audit;
 
 /// Owner of a secret name in an org (the provider that first pushed it), if any.
 pub(super) fn owner_of(
