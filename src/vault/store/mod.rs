@@ -119,6 +119,20 @@ impl AuditContext {
     }
 }
 
+/// The columns of a token row and of an environment row, in the order both stores read them.
+pub(crate) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
+                          created_ms, expires_ms, revoked_ms";
+pub(crate) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+
+/// A token kind as stored (the inverse of [`TokenKind::as_str`]; anything else reads as admin).
+pub(crate) fn kind_from(s: &str) -> TokenKind {
+    match s {
+        "provider" => TokenKind::Provider,
+        "agent" => TokenKind::Agent,
+        _ => TokenKind::Admin,
+    }
+}
+
 /// The audit record of `action` on token `t` (scoped to its org and environment).
 pub(crate) fn token_audit(
     t: &TokenRecord,

@@ -10,16 +10,7 @@ pub(super) fn kind_str(k: TokenKind) -> &'static str {
     k.as_str()
 }
 
-pub(super) fn kind_from(s: &str) -> TokenKind {
-    match s {
-        "provider" => TokenKind::Provider,
-        "agent" => TokenKind::Agent,
-        _ => TokenKind::Admin,
-    }
-}
-
-pub(super) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
-                          created_ms, expires_ms, revoked_ms";
+pub(super) use crate::vault::store::{TOKEN_COLS, kind_from};
 
 pub(super) fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     let kind: String = r.get(1)?;
@@ -37,7 +28,7 @@ pub(super) fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-pub(super) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+pub(super) use crate::vault::store::ENV_COLS;
 
 pub(super) fn env_row(r: &Row<'_>) -> rusqlite::Result<Environment> {
     Ok(Environment {
