@@ -119,6 +119,34 @@ impl AuditContext {
     }
 }
 
+/// The columns of a token row and of an environment row, in the order both stores read them.
+pub(crate) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
+                          created_ms, expires_ms, revoked_ms";
+pub(crate) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+
+/// A token kind as stored (the inverse of [`TokenKind::as_str`]; anything else reads as admin).
+pub(crate) fn kind_from(s: &str) -> TokenKind {
+    match s {
+        "provider" => TokenKind::Provider,
+        "agent" => TokenKind::Agent,
+        _ => TokenKind::Admin,
+    }
+}
+
+/// The audit record of `action` on token `t` (scoped to its org and environment).
+pub(crate) fn token_audit(
+    t: &TokenRecord,
+    ctx: &AuditContext,
+    time_ms: i64,
+    action: &str,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        org_id: t.org_id.clone(),
+        environment: t.environment.clone(),
+        ..ctx.record(time_ms, action)
+    }
+}
+
 /// A database integer as a count or version (negative: 0).
 pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -185,6 +213,20 @@ impl WritePlan {
                 .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
                 .unwrap_or(default_grace_s),
         })
+    }
+
+    /// [`decide`](Self::decide) for write `w` given the secret's current (version, state).
+    pub(crate) fn for_write(
+        w: &WriteVersion,
+        current: Option<&(i64, String)>,
+        default_grace_s: i64,
+    ) -> Result<WritePlan, StoreError> {
+        Self::decide(
+            current.map(|(v, state)| (*v, state.as_str())),
+            w.kind,
+            w.grace_seconds,
+            default_grace_s,
+        )
     }
 
     /// When the replaced version stops being readable, written at `now_ms`; `None` without
@@ -281,6 +323,27 @@ impl SyncRow {
 pub struct Idempotency {
     pub key_hash: String,
     pub fingerprint: String,
+}
+
+impl Idempotency {
+    /// A write repeated with a key the store remembers (with that write's `fingerprint` and
+    /// answer): the same answer again, or a mismatch when the request differs.
+    pub(crate) fn replay(
+        &self,
+        fingerprint: &str,
+        response: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        if !crate::crypto::ct_eq(fingerprint.as_bytes(), self.fingerprint.as_bytes()) {
+            return Err(StoreError::IdempotencyMismatch);
+        }
+        let response: PushResponse = serde_json::from_str(response)
+            .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
+        Ok(WriteOutcome {
+            response,
+            replayed: true,
+            revision: None,
+        })
+    }
 }
 
 /// One new version of one secret in one environment.

@@ -8,7 +8,7 @@ use deadpool_postgres::Transaction;
 
 use super::rows::{bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of};
 use super::{i, u};
-use crate::api::{PushResponse, SyncResponse};
+use crate::api::SyncResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
@@ -50,18 +50,7 @@ pub(super) async fn write_version_tx(
         )
         .await?;
         if let Some(row) = prior {
-            let fingerprint: String = row.get(0);
-            let response: String = row.get(1);
-            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
-                return Err(StoreError::IdempotencyMismatch);
-            }
-            let response: PushResponse = serde_json::from_str(&response)
-                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
-            return Ok(WriteOutcome {
-                response,
-                replayed: true,
-                revision: None,
-            });
+            return idem.replay(row.get(0), row.get(1));
         }
     }
     lock(tx, &["secret", &w.org_id, &w.secret_name]).await?;
@@ -86,12 +75,7 @@ pub(super) async fn write_version_tx(
     )
     .await?
     .map(|r| (r.get(0), r.get(1)));
-    let plan = WritePlan::decide(
-        current.as_ref().map(|(v, state)| (*v, state.as_str())),
-        w.kind,
-        w.grace_seconds,
-        default_grace,
-    )?;
+    let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{bump_revision, insert_audit, owner_of};
 use super::{be, exec, i, row, u};
-use crate::api::{PushResponse, SyncResponse};
+use crate::api::SyncResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
@@ -33,16 +33,7 @@ pub(super) fn write_version_tx(
         .optional()
         .map_err(be)?;
         if let Some((fingerprint, response)) = prior {
-            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
-                return Err(StoreError::IdempotencyMismatch);
-            }
-            let response: PushResponse = serde_json::from_str(&response)
-                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
-            return Ok(WriteOutcome {
-                response,
-                replayed: true,
-                revision: None,
-            });
+            return idem.replay(&fingerprint, &response);
         }
     }
     let default_grace: i64 = row(
@@ -68,12 +59,7 @@ pub(super) fn write_version_tx(
     )
     .optional()
     .map_err(be)?;
-    let plan = WritePlan::decide(
-        current.as_ref().map(|(v, state)| (*v, state.as_str())),
-        w.kind,
-        w.grace_seconds,
-        default_grace,
-    )?;
+    let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {
