@@ -22,6 +22,8 @@ pub mod clock;
 pub mod dev;
 pub mod error;
 pub mod extract;
+pub mod limits;
+mod listener;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// Flips to true when the server stops (long-polls answer at once).
     pub shutdown: watch::Receiver<bool>,
+    /// One permit per parked long-poll ([`limits::Limits::max_long_polls`]).
+    pub long_polls: Arc<tokio::sync::Semaphore>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 
-use crate::api::{self, AuditBatch, AuditBatchResponse, MAX_WAIT_SECONDS, SyncResponse};
+use crate::api::{self, AuditBatch, AuditBatchResponse, MAX_WAIT_SECONDS};
 use crate::vault::AppState;
 use crate::vault::auth::Auth;
 use crate::vault::clock::{now_ms, parse_rfc3339};
@@ -28,19 +30,40 @@ pub struct SyncQuery {
     wait: u64,
 }
 
+/// The answer to a long-poll over [`crate::vault::limits::Limits::max_long_polls`]: a 503 the
+/// agent backs off from (its retry has full jitter), `Retry-After` spread over 5–30 s so
+/// refused agents do not come back together, and the connection closed so a refused agent
+/// holds nothing while it waits.
+fn too_many_long_polls() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_long_polls",
+        "the vault holds as many long-polls as it admits; retry later",
+    )
+    .into_response();
+    let retry_after = rand::random_range(5u32..=30);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// `GET …/orgs/:org_id/environments/:env/sync?since=&wait=`
 pub async fn sync(
     State(state): State<AppState>,
     Auth(p): Auth,
     P((org, env)): P<(String, String)>,
     Q(q): Q<SyncQuery>,
-) -> Result<Json<SyncResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     p.require_agent(&state, &org, Some(&env)).await?;
     check_environment(&env)?;
     let wait = Duration::from_secs(q.wait.min(MAX_WAIT_SECONDS));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.feed.subscribe(&org, &env);
+    // Taken when the poll first parks, held until it answers.
+    let mut parked = None;
     loop {
         changes.borrow_and_update();
         let resp = state
@@ -55,17 +78,23 @@ pub async fn sync(
             })?;
         // Nothing newer than what the agent holds (also `since=0` on an environment still at
         // revision 0): hold the request until a change or the wait ends.
-        if resp.revision != q.since {
-            return Ok(Json(resp));
+        if resp.revision != q.since || wait.is_zero() {
+            return Ok(Json(resp).into_response());
+        }
+        if parked.is_none() {
+            match state.long_polls.clone().try_acquire_owned() {
+                Ok(permit) => parked = Some(permit),
+                Err(_) => return Ok(too_many_long_polls()),
+            }
         }
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
-                    return Ok(Json(resp));
+                    return Ok(Json(resp).into_response());
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(resp)),
-            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(resp)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(resp).into_response()),
+            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(resp).into_response()),
         }
     }
 }
