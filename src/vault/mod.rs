@@ -22,6 +22,7 @@ pub mod clock;
 pub mod dev;
 pub mod error;
 pub mod extract;
+pub mod fanout;
 pub mod limits;
 mod listener;
 pub mod routes;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// Flips to true when the server stops (long-polls answer at once).
     pub shutdown: watch::Receiver<bool>,
+    /// Parked long-polls, and the shared read that answers them.
+    pub fanout: Arc<fanout::Fanout>,
     /// One permit per parked long-poll ([`limits::Limits::max_long_polls`]).
     pub long_polls: Arc<tokio::sync::Semaphore>,
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::vault::error::VaultError;
+use crate::vault::fanout::Fanout;
 use crate::vault::limits::Limits;
 use crate::vault::listener;
 use crate::vault::store::Store;
@@ -62,7 +63,7 @@ pub struct ServerHandle {
     addr: SocketAddr,
     tls: bool,
     store: Arc<dyn Store>,
-    feed: Arc<LocalChangeFeed>,
+    fanout: Arc<Fanout>,
     /// The LISTEN connection of a PostgreSQL store (ends when the handle goes).
     pg_feed: Option<Arc<PgChangeFeed>>,
     shutdown: watch::Sender<bool>,
@@ -102,7 +103,13 @@ impl ServerHandle {
 
     /// Long-polls currently held for an environment (observability, tests).
     pub fn held_long_polls(&self, org_id: &str, env: &str) -> usize {
-        self.feed.subscribers(org_id, env)
+        self.fanout.parked(org_id, env)
+    }
+
+    /// Store reads made to answer woken long-polls: one per change with parked polls, however
+    /// many it wakes (observability, tests).
+    pub fn shared_sync_reads(&self) -> u64 {
+        self.fanout.shared_reads()
     }
 
     /// Asks the server to stop: no new connections, long-polls answer at once, open
@@ -193,9 +200,11 @@ async fn start_inner(
         Some(f) => f.clone(),
         None => feed.clone(),
     };
+    let fanout = Arc::new(Fanout::new(store.clone(), app_feed.clone(), rx.clone()));
     let state = AppState {
         store: store.clone(),
         feed: app_feed,
+        fanout: fanout.clone(),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
         long_polls: Arc::new(tokio::sync::Semaphore::new(
@@ -232,7 +241,7 @@ async fn start_inner(
         addr,
         tls,
         store,
-        feed,
+        fanout,
         pg_feed,
         shutdown: tx,
         task: Some(task),

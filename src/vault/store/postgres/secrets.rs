@@ -10,11 +10,11 @@ use super::rows::{
     audit_of, bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of,
 };
 use super::{i, u};
-use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
+use crate::api::{PushResponse, SecretState, SyncPrevious, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion,
+    ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
@@ -269,13 +269,13 @@ pub(super) async fn revoke_tx(
 }
 
 /// Runs on one repeatable-read snapshot, so the revision and the rows agree.
-pub(super) async fn sync_q(
+pub(super) async fn changes_q(
     tx: &Transaction<'_>,
     org_id: &str,
     env: &str,
     since: u64,
     now_ms: i64,
-) -> Result<SyncResponse, StoreError> {
+) -> Result<ChangeSet, StoreError> {
     let revision = opt(
         tx,
         "SELECT revision FROM environments WHERE org_id = $1 AND name = $2",
@@ -284,12 +284,11 @@ pub(super) async fn sync_q(
     .await?
     .map(|r| u(r.get(0)))
     .ok_or(StoreError::NotFound("environment"))?;
-    let full = since == 0 || since > revision;
-    let from = if full { 0 } else { since };
+    let from = delta_base(since, revision);
     let rows = super::rows::all(
         tx,
         "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                p.version, p.sealed, p.grace_until_ms
+                p.version, p.sealed, p.grace_until_ms, s.changed_rev
          FROM secrets s
          JOIN secret_versions v
            ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -319,7 +318,7 @@ pub(super) async fn sync_q(
                 }
                 _ => None,
             };
-            SyncSecret {
+            let secret = SyncSecret {
                 name: r.get(0),
                 version: u(r.get(1)),
                 state: if active {
@@ -330,12 +329,13 @@ pub(super) async fn sync_q(
                 sealed_value: if active { r.get(4) } else { None },
                 updated_at: fmt_ms(r.get(3)),
                 previous,
-            }
+            };
+            (u(r.get(8)), secret)
         })
         .collect();
-    Ok(SyncResponse {
+    Ok(ChangeSet {
         revision,
-        full,
-        secrets,
+        from,
+        rows: secrets,
     })
 }

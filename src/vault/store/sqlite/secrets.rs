@@ -4,11 +4,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{audit_of, bump_revision, insert_audit, owner_of};
 use super::{be, exec, i, row, u};
-use crate::api::{PushResponse, SecretState, SyncPrevious, SyncResponse, SyncSecret};
+use crate::api::{PushResponse, SecretState, SyncPrevious, SyncSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion,
+    ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
 
 pub(super) fn write_version_tx(
@@ -212,13 +212,13 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
     })
 }
 
-pub(super) fn sync_q(
+pub(super) fn changes_q(
     conn: &Connection,
     org_id: &str,
     env: &str,
     since: u64,
     now_ms: i64,
-) -> Result<SyncResponse, StoreError> {
+) -> Result<ChangeSet, StoreError> {
     let revision = row(
         conn,
         "SELECT revision FROM environments WHERE org_id = ?1 AND name = ?2",
@@ -229,12 +229,11 @@ pub(super) fn sync_q(
     .map_err(be)?
     .map(u)
     .ok_or(StoreError::NotFound("environment"))?;
-    let full = since == 0 || since > revision;
-    let from = if full { 0 } else { since };
+    let from = delta_base(since, revision);
     let mut st = conn
         .prepare_cached(
             "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                    p.version, p.sealed, p.grace_until_ms
+                    p.version, p.sealed, p.grace_until_ms, s.changed_rev
              FROM secrets s
              JOIN secret_versions v
                ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -262,7 +261,7 @@ pub(super) fn sync_q(
                 }
                 _ => None,
             };
-            Ok(SyncSecret {
+            let secret = SyncSecret {
                 name: r.get(0)?,
                 version: u(r.get(1)?),
                 state: if active {
@@ -273,14 +272,15 @@ pub(super) fn sync_q(
                 sealed_value: if active { Some(r.get(4)?) } else { None },
                 updated_at: fmt_ms(r.get(3)?),
                 previous,
-            })
+            };
+            Ok((u(r.get(8)?), secret))
         })
         .map_err(be)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(be)?;
-    Ok(SyncResponse {
+    Ok(ChangeSet {
         revision,
-        full,
-        secrets,
+        from,
+        rows: secrets,
     })
 }
