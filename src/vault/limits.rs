@@ -7,7 +7,10 @@
 //! the difference is kept for providers, admins and health checks, so a fleet of agents can
 //! never lock them out.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
@@ -76,6 +79,41 @@ impl Default for Limits {
     /// Caps derived from the process's current soft open-file limit.
     fn default() -> Self {
         Limits::for_fd_limit(soft_nofile())
+    }
+}
+
+/// The caps in force: one permit per open connection, one per parked long-poll.
+#[derive(Debug)]
+pub struct Admission {
+    pub limits: Limits,
+    pub connections: Arc<Semaphore>,
+    pub long_polls: Arc<Semaphore>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Admission {
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        Admission {
+            connections: permits(limits.max_connections),
+            long_polls: permits(limits.max_long_polls),
+            limits,
+        }
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.limits
+            .max_connections
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.connections.available_permits())
+    }
+
+    /// Long-polls parked now.
+    pub fn parked_long_polls(&self) -> usize {
+        self.limits
+            .max_long_polls
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.long_polls.available_permits())
     }
 }
 

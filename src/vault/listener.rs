@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::vault::error::VaultError;
-use crate::vault::limits::Limits;
+use crate::vault::limits::Admission;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open connections to finish.
@@ -142,9 +142,10 @@ pub async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     app: Router,
-    limits: Limits,
+    admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let limits = &admission.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -155,10 +156,8 @@ pub async fn accept_loop(
         .timer(TokioTimer::new())
         .max_concurrent_streams(64);
     let builder = Arc::new(builder);
-    let cap = u32::try_from(limits.max_connections)
-        .unwrap_or(u32::MAX)
-        .min(Semaphore::MAX_PERMITS as u32);
-    let conns = Arc::new(Semaphore::new(cap as usize));
+    let conns = admission.connections.clone();
+    let cap = u32::try_from(limits.max_connections.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let mut failures = AcceptFailures::new();
     loop {

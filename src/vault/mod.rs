@@ -29,6 +29,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod sync;
+mod trim;
 
 pub use error::{ApiError, VaultError};
 pub use server::{ServerConfig, ServerHandle, TlsFiles, start, start_with_store};
@@ -43,8 +44,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Parked long-polls, and the shared read that answers them.
     pub fanout: Arc<fanout::Fanout>,
-    /// One permit per parked long-poll ([`limits::Limits::max_long_polls`]).
-    pub long_polls: Arc<tokio::sync::Semaphore>,
+    /// The connection and long-poll caps ([`limits::Limits`]).
+    pub admission: Arc<limits::Admission>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

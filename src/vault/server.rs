@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::vault::error::VaultError;
 use crate::vault::fanout::Fanout;
-use crate::vault::limits::Limits;
+use crate::vault::limits::{Admission, Limits};
 use crate::vault::listener;
 use crate::vault::store::Store;
 use crate::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgStore};
@@ -200,6 +200,8 @@ async fn start_inner(
         Some(f) => f.clone(),
         None => feed.clone(),
     };
+    let admission = Arc::new(Admission::new(config.limits.clone()));
+    crate::vault::trim::spawn(admission.clone(), rx.clone());
     let fanout = Arc::new(Fanout::new(store.clone(), app_feed.clone(), rx.clone()));
     let state = AppState {
         store: store.clone(),
@@ -207,12 +209,7 @@ async fn start_inner(
         fanout: fanout.clone(),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
-        long_polls: Arc::new(tokio::sync::Semaphore::new(
-            config
-                .limits
-                .max_long_polls
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        )),
+        admission: admission.clone(),
     };
     let app = routes::router(state);
     let tls = acceptor.is_some();
@@ -231,11 +228,7 @@ async fn start_inner(
         "admission limits"
     );
     let task = tokio::spawn(listener::accept_loop(
-        listener,
-        acceptor,
-        app,
-        config.limits.clone(),
-        rx,
+        listener, acceptor, app, admission, rx,
     ));
     Ok(ServerHandle {
         addr,

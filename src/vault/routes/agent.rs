@@ -116,7 +116,7 @@ pub async fn sync(
             resp.full
         };
         if parked.is_none() {
-            match state.long_polls.clone().try_acquire_owned() {
+            match state.admission.long_polls.clone().try_acquire_owned() {
                 Ok(permit) => parked = Some(permit),
                 Err(_) => return Ok(too_many_long_polls()),
             }
