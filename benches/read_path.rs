@@ -207,7 +207,7 @@ fn count_requests(op: Op, path: &Path, n: usize) -> BTreeMap<String, f64> {
 }
 
 fn put(state: &AgentState, value: &[u8]) {
-    state.apply(
+    state.view.apply(
         1,
         true,
         vec![Update {

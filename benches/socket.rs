@@ -5,6 +5,10 @@
 //! baseline, measured in the same run with the same client, is a bare hyper HTTP/1.1 server on
 //! a Unix socket in a subprocess of its own (this benchmark's binary re-executed), answering
 //! every request with a constant 64-byte body: the floor of HTTP over a Unix socket here.
+//!
+//! Then the SDKs (`support::sdk`): one Node and one Python process each doing sequential
+//! `get`s for 3 s through the SDK, beside the same language's raw HTTP client on the same
+//! socket, and the Rust hyper client's p50 from above.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -30,6 +34,7 @@ const ROUNDS: usize = 5;
 const ONE_CLIENT_REQUESTS: usize = 4000;
 const MANY: usize = 16;
 const MANY_DURATION: Duration = Duration::from_secs(2);
+const SDK_DURATION: Duration = Duration::from_secs(3);
 const BASELINE_ENV: &str = "FYVAULT_BENCH_BASELINE_SOCKET";
 
 /// The baseline server: hyper, HTTP/1.1, keep-alive, 64 bytes for every request.
@@ -358,9 +363,38 @@ fn main() {
         "reference (issue 7): AWS Secrets Manager Agent, TCP loopback: 45 µs p50, 43,000/s with 16"
     );
 
+    let sdk_runs = support::sdk::run_all(&agent.socket, SECRET, SDK_DURATION);
+    let mut sdk_table = Table::new(
+        "socket: sequential GET /v1/secrets/NAME from SDKs, one client each (3 s)",
+        &["client", "requests", "p50", "p99"],
+    );
+    sdk_table.row(vec![
+        "Rust hyper client (the table above)".into(),
+        lat[0].len().to_string(),
+        fmt_dur(lat[0].p50()),
+        fmt_dur(lat[0].p99()),
+    ]);
+    let mut sdk_rows = vec![json!({
+        "client": "rust-hyper",
+        "n": lat[0].len(),
+        "p50_us": us(lat[0].p50()),
+        "p99_us": us(lat[0].p99()),
+    })];
+    for r in &sdk_runs {
+        sdk_table.row(vec![
+            r.label.into(),
+            r.n.to_string(),
+            fmt_dur(r.p50),
+            fmt_dur(r.p99),
+        ]);
+        sdk_rows.push(json!({"client": r.key, "n": r.n, "p50_us": us(r.p50), "p99_us": us(r.p99)}));
+    }
+    sdk_table.print();
+
     let mut report = Report::new("socket");
     report.set("rounds", json!(ROUNDS));
     report.set("results", json!(rows));
+    report.set("sdk", json!(sdk_rows));
     report.write();
     drop(ct_base);
     drop(axum_base);

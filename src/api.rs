@@ -221,6 +221,35 @@ pub struct AccessEvent {
     pub count: u64,
 }
 
+impl AccessEvent {
+    /// The `dropped` event reporting `count` accesses lost now (no secret or process fields).
+    pub fn dropped(seq: u64, count: u64) -> Self {
+        AccessEvent {
+            seq,
+            time: crate::rfc3339::format(std::time::SystemTime::now()),
+            action: AccessAction::Dropped,
+            secret: None,
+            version: None,
+            via: None,
+            pid: None,
+            uid: None,
+            gid: None,
+            exe: None,
+            unit: None,
+            count,
+        }
+    }
+}
+
+/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// `POST …/audit/events`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -508,6 +537,11 @@ mod tests {
             assert!(!valid_secret_name(bad), "{bad}");
         }
         assert!(!valid_secret_name(&"A".repeat(129)));
+        assert!(valid_agent_id("agent-1:host.example_x"));
+        for bad in ["", "a b", "a/b", "é"] {
+            assert!(!valid_agent_id(bad), "{bad}");
+        }
+        assert!(!valid_agent_id(&"a".repeat(129)));
         assert!(valid_environment("production"));
         assert!(valid_environment("eu-1"));
         for bad in ["", "-prod", "Prod", "a_b", "a.b"] {

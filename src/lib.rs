@@ -3,7 +3,8 @@
 //! HTTP API, with grace periods on rotation and an access trail of every read.
 //!
 //! Layout (DESIGN §2): [`api`] is the wire contract, [`secret`] the zeroizing type, [`crypto`]
-//! sealing and tokens, [`client`] the vault HTTP client, [`vault`] the server, [`agent`] the host
+//! sealing and tokens, [`rfc3339`] the one time format, [`retry`] the one backoff,
+//! [`client`] the vault HTTP client, [`vault`] the server, [`agent`] the host
 //! daemon, [`cli`] one file per command family.
 
 pub mod agent;
@@ -11,5 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod crypto;
+pub mod retry;
+pub mod rfc3339;
 pub mod secret;
 pub mod vault;

@@ -50,7 +50,7 @@ impl Agent {
     }
 
     fn push(&self, name: &str, version: u64, value: &[u8], prev: Option<(u64, &[u8], Duration)>) {
-        self.state.apply(
+        self.state.view.apply(
             version,
             false,
             vec![Update {
@@ -66,7 +66,7 @@ impl Agent {
     }
 
     fn revoke(&self, name: &str, version: u64) {
-        self.state.apply(
+        self.state.view.apply(
             version,
             false,
             vec![Update {
@@ -275,6 +275,53 @@ async fn events_deliver_rotations_and_revocations() {
     // Shutdown ends the stream (and the server returns).
     a.stop().await;
     assert!(ev.next().await.is_none());
+}
+
+/// The kind of a new version's event (`rotated`: the replaced version stays readable for its
+/// grace; `updated`: it does not) is the change's own, not whatever the view holds by the time
+/// the stream sends it: two changes in quick succession are each reported as they were.
+#[tokio::test]
+async fn event_kinds_come_from_the_change_not_from_later_state() {
+    let a = Agent::start(Policy::default()).await;
+    a.push("FAST", 1, b"one", None);
+    let mut ev = Events::open(&a.sock).await;
+    // Back to back, before the stream can send the first: a rotation with grace, then a push
+    // over it without grace.
+    a.push(
+        "FAST",
+        2,
+        b"two",
+        Some((1, b"one", Duration::from_secs(600))),
+    );
+    a.push("FAST", 3, b"three", None);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (kind, d) = ev.next().await.expect("two events");
+        got.push((
+            kind,
+            d["version"].as_u64().unwrap(),
+            d["previous_version"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [("rotated".to_owned(), 2, 1), ("updated".to_owned(), 3, 2)]
+    );
+    // And the other order: a push without grace, then a rotation with it.
+    a.push("FAST", 4, b"four", None);
+    a.push(
+        "FAST",
+        5,
+        b"five",
+        Some((4, b"four", Duration::from_secs(600))),
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (kind, d) = ev.next().await.expect("two events");
+        got.push((kind, d["version"].as_u64().unwrap()));
+    }
+    assert_eq!(got, [("updated".to_owned(), 4), ("rotated".to_owned(), 5)]);
+    a.stop().await;
 }
 
 #[tokio::test]

@@ -96,7 +96,5 @@ fn fuse_concurrent_readers_during_rotations_read_whole_values() {
     eprintln!("{ok} whole reads, {st} stale handles during {ROTATIONS} rotations");
     assert!(ok > 0, "no whole read at all ({st} stale)");
     // Every handle is released (the kernel sends RELEASE asynchronously after close).
-    wait_for("all handles released", || {
-        m.state.view.read().unwrap().open_handles() == 0
-    });
+    wait_for("all handles released", || m.state.view.open_handles() == 0);
 }

@@ -382,15 +382,9 @@ fn fuse_stat_between_rotations_is_answered_from_the_kernel_cache() {
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 5);
     // Change the view behind the mount's back (no invalidation): a cached size stays visible,
     // which shows the kernel really caches attributes...
-    {
-        let mut view = m.state.view.write().unwrap();
-        view.apply(
-            100,
-            false,
-            vec![active("CACHED", 2, b"1234567", None)],
-            std::time::Instant::now(),
-        );
-    }
+    m.state
+        .view
+        .apply_behind_caches(100, false, vec![active("CACHED", 2, b"1234567", None)]);
     assert_eq!(std::fs::metadata(m.file("CACHED")).unwrap().len(), 5);
     // ...while going through the state invalidates it at once.
     m.apply(vec![active("CACHED", 3, b"123456789", None)]);

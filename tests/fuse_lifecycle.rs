@@ -31,7 +31,9 @@ fn lifecycle_child_agent() {
         return;
     };
     let state = AgentState::new(Policy::default(), Auditor::disabled());
-    state.apply(1, true, vec![active("DEMO", 1, DEMO_VALUE, None)]);
+    state
+        .view
+        .apply(1, true, vec![active("DEMO", 1, DEMO_VALUE, None)]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -183,7 +185,9 @@ fn fuse_killed_agent_dead_mount_is_cleaned_by_next_start() {
     assert_eq!(mounts_at(&path), 1);
 
     let state = AgentState::new(Policy::default(), Auditor::disabled());
-    state.apply(1, true, vec![active("AGAIN", 1, b"fresh", None)]);
+    state
+        .view
+        .apply(1, true, vec![active("AGAIN", 1, b"fresh", None)]);
     let mounted = Mounted::start(&path, state).expect("start over a stale mount");
     assert_eq!(mounts_at(&path), 1, "the stale mount was not removed");
     assert_eq!(std::fs::read(path.join("AGAIN")).unwrap(), b"fresh");
@@ -217,7 +221,7 @@ fn fuse_busy_mountpoints_are_refused_and_shutdown_is_clean() {
     assert!(matches!(e, MountError::NotEmpty { .. }), "{e}");
     std::fs::remove_file(path.join("stray")).unwrap();
     // The same path mounts again.
-    other.apply(1, true, vec![active("Y", 1, b"y", None)]);
+    other.view.apply(1, true, vec![active("Y", 1, b"y", None)]);
     let again = Mounted::start(&path, other).unwrap();
     assert_eq!(std::fs::read(path.join("Y")).unwrap(), b"y");
     drop(again); // Drop detaches too.

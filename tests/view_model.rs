@@ -333,6 +333,7 @@ impl Model {
                             name: name.into(),
                             version: m.version,
                             previous: s.cur,
+                            in_grace: prev.is_some_and(|(pv, _)| pv == s.cur),
                         });
                         *s = MSecret {
                             cur: m.version,

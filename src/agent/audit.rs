@@ -35,25 +35,23 @@
 //! Its disk half waits for the writer thread (a hung disk hangs it): wrap it in a timeout if
 //! the caller must not wait on the disk.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::access::Caller;
-use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
-use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits, rfc3339};
-use crate::api::{AccessAction, AccessEvent, AccessVia};
 
-/// Longest unit name, executable path and host name kept in an event (longer ones are cut at a
-/// character boundary).
-const MAX_NAME_BYTES: usize = 1024;
-const MAX_EXE_BYTES: usize = 4096;
-const MAX_HOST_BYTES: usize = 255;
+mod coalesce;
+
+use crate::agent::ship::{self, Link, SharedSpool, ShipConfig, Uplink};
+use crate::agent::spool::{Counters, Spool, SpoolError, SpoolLimits};
+use crate::api::{AccessAction, AccessVia, valid_agent_id};
+use crate::rfc3339;
+use coalesce::{Key, Pending};
 
 /// Settings of the audit pipeline.
 #[derive(Debug, Clone)]
@@ -115,8 +113,9 @@ pub enum AuditError {
     InvalidAgentId,
 }
 
-/// Audit figures for `/v1/health` and `fyvault status` (the `"audit"` object).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Audit figures: [`Auditor::stats`], and as they are, `/v1/health`'s `"audit"` object (read
+/// back by `fyvault status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditStats {
     /// False for [`Auditor::disabled`] (every other field is then zero/empty).
     pub enabled: bool,
@@ -128,10 +127,13 @@ pub struct AuditStats {
     pub backlog_bytes: u64,
     pub spool_max_bytes: u64,
     /// RFC 3339 time of the last batch the vault acknowledged (since start).
+    #[serde(default)]
     pub last_shipped_at: Option<String>,
     /// Why the last attempt failed, while shipping is failing.
+    #[serde(default)]
     pub last_error: Option<String>,
     /// RFC 3339 time of the first failure of the current run of failures.
+    #[serde(default)]
     pub failing_since: Option<String>,
     /// Events acknowledged since start.
     pub shipped_total: u64,
@@ -151,40 +153,7 @@ pub struct FlushOutcome {
     pub backlog_events: u64,
 }
 
-/// The coalescing key: what makes two accesses "identical".
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    action: AccessAction,
-    /// `None` for a name that is not a valid secret name (a probe refused before any lookup):
-    /// the vault refuses such names, and the access is still counted.
-    secret: Option<String>,
-    version: Option<u64>,
-    via: AccessVia,
-    uid: u32,
-    exe: Option<String>,
-    unit: Option<String>,
-}
-
-/// One coalesced event: the first access's time, pid and gid, and how many accesses.
-#[derive(Debug, Clone, Copy)]
-struct Agg {
-    time: SystemTime,
-    pid: u32,
-    gid: u32,
-    count: u64,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    map: HashMap<Key, Agg>,
-    /// Accesses refused for lack of room in `map`, not yet reported.
-    overflow: u64,
-}
-
-enum Reply {
-    Async(tokio::sync::oneshot::Sender<Result<(), SpoolError>>),
-    Sync(mpsc::Sender<Result<(), SpoolError>>),
-}
+type Reply = tokio::sync::oneshot::Sender<Result<(), SpoolError>>;
 
 enum Cmd {
     /// Drain the coalescer now, append, fsync, answer.
@@ -237,33 +206,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `s` with control characters shown as `?`, cut to at most `max` bytes at a character
-/// boundary (what the vault accepts for `exe` and `unit`).
-fn printable(s: &str, max: usize) -> String {
-    // The common case (on every recorded access): plain ASCII, short enough.
-    if s.len() <= max && s.bytes().all(|b| b.is_ascii() && !b.is_ascii_control()) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len().min(max));
-    for c in s.chars() {
-        let c = if c.is_control() { '?' } else { c };
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 impl Auditor {
     /// An auditor that records nothing (tests of other parts, benchmarks' baselines).
     pub fn disabled() -> Self {
@@ -280,7 +222,7 @@ impl Auditor {
         let host = config
             .host
             .as_deref()
-            .map(|h| printable(h, MAX_HOST_BYTES))
+            .map(|h| coalesce::printable(h, coalesce::MAX_HOST_BYTES))
             .filter(|h| !h.is_empty());
         let spool = Spool::open(&config.spool_dir, SpoolLimits::new(config.spool_max_bytes))?;
         let counters = spool.counters();
@@ -335,18 +277,8 @@ impl Auditor {
     ) {
         let Some(h) = &self.inner else { return };
         let shared = &h.shared;
-        let key = Key {
-            action,
-            secret: crate::api::valid_secret_name(secret).then(|| secret.to_owned()),
-            version,
-            via,
-            uid: caller.uid,
-            exe: caller
-                .exe
-                .as_ref()
-                .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
-            unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
-        };
+        // Built before the lock is taken: the lock covers a map update only.
+        let key = Key::of(caller, action, secret, version, via);
         let now = SystemTime::now();
         let mut p = lock(&shared.pending);
         if shared.closed.load(Ordering::Relaxed) {
@@ -356,52 +288,24 @@ impl Auditor {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let room = p.map.len() < shared.max_pending;
-        match p.map.get_mut(&key) {
-            Some(agg) => agg.count += 1,
-            None if room => {
-                p.map.insert(
-                    key,
-                    Agg {
-                        time: now,
-                        pid: caller.pid,
-                        gid: caller.gid,
-                        count: 1,
-                    },
-                );
-            }
-            None => {
-                p.overflow += 1;
-                shared
-                    .counters
-                    .dropped_total
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if !p.add(key, caller, now, shared.max_pending) {
+            shared
+                .counters
+                .dropped_total
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Current figures; cheap (atomics and two short locks, no I/O).
     pub fn stats(&self) -> AuditStats {
         let Some(h) = &self.inner else {
-            return AuditStats {
-                enabled: false,
-                pending_events: 0,
-                backlog_events: 0,
-                backlog_bytes: 0,
-                spool_max_bytes: 0,
-                last_shipped_at: None,
-                last_error: None,
-                failing_since: None,
-                shipped_total: 0,
-                dropped_total: 0,
-                corrupt_skipped: 0,
-            };
+            return AuditStats::default();
         };
         let s = &h.shared;
         let c = &s.counters;
         let pending_events = {
             let p = lock(&s.pending);
-            p.map.len() as u64 + u64::from(p.overflow > 0)
+            p.events()
         };
         let status = s.link.status();
         AuditStats {
@@ -410,9 +314,9 @@ impl Auditor {
             backlog_events: c.backlog_events.load(Ordering::Relaxed),
             backlog_bytes: c.spool_bytes.load(Ordering::Relaxed),
             spool_max_bytes: s.spool_max_bytes,
-            last_shipped_at: status.last_shipped_at.map(rfc3339),
+            last_shipped_at: status.last_shipped_at.map(rfc3339::format),
             last_error: status.last_error,
-            failing_since: status.failing_since.map(rfc3339),
+            failing_since: status.failing_since.map(rfc3339::format),
             shipped_total: s.link.shipped_total.load(Ordering::Relaxed),
             dropped_total: c.dropped_total.load(Ordering::Relaxed),
             corrupt_skipped: c.corrupt_skipped.load(Ordering::Relaxed),
@@ -429,7 +333,7 @@ impl Auditor {
             });
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        h.send(Cmd::Flush(Reply::Async(tx)))?;
+        h.send(Cmd::Flush(tx))?;
         rx.await.map_err(|_| AuditError::Stopped)??;
         let s = &h.shared;
         let target = s.counters.last_seq.load(Ordering::Relaxed);
@@ -443,16 +347,6 @@ impl Auditor {
             shipped_all: backlog_events == 0 || *acked.borrow() >= target,
             backlog_events,
         })
-    }
-
-    /// Blocking form of the disk half of [`flush`](Self::flush): drains the coalescer into the
-    /// spool and fsyncs. Not for async contexts (it waits for the writer thread).
-    pub fn sync_to_disk(&self) -> Result<(), AuditError> {
-        let Some(h) = &self.inner else { return Ok(()) };
-        let (tx, rx) = mpsc::channel();
-        h.send(Cmd::Flush(Reply::Sync(tx)))?;
-        rx.recv().map_err(|_| AuditError::Stopped)??;
-        Ok(())
     }
 
     /// Orderly shutdown: [`flush`](Self::flush) with `ship_timeout`, then stops the writer and
@@ -512,13 +406,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, window: Duration) {
     let mut next = Instant::now() + window;
     loop {
         match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(Cmd::Flush(reply)) => {
-                let r = drain(shared);
-                match reply {
-                    Reply::Async(tx) => drop(tx.send(r)),
-                    Reply::Sync(tx) => drop(tx.send(r)),
-                }
-            }
+            Ok(Cmd::Flush(reply)) => drop(reply.send(drain(shared))),
             Ok(Cmd::Stop { drain: true }) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = drain(shared);
                 return;
@@ -534,29 +422,7 @@ fn writer_loop(shared: &Shared, rx: &mpsc::Receiver<Cmd>, window: Duration) {
 
 /// Moves the coalesced events to the spool (one fsynced batch).
 fn drain(shared: &Shared) -> Result<(), SpoolError> {
-    let (map, overflow) = {
-        let mut p = lock(&shared.pending);
-        (std::mem::take(&mut p.map), std::mem::take(&mut p.overflow))
-    };
-    let mut aggs: Vec<(Key, Agg)> = map.into_iter().collect();
-    aggs.sort_by_key(|(_, a)| a.time);
-    let mut events: Vec<AccessEvent> = aggs.into_iter().map(|(k, a)| to_event(k, a)).collect();
-    if overflow > 0 {
-        events.push(AccessEvent {
-            seq: 0,
-            time: rfc3339(SystemTime::now()),
-            action: AccessAction::Dropped,
-            secret: None,
-            version: None,
-            via: None,
-            pid: None,
-            uid: None,
-            gid: None,
-            exe: None,
-            unit: None,
-            count: overflow,
-        });
-    }
+    let events = lock(&shared.pending).take();
     let result = match lock(&shared.spool).as_mut() {
         Some(spool) => spool.append(events),
         None => {
@@ -583,23 +449,6 @@ fn drain(shared: &Shared) -> Result<(), SpoolError> {
             tracing::error!(error = %e, "audit: cannot write to the spool; the events are counted as dropped");
             Err(e)
         }
-    }
-}
-
-fn to_event(k: Key, a: Agg) -> AccessEvent {
-    AccessEvent {
-        seq: 0,
-        time: rfc3339(a.time),
-        action: k.action,
-        secret: k.secret,
-        version: k.version,
-        via: Some(k.via),
-        pid: Some(a.pid),
-        uid: Some(k.uid),
-        gid: Some(a.gid),
-        exe: k.exe,
-        unit: k.unit,
-        count: a.count,
     }
 }
 
@@ -648,7 +497,7 @@ mod tests {
         );
         // The writer takes that event and then blocks on the spool.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !lock(&h.shared.pending).map.is_empty() {
+        while !lock(&h.shared.pending).is_empty() {
             assert!(Instant::now() < deadline, "the writer never drained");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -685,17 +534,5 @@ mod tests {
         assert_eq!(sum(AccessAction::Accessed), 25_001);
         assert_eq!(sum(AccessAction::Dropped), 25_000);
         a.crash().await;
-    }
-
-    #[test]
-    fn fields_are_made_acceptable_to_the_vault() {
-        assert_eq!(printable("abc", 5), "abc");
-        assert_eq!(printable("abcdef", 3), "abc");
-        assert_eq!(printable("aé", 2), "a");
-        assert_eq!(printable("a\nb\u{7f}c", 10), "a?b?c");
-        assert!(valid_agent_id("agent-1:host.example_x"));
-        assert!(!valid_agent_id(""));
-        assert!(!valid_agent_id("a b"));
-        assert!(!valid_agent_id(&"a".repeat(129)));
     }
 }

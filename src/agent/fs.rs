@@ -42,7 +42,7 @@ mod inodes;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -50,7 +50,6 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use zeroize::Zeroizing;
 
 use crate::agent::access::Caller;
 use crate::agent::dotenv;
@@ -144,19 +143,14 @@ impl SecretFs {
     /// `.env` as `caller` would read it now: (size, newest update time).
     fn dotenv_attr(&self, caller: &Caller) -> FileAttr {
         let policy = self.state.policy();
-        let now = Instant::now();
-        let (len, newest) = {
-            let view = self.state.view.read().expect("view lock");
-            let mut newest = SystemTime::UNIX_EPOCH;
-            let allowed: Vec<_> = view
-                .list()
-                .filter(|(n, _)| policy.allows(caller, n))
-                .filter_map(|(n, _)| view.get(n, Which::Current, now).map(|(m, v)| (n, m, v)))
-                .inspect(|(_, m, _)| newest = newest.max(m.updated_at))
-                .map(|(n, _, v)| (n, v))
-                .collect();
-            (dotenv::rendered_len(allowed), newest)
-        };
+        let (len, newest) = self.state.view.with_current(
+            |n| policy.allows(caller, n),
+            |entries| {
+                let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
+                let len = dotenv::rendered_len(entries.iter().map(|(n, _, v)| (*n, *v)));
+                (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
+            },
+        );
         self.attr(DOTENV, FileType::RegularFile, len as u64, newest)
     }
 
@@ -176,17 +170,8 @@ impl SecretFs {
     /// A secret's facts and how long the kernel may cache them: [`FILE_ATTR_TTL`], or for a
     /// previous version no longer than until the earliest grace deadline.
     fn secret_meta(&self, name: &str, which: Which) -> Result<(Meta, Duration), Errno> {
-        let now = Instant::now();
-        let view = self.state.view.read().expect("view lock");
-        let meta = view.meta(name, which, now).ok_or(Errno::ENOENT)?;
-        let ttl = match which {
-            Which::Current => FILE_ATTR_TTL,
-            Which::Previous => view
-                .next_deadline()
-                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now))
-                .min(FILE_ATTR_TTL),
-        };
-        Ok((meta, ttl))
+        let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
+        Ok((meta, left.min(FILE_ATTR_TTL)))
     }
 
     /// Resolves `name` in directory `parent` to (attributes, attr TTL, entry TTL).
@@ -229,22 +214,12 @@ impl SecretFs {
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
-        let now = Instant::now();
-        let current = {
-            let view = self.state.view.read().expect("view lock");
-            view.meta(name, which, now).ok_or(Errno::ENOENT)?
-        };
+        let current = self.state.view.meta(name, which).ok_or(Errno::ENOENT)?;
         let caller = self.caller(req);
         if !self.state.policy().allows(&caller, name) {
             return Err(self.denied(&caller, name, Some(current.version)));
         }
-        let (fh, meta) = self
-            .state
-            .view
-            .write()
-            .expect("view lock")
-            .open(name, which, now)
-            .ok_or(Errno::ENOENT)?;
+        let (fh, meta) = self.state.view.open(name, which).ok_or(Errno::ENOENT)?;
         self.audit(&caller, AccessAction::Accessed, name, Some(meta.version));
         Ok(fh)
     }
@@ -253,17 +228,10 @@ impl SecretFs {
         let caller = self.caller(req);
         let policy = self.state.policy();
         let allowed = |n: &str| policy.allows(&caller, n);
-        let (fh, pins) = {
-            let mut view = self.state.view.write().expect("view lock");
-            let pins: Vec<(String, u64)> = view
-                .list()
-                .filter(|(n, _)| allowed(n))
-                .map(|(n, m)| (n.to_owned(), m.version))
-                .collect();
-            let (fh, _len) =
-                view.open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
-            (fh, pins)
-        };
+        let (fh, pins) = self
+            .state
+            .view
+            .open_snapshot(allowed, |entries| dotenv::render(entries.iter().copied()));
         for (name, version) in pins {
             self.audit(&caller, AccessAction::Accessed, &name, Some(version));
         }
@@ -320,25 +288,11 @@ impl Filesystem for SecretFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // Copy the slice out under the read lock into a zeroizing buffer, reply after release.
-        let chunk = {
-            let view = self.state.view.read().expect("view lock");
-            match view.read(fh.0, Instant::now()) {
-                Ok(value) => {
-                    let bytes = value.expose();
-                    let start = usize::try_from(offset)
-                        .unwrap_or(usize::MAX)
-                        .min(bytes.len());
-                    let end = start.saturating_add(size as usize).min(bytes.len());
-                    Ok(Zeroizing::new(bytes[start..end].to_vec()))
-                }
-                Err(ReadError::Stale) => Err(Errno::ESTALE),
-                Err(ReadError::BadHandle) => Err(Errno::EBADF),
-            }
-        };
-        match chunk {
+        // Copied out under the lock into a zeroizing buffer; the reply goes after release.
+        match self.state.view.read(fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(e),
+            Err(ReadError::Stale) => reply.error(Errno::ESTALE),
+            Err(ReadError::BadHandle) => reply.error(Errno::EBADF),
         }
     }
 
@@ -352,7 +306,7 @@ impl Filesystem for SecretFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.state.view.write().expect("view lock").close(fh.0);
+        self.state.view.close(fh.0);
         reply.ok();
     }
 
@@ -418,26 +372,16 @@ impl Filesystem for SecretFs {
                 return reply.ok();
             }
         }
-        {
-            // The reply is an in-memory buffer: filling it under the read lock is brief.
-            let view = self.state.view.read().expect("view lock");
-            let names: Box<dyn Iterator<Item = &str>> = match which {
-                Which::Current => Box::new(view.list().map(|(n, _)| n)),
-                Which::Previous => Box::new(view.list_previous(Instant::now()).map(|(n, _)| n)),
-            };
-            let first = fixed.len();
-            for (i, name) in names.enumerate().skip(skip.saturating_sub(first)) {
+        // The reply is an in-memory buffer: filling it under the read lock is brief.
+        let first = fixed.len();
+        let mut next = skip.max(first);
+        self.state
+            .view
+            .each_name(which, skip.saturating_sub(first), |name| {
                 let ino = self.inodes.intern(name, which);
-                if reply.add(
-                    INodeNo(ino),
-                    (first + i) as u64 + 1,
-                    FileType::RegularFile,
-                    name,
-                ) {
-                    break;
-                }
-            }
-        }
+                next += 1;
+                reply.add(INodeNo(ino), next as u64, FileType::RegularFile, name)
+            });
         reply.ok();
     }
 
@@ -453,27 +397,19 @@ impl Filesystem for SecretFs {
             Node::Root | Node::PreviousDir => Ok(()),
             Node::DotEnv if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
             Node::DotEnv => Ok(()),
-            Node::Secret(name, which) => {
-                let meta =
-                    self.state
-                        .view
-                        .read()
-                        .expect("view lock")
-                        .meta(&name, which, Instant::now());
-                match meta {
-                    None => Err(Errno::ENOENT),
-                    Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-                    Some(m) if mask.contains(AccessFlags::R_OK) => {
-                        let caller = self.caller(req);
-                        if self.state.policy().allows(&caller, &name) {
-                            Ok(())
-                        } else {
-                            Err(self.denied(&caller, &name, Some(m.version)))
-                        }
+            Node::Secret(name, which) => match self.state.view.meta(&name, which) {
+                None => Err(Errno::ENOENT),
+                Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+                Some(m) if mask.contains(AccessFlags::R_OK) => {
+                    let caller = self.caller(req);
+                    if self.state.policy().allows(&caller, &name) {
+                        Ok(())
+                    } else {
+                        Err(self.denied(&caller, &name, Some(m.version)))
                     }
-                    Some(_) => Ok(()),
                 }
-            }
+                Some(_) => Ok(()),
+            },
         };
         match result {
             Ok(()) => reply.ok(),

@@ -1,5 +1,7 @@
-//! The host agent (DESIGN §4). `view` is pure logic; `fs` and `socket` are thin adapters that
-//! share one access check (`access`) and one audit call (`audit`); only `run` knows every part.
+//! The host agent (DESIGN §4). `view` is pure logic and `secret_view` its one shared home (lock,
+//! grace clock, cache invalidation, change feed); `fs` and `socket` are thin adapters that share
+//! one access check (`access`) and one audit call (`audit`); only `run` knows every part.
+//! `docs/architecture.md` draws the whole.
 
 pub mod access;
 pub mod audit;
@@ -9,6 +11,7 @@ pub mod fs;
 pub mod hygiene;
 pub mod mount;
 pub mod run;
+pub mod secret_view;
 pub mod ship;
 pub mod socket;
 pub mod spool;

@@ -29,7 +29,8 @@ use fuser::{BackgroundSession, Config, INodeNo, Notifier, Session, SessionACL};
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::agent::fs::{Inodes, PREVIOUS_DIR, ROOT, SecretFs};
-use crate::agent::state::{AgentState, Invalidate};
+use crate::agent::secret_view::Invalidate;
+use crate::agent::state::AgentState;
 use crate::agent::view::{Change, Which};
 
 /// FUSE worker threads serving requests.
@@ -137,7 +138,9 @@ impl Mounted {
                 .map_err(session_err(&mounted.path))?
                 .dev(),
         );
-        let id = state.add_invalidator(Arc::new(move |what| invalidate(&notifier, &inodes, what)));
+        let id = state
+            .view
+            .add_invalidator(Arc::new(move |what| invalidate(&notifier, &inodes, what)));
         mounted.invalidator = Some((state, id));
         tracing::info!(path = %mounted.path.display(), "fuse: mounted");
         Ok(mounted)
@@ -159,7 +162,7 @@ impl Mounted {
             }
         }
         if let Some((state, id)) = self.invalidator.take() {
-            state.remove_invalidator(id);
+            state.view.remove_invalidator(id);
         }
     }
 

@@ -39,7 +39,6 @@ use crate::agent::socket::{self, Ctx, RunInfo, SocketError};
 use crate::agent::state::AgentState;
 use crate::agent::sync::{SyncError, SyncTiming, Syncer};
 use crate::agent::tokenfile::{self, TokenFileError, TokenWatch};
-use crate::agent::view::View;
 use crate::client::{ClientError, ClientOptions, VaultClient};
 use crate::crypto::PrivateKey;
 
@@ -198,11 +197,6 @@ impl std::fmt::Debug for Agent {
             .field("mount", &self.mount.as_ref().map(Mounted::path))
             .finish_non_exhaustive()
     }
-}
-
-/// Sends `STATUS=…` to systemd (a no-op outside systemd).
-pub fn notify_status(status: &str) {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
 }
 
 fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
@@ -404,7 +398,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         env: config.environment.clone(),
         key,
         state: state.clone(),
-        info: info.clone(),
+        report: supervise::sync_reporter(state.clone(), info.clone()),
         timing: SyncTiming {
             wait: config.sync_wait,
             ..options.timing.clone()
@@ -413,11 +407,11 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         token_changed,
         shutdown: stop_rx.clone(),
     };
-    notify_status("syncing");
+    supervise::notify_status("syncing");
     let revision = syncer.first_sync().await?;
     tracing::info!(
         revision,
-        secrets = state.view.read().expect("view lock").len(),
+        secrets = state.view.summary().secrets,
         "first sync done"
     );
     check_key(&syncer, &config).await?;
@@ -570,7 +564,7 @@ impl Agent {
             Err(_) => tracing::warn!("audit: the spool did not flush in time"),
         }
         // 5. Drop every value now (zeroized), whoever still holds the state.
-        *self.state.view.write().expect("view lock") = View::new();
+        self.state.view.clear();
         tracing::info!("stopped");
         served
     }

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::agent::spool::Spool;
 use crate::api::{AccessEvent, AuditBatch, AuditBatchResponse};
 use crate::client::{ClientError, VaultClient};
+use crate::retry::{Backoff, Jitter};
 
 /// Where batches go. The real one is [`VaultUplink`]; tests use a fake.
 pub trait Uplink: Send + Sync + 'static {
@@ -154,13 +155,6 @@ async fn with_spool<T: Send + 'static>(
     .flatten()
 }
 
-/// Capped exponential backoff with "equal jitter": a delay in [d/2, d].
-fn jittered(d: Duration) -> Duration {
-    let half = d / 2;
-    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    half + Duration::from_millis(rand::random_range(0..=spread))
-}
-
 /// The shipping task; returns when `link.stop` turns true.
 pub(crate) async fn run<U: Uplink>(
     spool: SharedSpool,
@@ -174,7 +168,7 @@ pub(crate) async fn run<U: Uplink>(
     let mut queue: VecDeque<AccessEvent> = VecDeque::new();
     // Events per post: shrinks while the vault rejects a batch, to isolate the bad event.
     let mut limit = cfg.batch_max_events;
-    let mut backoff = cfg.backoff_initial;
+    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max, Jitter::Equal);
     loop {
         if *stop.borrow() {
             return;
@@ -190,10 +184,9 @@ pub(crate) async fn run<U: Uplink>(
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "audit: cannot read the spool");
                     link.set_status(|s| s.last_error = Some(e.to_string()));
-                    if sleep_or_stop(&mut stop, &link, jittered(backoff)).await {
+                    if sleep_or_stop(&mut stop, &link, backoff.next_delay()).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(cfg.backoff_max);
                     continue;
                 }
             }
@@ -272,19 +265,19 @@ pub(crate) async fn run<U: Uplink>(
                     });
                 }
                 link.acked.send_replace(last);
-                backoff = cfg.backoff_initial;
+                backoff.reset();
             }
             Step::Split(reason) => link.set_status(|s| s.last_error = Some(reason)),
             Step::Retry(reason) => {
-                tracing::warn!(error = %reason, events = n, retry_in = ?backoff, "audit: shipping failed");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %reason, events = n, retry_in = ?delay, "audit: shipping failed");
                 link.set_status(|s| {
                     s.last_error = Some(reason);
                     s.failing_since.get_or_insert_with(SystemTime::now);
                 });
-                if sleep_or_stop(&mut stop, &link, jittered(backoff)).await {
+                if sleep_or_stop(&mut stop, &link, delay).await {
                     return;
                 }
-                backoff = (backoff * 2).min(cfg.backoff_max);
             }
         }
     }
@@ -307,21 +300,5 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, link: &Link, d: Duratio
         _ = tokio::time::sleep(d) => false,
         _ = link.kick.notified() => false,
         _ = stop.changed() => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_half_and_full() {
-        for ms in [0u64, 1, 2, 10, 1000, 60_000] {
-            let d = Duration::from_millis(ms);
-            for _ in 0..100 {
-                let j = jittered(d);
-                assert!(j >= d / 2 && j <= d, "{j:?} for {d:?}");
-            }
-        }
     }
 }

@@ -40,10 +40,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::api::{AccessAction, AccessEvent};
-pub use disk::rfc3339;
 use disk::{
-    dropped_event, for_each_event, framed_len, now_micros, read_number, scan_segment, segment_path,
-    sync_dir, write_atomic,
+    for_each_event, framed_len, now_micros, read_number, scan_segment, segment_path, sync_dir,
+    write_atomic,
 };
 use frame::{Frame, FrameReader};
 
@@ -323,9 +322,9 @@ impl Spool {
             if self.pending_dropped == 0 {
                 break;
             }
-            let estimate = framed_len(&dropped_event(u64::MAX, u64::MAX));
+            let estimate = framed_len(&AccessEvent::dropped(u64::MAX, u64::MAX));
             self.make_way(estimate)?;
-            let ev = dropped_event(self.next_seq, self.pending_dropped);
+            let ev = AccessEvent::dropped(self.next_seq, self.pending_dropped);
             self.write_event(&ev)?;
             self.next_seq += 1;
             self.pending_dropped -= ev.count;

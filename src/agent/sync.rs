@@ -6,59 +6,23 @@
 //! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
 //! serving and reports `degraded` (since the first failure); it reconnects with capped
 //! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
-//! is reported as such and retried slowly, and at once when the token file changes. (systemd's
-//! `STATUS=` line follows the health; `run`'s supervisor sends it.)
+//! is reported as such and retried slowly, and at once when the token file changes.
+//!
+//! This module only reports what happened ([`SyncEvent`], through the [`Reporter`] it is
+//! given); `run` owns what follows from it: the health, `/v1/health`'s last sync time and
+//! systemd's `STATUS=` line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use crate::agent::socket::RunInfo;
-use crate::agent::state::{AgentState, Health};
+use crate::agent::state::AgentState;
 use crate::agent::view::{Change, Update, UpdateState};
 use crate::api::{SecretState, SyncResponse, SyncSecret};
 use crate::client::{ClientError, VaultClient};
 use crate::crypto::{PrivateKey, aad};
-
-/// Retry delays after a failure: full jitter over `min(cap, base * 2^n)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The next delay (random in `[0, ceiling]`, never below 10 ms so a failure loop cannot
-    /// spin).
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        let jitter = if ms == 0 {
-            0
-        } else {
-            rand::random_range(0..=ms)
-        };
-        Duration::from_millis(jitter.max(10))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+use crate::retry::{Backoff, Jitter};
 
 /// Timing knobs (defaults are the product's; tests shorten them).
 #[derive(Debug, Clone)]
@@ -101,6 +65,18 @@ pub enum SyncError {
     Shutdown,
 }
 
+/// What the sync loop reports to its owner (`run`), synchronously, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// An answer was applied: the agent is synced to `revision`.
+    Synced { revision: u64 },
+    /// A round failed; `first`: before the first sync (the agent does not serve yet).
+    Failed { reason: String, first: bool },
+}
+
+/// Where [`SyncEvent`]s go.
+pub type Reporter = Arc<dyn Fn(SyncEvent) + Send + Sync>;
+
 /// The sync loop's parts.
 pub struct Syncer {
     pub client: VaultClient,
@@ -108,7 +84,8 @@ pub struct Syncer {
     pub env: String,
     pub key: PrivateKey,
     pub state: Arc<AgentState>,
-    pub info: Arc<RunInfo>,
+    /// Told what happened (see [`SyncEvent`]).
+    pub report: Reporter,
     pub timing: SyncTiming,
     /// Caps the grace of previous versions (config `grace_seconds`).
     pub grace_cap: Option<Duration>,
@@ -146,41 +123,11 @@ impl Syncer {
             full,
             secrets,
         } = resp;
-        let listed: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-        let mut skipped = false;
-        let mut updates = Vec::with_capacity(secrets.len());
-        for s in &secrets {
-            match self.open(s) {
-                Some(u) => updates.push(u),
-                None => skipped = true,
-            }
-        }
-        // A full answer drops what it does not list. When a listed secret could not be opened,
-        // keep what we hold for it: drop only the unlisted ones, explicitly.
-        let full_flag = if full && skipped {
-            let held: Vec<(String, u64)> = self
-                .state
-                .view
-                .read()
-                .expect("view lock")
-                .list()
-                .filter(|(n, _)| !listed.iter().any(|l| l == n))
-                .map(|(n, m)| (n.to_owned(), m.version))
-                .collect();
-            for (name, version) in held {
-                updates.push(Update {
-                    name,
-                    version,
-                    state: UpdateState::Revoked,
-                    updated_at: SystemTime::now(),
-                });
-            }
-            false
-        } else {
-            full
-        };
-        let changes = self.state.apply(revision, full_flag, updates);
-        self.info.mark_synced();
+        // A secret that cannot be opened stays listed (`Unopened`): the view keeps what it holds
+        // for it, and a full answer drops only what it does not list (the view's rule).
+        let updates = secrets.iter().map(|s| self.open(s)).collect();
+        let changes = self.state.view.apply(revision, full, updates);
+        (self.report)(SyncEvent::Synced { revision });
         for c in &changes {
             log_change(c);
         }
@@ -192,14 +139,19 @@ impl Syncer {
         );
     }
 
-    /// Opens one secret of a sync answer; `None` (logged) when it cannot be used.
-    fn open(&self, s: &SyncSecret) -> Option<Update> {
-        let updated_at = time::OffsetDateTime::parse(
-            &s.updated_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(SystemTime::from)
-        .unwrap_or_else(|_| SystemTime::now());
+    /// Opens one secret of a sync answer; `Unopened` (logged) when it cannot be used.
+    fn open(&self, s: &SyncSecret) -> Update {
+        let state = self.open_state(s).unwrap_or(UpdateState::Unopened);
+        Update {
+            name: s.name.clone(),
+            version: s.version,
+            state,
+            // The vault's time; now when it cannot be read.
+            updated_at: crate::rfc3339::parse(&s.updated_at).unwrap_or_else(SystemTime::now),
+        }
+    }
+
+    fn open_state(&self, s: &SyncSecret) -> Option<UpdateState> {
         let state = match s.state {
             SecretState::Revoked => UpdateState::Revoked,
             SecretState::Active => {
@@ -244,18 +196,13 @@ impl Syncer {
                 UpdateState::Active { value, previous }
             }
         };
-        Some(Update {
-            name: s.name.clone(),
-            version: s.version,
-            state,
-            updated_at,
-        })
+        Some(state)
     }
 
     /// The first full sync, before the agent reports ready. Retries while the vault is
     /// unreachable (status `syncing`); a refused token is fatal here (the operator must fix it).
     pub async fn first_sync(&self) -> Result<u64, SyncError> {
-        let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut backoff = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
         let mut stop = self.shutdown.clone();
         loop {
             let r = tokio::select! {
@@ -263,10 +210,7 @@ impl Syncer {
                 _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
             };
             match r {
-                Ok(rev) => {
-                    self.state.set_health(Health::Ready);
-                    return Ok(rev);
-                }
+                Ok(rev) => return Ok(rev),
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(SyncError::Unauthorized(message));
                 }
@@ -280,7 +224,10 @@ impl Syncer {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!("first sync failed: {e}; retrying in {delay:?}");
-                    crate::agent::run::notify_status(&format!("syncing: {e}"));
+                    (self.report)(SyncEvent::Failed {
+                        reason: e.to_string(),
+                        first: true,
+                    });
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s) => return Err(SyncError::Shutdown),
@@ -292,10 +239,14 @@ impl Syncer {
 
     /// Long-polls forever from `since`, until shutdown.
     pub async fn run(self, mut since: u64) {
-        let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
-        let mut refused = Backoff::new(self.timing.refused_base, self.timing.refused_cap);
+        let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
+        let mut refused = Backoff::new(
+            self.timing.refused_base,
+            self.timing.refused_cap,
+            Jitter::Full,
+        );
         // Answers without news that come back fast (a misbehaving server) are spaced out too.
-        let mut empty = Backoff::new(self.timing.retry_base, self.timing.retry_cap);
+        let mut empty = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
         let mut stop = self.shutdown.clone();
         let mut was_ready = true;
         loop {
@@ -312,7 +263,6 @@ impl Syncer {
                         tracing::info!("vault reachable again; synced to revision {rev}");
                         was_ready = true;
                     }
-                    self.state.set_health(Health::Ready);
                     let news = rev != since;
                     since = rev;
                     if news || started.elapsed() >= Duration::from_secs(1) {
@@ -345,9 +295,9 @@ impl Syncer {
                         tracing::debug!("sync failed again: {e}; next try in {delay:?}");
                     }
                     was_ready = false;
-                    self.state.set_health(Health::Degraded {
-                        since: SystemTime::now(),
+                    (self.report)(SyncEvent::Failed {
                         reason,
+                        first: false,
                     });
                     delay
                 }
@@ -373,7 +323,8 @@ fn log_change(c: &Change) {
             name,
             version,
             previous,
-        } => tracing::info!(secret = %name, version, previous, "new version"),
+            in_grace,
+        } => tracing::info!(secret = %name, version, previous, in_grace, "new version"),
         Change::Revoked { name, version } => tracing::info!(secret = %name, version, "revoked"),
         Change::PreviousExpired { name, version } => {
             tracing::info!(secret = %name, version, "previous version's grace ended")
@@ -386,27 +337,5 @@ fn log_change(c: &Change) {
             secret = %name, offered, held,
             "refused an older version than one already served (rollback protection)"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut max_seen = Duration::ZERO;
-        for i in 0..40 {
-            let d = b.next_delay();
-            assert!(d >= Duration::from_millis(10));
-            let ceiling =
-                (Duration::from_millis(100) * (1u32 << i.min(20))).min(Duration::from_secs(30));
-            assert!(d <= ceiling.max(Duration::from_millis(10)), "{i}: {d:?}");
-            max_seen = max_seen.max(d);
-        }
-        assert!(max_seen > Duration::from_secs(1), "grows: {max_seen:?}");
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

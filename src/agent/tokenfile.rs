@@ -212,39 +212,47 @@ mod tests {
         assert!(matches!(read_token(&p), Err(TokenFileError::Format { .. })));
     }
 
-    #[test]
-    fn a_replaced_file_is_picked_up() {
+    /// A token file with a fresh agent token, watched: (dir, path, new tokens, watch).
+    fn watched() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::sync::mpsc::Receiver<Secret>,
+        TokenWatch,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.token");
         let t1 = generate_token(TokenKind::Agent);
         write(&p, t1.expose(), 0o600);
         let (tx, rx) = std::sync::mpsc::channel();
-        let _w = watch(&p, t1.clone(), move |t| {
+        let w = watch(&p, t1, move |t| {
             let _ = tx.send(t);
         })
         .unwrap();
+        (dir, p, rx, w)
+    }
+
+    /// The next token the watch hands over; the replaced token must be `want`.
+    fn next_token(rx: &std::sync::mpsc::Receiver<Secret>, want: &Secret) {
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the new token within the deadline");
+        assert_eq!(got.expose(), want.expose());
+    }
+
+    #[test]
+    fn a_replaced_file_is_picked_up() {
+        let (_dir, p, rx, _w) = watched();
         // A loose-mode file is refused; the next good one is taken.
         let bad = generate_token(TokenKind::Agent);
         write(&p, bad.expose(), 0o644);
         let t2 = generate_token(TokenKind::Agent);
         write(&p, t2.expose(), 0o600);
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the new token within the deadline");
-        assert_eq!(got.expose(), t2.expose());
+        next_token(&rx, &t2);
     }
 
     #[test]
     fn reading_the_file_does_not_make_it_reread() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("agent.token");
-        let t1 = generate_token(TokenKind::Agent);
-        write(&p, t1.expose(), 0o600);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let w = watch(&p, t1.clone(), move |t| {
-            let _ = tx.send(t);
-        })
-        .unwrap();
+        let (_dir, p, rx, w) = watched();
         // Anyone reading the file (root's `head -c1`, a backup tool) raises OPEN, ACCESS and
         // CLOSE_NOWRITE events; none of them may cause a re-read (whose own read would raise the
         // next, forever).
@@ -255,10 +263,7 @@ mod tests {
         // re-read the file thousands of times.
         let t2 = generate_token(TokenKind::Agent);
         write(&p, t2.expose(), 0o600);
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the new token within the deadline");
-        assert_eq!(got.expose(), t2.expose());
+        next_token(&rx, &t2);
         let n = w.rereads();
         assert!(
             (1..=3).contains(&n),

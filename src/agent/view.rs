@@ -32,6 +32,9 @@ pub enum UpdateState {
         previous: Option<(u64, Secret, Duration)>,
     },
     Revoked,
+    /// Listed by the vault but not usable here (its value could not be opened): the view keeps
+    /// what it holds for the secret, and a full answer does not drop it as unlisted.
+    Unopened,
 }
 
 /// A change the view made, for the adapters to act on (cache invalidation, events).
@@ -44,6 +47,9 @@ pub enum Change {
         name: String,
         version: u64,
         previous: u64,
+        /// The replaced version stays readable as the previous one for its grace period
+        /// (decided when the change was applied: the socket's `rotated` vs `updated`).
+        in_grace: bool,
     },
     /// The secret is gone: revoked upstream, or absent from a full sync.
     Revoked { name: String, version: u64 },
@@ -219,6 +225,9 @@ impl View {
     }
 
     fn apply_one(&mut self, u: Update, now: Instant, changes: &mut Vec<Change>) {
+        if matches!(u.state, UpdateState::Unopened) {
+            return;
+        }
         let (held, revoked) = self.highest.get(&u.name).copied().unwrap_or((0, false));
         let active = matches!(u.state, UpdateState::Active { .. });
         if u.version < held || (u.version == held && revoked) {
@@ -235,6 +244,7 @@ impl View {
         }
         self.highest.insert(u.name.clone(), (u.version, !active));
         match u.state {
+            UpdateState::Unopened => {}
             UpdateState::Revoked => {
                 if let Some(e) = self.secrets.remove(&u.name) {
                     changes.push(Change::Revoked {
@@ -308,11 +318,15 @@ impl View {
                                 other
                             }
                         };
+                        let in_grace = new_prev
+                            .as_ref()
+                            .is_some_and(|(p, deadline)| p.version == old && now < *deadline);
                         e.previous = new_prev;
                         changes.push(Change::Rotated {
                             name: u.name,
                             version: u.version,
                             previous: old,
+                            in_grace,
                         });
                     }
                 }
@@ -487,5 +501,72 @@ impl View {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(name: &str, version: u64, state: UpdateState) -> Update {
+        Update {
+            name: name.into(),
+            version,
+            state,
+            updated_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn active(name: &str, version: u64) -> Update {
+        let value = Secret::copy_from(format!("{name}{version}").as_bytes());
+        update(
+            name,
+            version,
+            UpdateState::Active {
+                value,
+                previous: None,
+            },
+        )
+    }
+
+    /// The full-answer rule lives here: a full answer drops what it does not list, and a
+    /// listed secret this agent could not open is kept as it is.
+    #[test]
+    fn a_full_answer_keeps_listed_secrets_it_could_not_open() {
+        let now = Instant::now();
+        let mut v = View::new();
+        v.apply(
+            1,
+            true,
+            vec![active("A", 1), active("B", 1), active("C", 1)],
+            now,
+        );
+        let changes = v.apply(
+            2,
+            true,
+            vec![active("A", 2), update("B", 2, UpdateState::Unopened)],
+            now,
+        );
+        assert_eq!(
+            changes,
+            [
+                Change::Revoked {
+                    name: "C".into(),
+                    version: 1
+                },
+                Change::Rotated {
+                    name: "A".into(),
+                    version: 2,
+                    previous: 1,
+                    in_grace: false,
+                },
+            ]
+        );
+        let b = v.get("B", Which::Current, now).unwrap();
+        assert_eq!((b.0.version, b.1.expose()), (1, &b"B1"[..]));
+        assert_eq!(v.revision(), 2);
+        // A later answer that opens it rotates it as usual.
+        v.apply(3, false, vec![active("B", 2)], now);
+        assert_eq!(v.meta("B", Which::Current, now).unwrap().version, 2);
     }
 }

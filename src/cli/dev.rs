@@ -49,6 +49,9 @@ pub struct DevArgs {
     /// `fyvault agent --config …` (with --mount and --socket in it).
     #[arg(long)]
     pub no_agent: bool,
+    /// Serve the socket only: the agent mounts no filesystem (`fuse = false`).
+    #[arg(long)]
+    pub no_mount: bool,
 }
 
 fn fresh_dir() -> anyhow::Result<PathBuf> {
@@ -114,6 +117,7 @@ struct AgentToml<'a> {
     key_file: &'a Path,
     socket: &'a Path,
     mount: &'a Path,
+    fuse: bool,
     state_dir: &'a Path,
     group: &'a str,
     access: AccessToml,
@@ -156,6 +160,7 @@ fn write_agent_files(
     facts: &DevFacts,
     mount: &Path,
     socket: &Path,
+    fuse: bool,
 ) -> anyhow::Result<PathBuf> {
     let token = facts
         .agent_token
@@ -172,6 +177,7 @@ fn write_agent_files(
         key_file: &facts.environment_key_file,
         socket,
         mount,
+        fuse,
         state_dir: &data_dir.join(AGENT_STATE_DIR),
         group: "",
         access: AccessToml {
@@ -252,7 +258,7 @@ fn print_walkthrough(
                     "mount:        none: {why}\n              (values are readable through the \
                      socket only)"
                 ),
-                (None, None) => println!("mount:        none"),
+                (None, None) => println!("mount:        none (--no-mount; the socket only)"),
             }
             println!("agent config: {}", config_path.display());
         }
@@ -300,7 +306,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             &data_dir.join(ADMIN_TOKEN_FILE),
             format!("{}\n", facts.admin_token).as_bytes(),
         )?;
-        let config_path = write_agent_files(&data_dir, &facts, &mount, &socket)?;
+        let config_path = write_agent_files(&data_dir, &facts, &mount, &socket, !args.no_mount)?;
         facts.agent_config = Some(config_path.clone());
         facts.mount = Some(mount.clone());
         facts.socket = Some(socket.clone());

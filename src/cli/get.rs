@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::agent::config::DEFAULT_SOCKET;
 use crate::agent::hygiene::MlockStatus;
-use crate::agent::socket::wire::{AuditHealth, Health, MountHealth, SecretList};
+use crate::agent::socket::wire::{AuditStats, Health, MountHealth, SecretList};
 use crate::api::ErrorBody;
 
 #[derive(Debug, clap::Args)]
@@ -48,14 +48,15 @@ pub struct StatusArgs {
 }
 
 /// One answer of the agent.
-struct Answer {
-    status: hyper::StatusCode,
-    body: Zeroizing<Vec<u8>>,
+pub(crate) struct Answer {
+    pub(crate) status: hyper::StatusCode,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: Zeroizing<Vec<u8>>,
 }
 
 impl Answer {
     /// The agent's error message, or a generic one.
-    fn error(&self) -> anyhow::Error {
+    pub(crate) fn error(&self) -> anyhow::Error {
         match serde_json::from_slice::<ErrorBody>(&self.body) {
             Ok(e) => anyhow!("{}", e.error.message),
             Err(_) => anyhow!("the agent answered {}", self.status),
@@ -63,21 +64,34 @@ impl Answer {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The agent's socket cannot be connected to (missing, refused, not permitted). Callers tell it
+/// from other failures with `anyhow::Error::downcast_ref` (`fyvault run` exits 69 on it).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the agent at {}: {source} (is `fyvault agent` running?)", socket.display())]
+pub(crate) struct AgentUnreachable {
+    pub(crate) socket: PathBuf,
+    pub(crate) source: std::io::Error,
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")
 }
 
-/// `GET path` on the agent's socket.
-async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-        anyhow!(
-            "cannot reach the agent at {}: {e} (is `fyvault agent` running?)",
-            socket.display()
-        )
-    })?;
+/// `GET path` on the agent's socket: the answer's head, its body still streaming (for
+/// `/v1/events`).
+pub(crate) async fn send(
+    socket: &Path,
+    path: &str,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| AgentUnreachable {
+            socket: socket.to_owned(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("cannot talk to the agent")?;
@@ -88,11 +102,17 @@ async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
         .header(hyper::header::HOST, "fyvault")
         .body(Empty::<Bytes>::new())
         .context("bad request")?;
-    let resp = sender
+    sender
         .send_request(req)
         .await
-        .context("the agent closed the connection")?;
+        .context("the agent closed the connection")
+}
+
+/// `GET path` on the agent's socket, the whole answer.
+pub(crate) async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
+    let resp = send(socket, path).await?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let mut body = resp.into_body();
     let mut out = Zeroizing::new(Vec::new());
     while let Some(frame) = body.frame().await {
@@ -107,7 +127,11 @@ async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
             out.extend_from_slice(data);
         }
     }
-    Ok(Answer { status, body: out })
+    Ok(Answer {
+        status,
+        headers,
+        body: out,
+    })
 }
 
 pub fn run_get(args: GetArgs) -> anyhow::Result<ExitCode> {
@@ -202,7 +226,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn audit_line(a: &AuditHealth) -> String {
+fn audit_line(a: &AuditStats) -> String {
     if !a.enabled {
         return "audit: off".to_owned();
     }
@@ -234,7 +258,7 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let mut a = AuditHealth {
+        let mut a = AuditStats {
             enabled: true,
             pending_events: 1,
             backlog_events: 2,

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod dev;
 pub mod get;
 pub mod provider;
+pub mod run;
 pub mod server;
 
 #[derive(Debug, Parser)]
@@ -40,6 +41,8 @@ pub enum Command {
     Ls(get::LsArgs),
     /// Show the local agent's health.
     Status(get::StatusArgs),
+    /// Run a command with the secrets you may read in its environment.
+    Run(run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run_get(a),
         Command::Ls(a) => get::run_ls(a),
         Command::Status(a) => get::run_status(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,8 @@
 //! Time helpers: the store speaks Unix milliseconds, the wire RFC 3339 (UTC).
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+
+use crate::rfc3339;
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -11,19 +12,12 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 (UTC, millisecond precision) of a Unix-millisecond time.
 pub fn fmt_ms(ms: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t
-        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    rfc3339::format(rfc3339::from_unix_ms(ms))
 }
 
 /// Parses RFC 3339 into Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    rfc3339::parse(s).map(rfc3339::to_unix_ms)
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ impl TestMount {
 
     pub fn apply(&self, updates: Vec<Update>) {
         let rev = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
-        self.state.apply(rev, false, updates);
+        self.state.view.apply(rev, false, updates);
     }
 
     pub fn put(&self, name: &str, version: u64, value: &[u8]) {

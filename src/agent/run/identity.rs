@@ -12,6 +12,8 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::api::valid_agent_id as valid;
+
 /// Where the id is kept inside the state directory.
 pub const AGENT_ID_FILE: &str = "agent-id";
 
@@ -22,15 +24,6 @@ pub fn host_name() -> Option<String> {
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|h| h.trim().to_owned())
         .find(|h| !h.is_empty())
-}
-
-/// The vault's rule for agent ids: 1 to 128 of `[A-Za-z0-9._:-]`.
-fn valid(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The id derived for a first start (see the module docs).

@@ -8,6 +8,9 @@
 //!   and systemd restarts it.
 //! - When the vault becomes reachable again after an outage, the audit shipper is told to
 //!   retry at once instead of finishing its backoff.
+//!
+//! It also owns what follows from the sync loop's reports ([`sync_reporter`]): the health, the
+//! last sync time `/v1/health` shows, and the `STATUS=` line before the first sync.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,15 +21,43 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::agent::secret_view::Summary;
 use crate::agent::socket::RunInfo;
-use crate::agent::socket::wire::rfc3339;
 use crate::agent::state::{AgentState, Health};
+use crate::agent::sync::{Reporter, SyncEvent};
 
 /// How often the status line is recomputed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// A liveness probe step slower than this fails (also bounded by a quarter of the watchdog
 /// interval).
 const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Sends `STATUS=…` to systemd (a no-op outside systemd).
+pub(super) fn notify_status(status: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// Turns what the sync loop reports into the agent's health, its last sync time and (before
+/// the first sync, when the supervisor does not run yet) the `STATUS=` line.
+pub(super) fn sync_reporter(state: Arc<AgentState>, info: Arc<RunInfo>) -> Reporter {
+    Arc::new(move |event| match event {
+        SyncEvent::Synced { .. } => {
+            info.mark_synced();
+            state.set_health(Health::Ready);
+        }
+        SyncEvent::Failed {
+            reason,
+            first: true,
+        } => notify_status(&format!("syncing: {reason}")),
+        SyncEvent::Failed {
+            reason,
+            first: false,
+        } => state.set_health(Health::Degraded {
+            since: std::time::SystemTime::now(),
+            reason,
+        }),
+    })
+}
 
 pub(super) struct Supervisor {
     pub state: Arc<AgentState>,
@@ -99,7 +130,7 @@ impl Supervisor {
                     was_degraded = degraded;
                     let line = self.status_line(&health);
                     if line != last_status {
-                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+                        notify_status(&line);
                         tracing::debug!(status = %line, "status");
                         last_status = line;
                     }
@@ -118,16 +149,13 @@ impl Supervisor {
     }
 
     fn status_line(&self, health: &Health) -> String {
-        let (revision, secrets) = {
-            let view = self.state.view.read().expect("view lock");
-            (view.revision(), view.len())
-        };
+        let Summary { revision, secrets } = self.state.view.summary();
         let mut line = match health {
             Health::Ready => format!("ready: synced revision {revision}, {secrets} secrets"),
             Health::Syncing => "syncing".to_owned(),
             Health::Degraded { since, reason } => format!(
                 "degraded since {}: {reason}; serving revision {revision}, {secrets} secrets",
-                rfc3339(*since)
+                crate::rfc3339::format(*since)
             ),
         };
         match self.info.mount() {
@@ -150,11 +178,8 @@ impl Supervisor {
     /// The liveness probe: the view lock, the socket's serving loop, the mount.
     async fn alive(&self, limit: Duration, lock: &Probe, mount: &Probe) -> Result<(), String> {
         let state = self.state.clone();
-        lock.run("view lock", limit, move || {
-            drop(state.view.read().map_err(|_| "poisoned".to_owned())?);
-            Ok(())
-        })
-        .await?;
+        lock.run("view lock", limit, move || state.view.probe_lock())
+            .await?;
         match tokio::time::timeout(limit, probe_socket(&self.socket)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("socket: {e}")),
@@ -197,5 +222,38 @@ async fn probe_socket(path: &std::path::Path) -> Result<(), String> {
             "answered {:?}",
             String::from_utf8_lossy(&head).trim_end()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::access::Policy;
+    use crate::agent::audit::Auditor;
+
+    #[test]
+    fn sync_reports_become_health_and_last_sync() {
+        let state = AgentState::new(Policy::default(), Auditor::disabled());
+        let info = Arc::new(RunInfo::new("org", "env"));
+        let report = sync_reporter(state.clone(), info.clone());
+        report(SyncEvent::Failed {
+            reason: "down".into(),
+            first: true,
+        });
+        assert_eq!(state.health(), Health::Syncing, "not serving yet");
+        assert!(info.last_sync.read().unwrap().is_none());
+        report(SyncEvent::Synced { revision: 3 });
+        assert_eq!(state.health(), Health::Ready);
+        assert!(info.last_sync.read().unwrap().is_some());
+        report(SyncEvent::Failed {
+            reason: "vault unreachable: x".into(),
+            first: false,
+        });
+        assert!(matches!(
+            state.health(),
+            Health::Degraded { reason, .. } if reason == "vault unreachable: x"
+        ));
+        report(SyncEvent::Synced { revision: 4 });
+        assert_eq!(state.health(), Health::Ready);
     }
 }

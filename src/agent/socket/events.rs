@@ -13,7 +13,6 @@
 //! Keep-alive comments flow while nothing happens; the stream ends when the agent shuts down.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,7 +22,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::wire::EventData;
 use super::{Ctx, Peer};
-use crate::agent::view::{Change, Which};
+use crate::agent::view::Change;
 
 pub(super) async fn events(
     State(ctx): State<Ctx>,
@@ -31,7 +30,7 @@ pub(super) async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the answer's head goes out: a client that has the head sees every
     // change from then on.
-    let rx = ctx.state.subscribe();
+    let rx = ctx.state.view.subscribe();
     let state = ctx.state.clone();
     let caller = peer.caller.clone();
     let mut stop = ctx.shutdown.clone();
@@ -41,7 +40,7 @@ pub(super) async fn events(
             Ok(change) => {
                 let name = change.name();
                 if state.policy().allows(&caller, name) {
-                    to_event(&change, &state)
+                    to_event(&change)
                 } else {
                     None
                 }
@@ -61,26 +60,19 @@ pub(super) async fn events(
         .keep_alive(KeepAlive::new().interval(ctx.keep_alive))
 }
 
-fn to_event(change: &Change, state: &crate::agent::state::AgentState) -> Option<Event> {
+fn to_event(change: &Change) -> Option<Event> {
     let (kind, data) = match change {
         Change::Added { name, version } => ("added", data(name, *version, None)),
         Change::Rotated {
             name,
             version,
             previous,
-        } => {
-            // Rotated with grace if the replaced version is readable as the previous one.
-            let in_grace = state
-                .view
-                .read()
-                .expect("view lock")
-                .meta(name, Which::Previous, Instant::now())
-                .is_some_and(|m| m.version == *previous);
-            (
-                if in_grace { "rotated" } else { "updated" },
-                data(name, *version, Some(*previous)),
-            )
-        }
+            in_grace,
+        } => (
+            // As the view decided when it applied the change (not as it stands now).
+            if *in_grace { "rotated" } else { "updated" },
+            data(name, *version, Some(*previous)),
+        ),
         Change::Revoked { name, version } => ("revoked", data(name, *version, None)),
         Change::PreviousExpired { name, version } => ("expired", data(name, *version, None)),
         Change::RefusedRollback { .. } => return None,

@@ -115,20 +115,9 @@ impl Peer {
     }
 }
 
-/// `SO_PEERPIDFD`: a pidfd of the process that connected (Linux ≥ 6.5).
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "s390x",
-    target_arch = "powerpc64"
-))]
+/// `SO_PEERPIDFD`: a pidfd of the process that connected (Linux ≥ 6.5; the constant is
+/// `libc`'s, right for every architecture).
 fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
-    // The asm-generic value; the architectures listed above use it.
-    const SO_PEERPIDFD: libc::c_int = 77;
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `fd`, a c_int we own; the socket fd
@@ -137,7 +126,7 @@ fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_PEERPIDFD,
+            libc::SO_PEERPIDFD,
             (&mut fd as *mut libc::c_int).cast(),
             &mut len,
         )
@@ -148,20 +137,6 @@ fn peer_pidfd(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
     } else {
         None
     }
-}
-
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "s390x",
-    target_arch = "powerpc64"
-)))]
-fn peer_pidfd(_sock: BorrowedFd<'_>) -> Option<OwnedFd> {
-    None
 }
 
 /// `pidfd_open(pid, 0)` (Linux ≥ 5.3).

@@ -1,7 +1,6 @@
 //! The handlers: parse, one policy check, one view lookup, one audit call, answer.
 
 use std::io::Write as _;
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
@@ -16,8 +15,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::wire::{self, Health, SecretInfo, SecretList};
+use super::wire::{Health, SecretInfo, SecretList};
 use super::{Ctx, Peer, events};
+use crate::agent::secret_view::{Absent, Summary};
 use crate::agent::state::Health as StateHealth;
 use crate::agent::view::{Meta, Which};
 use crate::api::{AccessAction, AccessVia, ErrorBody, valid_secret_name};
@@ -60,19 +60,18 @@ async fn method_not_allowed() -> Response {
 
 async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
     let policy = ctx.state.policy();
-    let now = Instant::now();
-    let secrets = {
-        let view = ctx.state.view.read().expect("view lock");
-        view.list()
-            .filter(|(name, _)| policy.allows(&peer.caller, name))
-            .map(|(name, meta)| SecretInfo {
-                name: name.to_owned(),
-                version: meta.version,
-                updated_at: wire::rfc3339(meta.updated_at),
-                previous_version: view.meta(name, Which::Previous, now).map(|m| m.version),
-            })
-            .collect()
-    };
+    let secrets = ctx
+        .state
+        .view
+        .list(|name| policy.allows(&peer.caller, name))
+        .into_iter()
+        .map(|s| SecretInfo {
+            updated_at: crate::rfc3339::format(s.meta.updated_at),
+            version: s.meta.version,
+            previous_version: s.previous_version,
+            name: s.name,
+        })
+        .collect();
     no_store(Json(SecretList { secrets }).into_response())
 }
 
@@ -164,18 +163,10 @@ fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &Header
             ),
         );
     }
-    // Copy the value (into a zeroizing Secret) under the lock; answer after releasing it.
-    let found = {
-        let view = ctx.state.view.read().expect("view lock");
-        let now = Instant::now();
-        match view.get(name, which, now) {
-            Some((meta, value)) => Ok((meta, value.clone())),
-            None => Err(view.meta(name, Which::Current, now).is_some()),
-        }
-    };
-    let (meta, value) = match found {
+    // A copy of the value (a zeroizing Secret); the answer goes after the lock is released.
+    let (meta, value) = match ctx.state.view.get(name, which) {
         Ok(v) => v,
-        Err(true) => {
+        Err(Absent::NoPrevious) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "no_previous",
@@ -185,7 +176,7 @@ fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &Header
                 ),
             );
         }
-        Err(false) => {
+        Err(Absent::NoSecret) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -275,7 +266,7 @@ fn json_body(name: &str, meta: &Meta, value: &Secret) -> Secret {
     let _ = write!(
         out,
         ",\"updated_at\":\"{}\"}}",
-        wire::rfc3339(meta.updated_at)
+        crate::rfc3339::format(meta.updated_at)
     );
     debug_assert_eq!(buf.capacity(), cap, "the JSON buffer must not reallocate");
     Secret::from(buf)
@@ -285,16 +276,15 @@ async fn health(State(ctx): State<Ctx>) -> Response {
     let (status, since, reason) = match ctx.state.health() {
         StateHealth::Ready => ("ready", None, None),
         StateHealth::Syncing => ("syncing", None, None),
-        StateHealth::Degraded { since, reason } => {
-            ("degraded", Some(wire::rfc3339(since)), Some(reason))
-        }
+        StateHealth::Degraded { since, reason } => (
+            "degraded",
+            Some(crate::rfc3339::format(since)),
+            Some(reason),
+        ),
     };
-    let (revision, secrets) = {
-        let view = ctx.state.view.read().expect("view lock");
-        (view.revision(), view.len())
-    };
+    let Summary { revision, secrets } = ctx.state.view.summary();
     let stats = ctx.state.auditor.stats();
-    let audit = stats.enabled.then(|| wire::AuditHealth::from(stats));
+    let audit = stats.enabled.then_some(stats);
     let body = Health {
         status: status.into(),
         since,
@@ -308,8 +298,8 @@ async fn health(State(ctx): State<Ctx>) -> Response {
             .last_sync
             .read()
             .expect("info lock")
-            .map(wire::rfc3339),
-        started_at: wire::rfc3339(ctx.info.started_at),
+            .map(crate::rfc3339::format),
+        started_at: crate::rfc3339::format(ctx.info.started_at),
         mlock: ctx.info.mlock.read().expect("info lock").clone(),
         audit_backlog: audit.as_ref().map(|a| a.backlog_events),
         audit,

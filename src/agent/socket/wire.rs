@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::hygiene::MlockStatus;
 
+pub use crate::agent::audit::AuditStats;
+
 /// `GET /v1/secrets`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecretList {
@@ -51,47 +53,10 @@ pub struct Health {
     pub audit_backlog: Option<u64>,
     /// The access-event pipeline's figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<AuditHealth>,
+    pub audit: Option<AuditStats>,
     /// The FUSE mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<MountHealth>,
-}
-
-/// `/v1/health` → `"audit"`: the fields of [`crate::agent::audit::AuditStats`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AuditHealth {
-    pub enabled: bool,
-    pub pending_events: u64,
-    pub backlog_events: u64,
-    pub backlog_bytes: u64,
-    pub spool_max_bytes: u64,
-    #[serde(default)]
-    pub last_shipped_at: Option<String>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub failing_since: Option<String>,
-    pub shipped_total: u64,
-    pub dropped_total: u64,
-    pub corrupt_skipped: u64,
-}
-
-impl From<crate::agent::audit::AuditStats> for AuditHealth {
-    fn from(s: crate::agent::audit::AuditStats) -> Self {
-        AuditHealth {
-            enabled: s.enabled,
-            pending_events: s.pending_events,
-            backlog_events: s.backlog_events,
-            backlog_bytes: s.backlog_bytes,
-            spool_max_bytes: s.spool_max_bytes,
-            last_shipped_at: s.last_shipped_at,
-            last_error: s.last_error,
-            failing_since: s.failing_since,
-            shipped_total: s.shipped_total,
-            dropped_total: s.dropped_total,
-            corrupt_skipped: s.corrupt_skipped,
-        }
-    }
 }
 
 /// `/v1/health` → `"mount"`: where the secrets filesystem is and how it stands.
@@ -116,11 +81,4 @@ pub struct EventData {
     /// For `updated` and `rotated`: the version it replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<u64>,
-}
-
-/// RFC 3339 (UTC) of a system time.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::frame::{self, Frame, FrameReader};
 use super::{SpoolError, io_err};
-use crate::api::{AccessAction, AccessEvent};
+use crate::api::AccessEvent;
 
 pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
@@ -19,31 +19,6 @@ pub fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// RFC 3339 (UTC) form of a time.
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
-}
-
-/// The `dropped` event reporting `count` lost accesses.
-pub fn dropped_event(seq: u64, count: u64) -> AccessEvent {
-    AccessEvent {
-        seq,
-        time: rfc3339(SystemTime::now()),
-        action: AccessAction::Dropped,
-        secret: None,
-        version: None,
-        via: None,
-        pid: None,
-        uid: None,
-        gid: None,
-        exe: None,
-        unit: None,
-        count,
-    }
 }
 
 /// Framed size of an event.

@@ -158,13 +158,7 @@ pub async fn ingest(
     let env = p.environment.clone().ok_or_else(|| {
         ApiError::forbidden("wrong_token_kind", "agent token without environment")
     })?;
-    let id_ok = !batch.agent_id.is_empty()
-        && batch.agent_id.len() <= 128
-        && batch
-            .agent_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if !id_ok {
+    if !crate::api::valid_agent_id(&batch.agent_id) {
         return Err(ApiError::bad_request(
             "invalid_agent_id",
             "agent_id must be 1 to 128 characters of [A-Za-z0-9._:-]",

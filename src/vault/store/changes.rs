@@ -18,11 +18,7 @@ pub struct ChangeSet {
 /// The revision after which an answer to `since` lists changes: 0 (the full state) when
 /// `since` is 0 or ahead of the environment.
 pub fn delta_base(since: u64, revision: u64) -> u64 {
-    if since == 0 || since > revision {
-        0
-    } else {
-        since
-    }
+    super::sync_from(since, revision).1
 }
 
 impl ChangeSet {

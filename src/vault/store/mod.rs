@@ -11,8 +11,12 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::api::{AccessEvent, AuditBatchResponse, AuditRecord, PushResponse, SyncResponse};
+use crate::api::{
+    AccessEvent, AuditBatchResponse, AuditRecord, PushResponse, SecretState, SyncPrevious,
+    SyncResponse, SyncSecret,
+};
 use crate::crypto::TokenKind;
+use crate::vault::clock::fmt_ms;
 
 mod changes;
 pub mod postgres;
@@ -105,6 +109,29 @@ pub struct AuditContext {
     pub source_ip: Option<String>,
 }
 
+impl AuditContext {
+    /// A record of `action` by this actor at `time_ms` (the caller fills in what it is about).
+    pub(crate) fn record(&self, time_ms: i64, action: &str) -> NewAuditRecord {
+        NewAuditRecord {
+            time_ms,
+            action: action.to_string(),
+            actor: self.actor.clone(),
+            source_ip: self.source_ip.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A database integer as a count or version (negative: 0).
+pub(crate) fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A count or version as a database integer (saturating).
+pub(crate) fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// One server-side audit record (issued/rotated/revoked/token_*/denied…).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewAuditRecord {
@@ -167,6 +194,88 @@ impl WritePlan {
     /// a grace period.
     pub(crate) fn grace_until_ms(&self, now_ms: i64) -> Option<i64> {
         (self.grace_s > 0).then(|| now_ms.saturating_add(self.grace_s.saturating_mul(1000)))
+    }
+
+    /// The audit record of write `w`: `rotated` when it replaces an active version, else
+    /// `issued`.
+    pub(crate) fn audit_record(&self, w: &WriteVersion) -> NewAuditRecord {
+        let action = if self.replaces.is_some() {
+            "rotated"
+        } else {
+            "issued"
+        };
+        NewAuditRecord {
+            org_id: Some(w.org_id.clone()),
+            environment: Some(w.environment.clone()),
+            secret: Some(w.secret_name.clone()),
+            version: Some(u(self.version)),
+            ..w.audit.record(w.now_ms, action)
+        }
+    }
+
+    /// The answer to write `w` (`previous_expires`: when the replaced version's grace ends).
+    pub(crate) fn response(
+        &self,
+        w: &WriteVersion,
+        previous_expires: Option<String>,
+    ) -> PushResponse {
+        PushResponse {
+            secret_name: w.secret_name.clone(),
+            environment: w.environment.clone(),
+            version: u(self.version),
+            created_at: fmt_ms(w.now_ms),
+            previous_version_expires_at: previous_expires,
+        }
+    }
+}
+
+/// The full-resync rule of the sync feed, for every store: an agent that holds nothing
+/// (`since` 0) or claims a revision the environment never reached (a restored or replaced
+/// vault) gets the full state; any other gets the changes after `since`. Returns (full, the
+/// revision to read changes after).
+pub(crate) fn sync_from(since: u64, revision: u64) -> (bool, u64) {
+    let full = since == 0 || since > revision;
+    (full, if full { 0 } else { since })
+}
+
+/// One row of the sync query, as both stores select it.
+#[derive(Debug)]
+pub(crate) struct SyncRow {
+    pub name: String,
+    pub version: i64,
+    pub state: String,
+    pub updated_ms: i64,
+    pub sealed: Option<String>,
+    /// The previous version, when its grace runs at the time of the query.
+    pub prev_version: Option<i64>,
+    pub prev_sealed: Option<String>,
+    pub prev_until_ms: Option<i64>,
+}
+
+impl SyncRow {
+    /// What the agent is told about this secret at `now_ms`.
+    pub(crate) fn into_secret(self, now_ms: i64) -> SyncSecret {
+        let active = self.state == "active";
+        let previous = match (active, self.prev_version, self.prev_sealed) {
+            (true, Some(pv), Some(sealed_value)) => Some(SyncPrevious {
+                version: u(pv),
+                sealed_value,
+                grace_remaining_ms: u(self.prev_until_ms.unwrap_or(now_ms) - now_ms),
+            }),
+            _ => None,
+        };
+        SyncSecret {
+            name: self.name,
+            version: u(self.version),
+            state: if active {
+                SecretState::Active
+            } else {
+                SecretState::Revoked
+            },
+            sealed_value: if active { self.sealed } else { None },
+            updated_at: fmt_ms(self.updated_ms),
+            previous,
+        }
     }
 }
 
@@ -346,6 +455,42 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod write_plan_tests {
     use super::*;
+
+    #[test]
+    fn the_full_resync_rule() {
+        assert_eq!(sync_from(0, 0), (true, 0));
+        assert_eq!(sync_from(0, 7), (true, 0));
+        assert_eq!(sync_from(7, 7), (false, 7));
+        assert_eq!(sync_from(3, 7), (false, 3));
+        assert_eq!(
+            sync_from(9, 7),
+            (true, 0),
+            "ahead of the vault: a restored vault"
+        );
+    }
+
+    #[test]
+    fn sync_rows_become_what_the_agent_is_told() {
+        let row = |state: &str, prev: Option<i64>| SyncRow {
+            name: "A".into(),
+            version: 2,
+            state: state.into(),
+            updated_ms: 1_000,
+            sealed: Some("s2".into()),
+            prev_version: prev,
+            prev_sealed: prev.map(|_| "s1".into()),
+            prev_until_ms: prev.map(|_| 5_000),
+        };
+        let s = row("active", Some(1)).into_secret(2_000);
+        assert_eq!(s.state, SecretState::Active);
+        assert_eq!(s.sealed_value.as_deref(), Some("s2"));
+        assert_eq!(s.updated_at, "1970-01-01T00:00:01Z");
+        let p = s.previous.unwrap();
+        assert_eq!((p.version, p.grace_remaining_ms), (1, 3_000));
+        let r = row("revoked", Some(1)).into_secret(2_000);
+        assert_eq!(r.state, SecretState::Revoked);
+        assert!(r.sealed_value.is_none() && r.previous.is_none());
+    }
 
     #[test]
     fn the_write_rule() {

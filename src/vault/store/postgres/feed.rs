@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Breaker, CHANGES_CHANNEL, PgStore, backoff, describe, err_text};
+use super::{Breaker, CHANGES_CHANNEL, PgStore, describe, err_text};
 use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
 
 /// How often the idle LISTEN connection is pinged, and how long a ping may take.
@@ -135,7 +135,7 @@ impl Listener {
                 Err(e) => tracing::warn!(database = %describe(&self.config), error = %err_text(&e),
                     "LISTEN connection lost or refused"),
             }
-            let delay = backoff(self.min, self.max, failures);
+            let delay = crate::retry::ceiling(self.min, self.max, failures);
             failures = failures.saturating_add(1);
             tokio::time::sleep(delay).await;
         }
@@ -208,14 +208,5 @@ mod tests {
         assert_eq!(parse_payload("prod|7"), None);
         assert_eq!(parse_payload("o|prod|x"), None);
         assert_eq!(parse_payload(""), None);
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        assert_eq!(backoff(min, max, 0), min);
-        assert_eq!(backoff(min, max, 1), Duration::from_millis(200));
-        assert_eq!(backoff(min, max, 5), max);
-        assert_eq!(backoff(min, max, 1000), max);
     }
 }

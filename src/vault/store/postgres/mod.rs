@@ -264,13 +264,7 @@ pub(super) fn unique_as(what: &'static str) -> impl Fn(tokio_postgres::Error) ->
     }
 }
 
-pub(super) fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(super) fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+pub(super) use crate::vault::store::{i, u};
 
 /// Fail-fast state of the connection to the database, shared by the pool users and the
 /// LISTEN task.
@@ -313,7 +307,7 @@ impl Breaker {
     /// A connection failed: back off (capped exponential) before the next attempt.
     pub(crate) fn failed(&self) -> Duration {
         let mut s = self.lock();
-        let delay = backoff(self.min, self.max, s.failures);
+        let delay = crate::retry::ceiling(self.min, self.max, s.failures);
         s.failures = s.failures.saturating_add(1);
         s.retry_at = Some(Instant::now() + delay);
         delay
@@ -327,11 +321,6 @@ impl Breaker {
         }
         *s = BreakerState::default();
     }
-}
-
-/// `min * 2^failures`, at most `max`.
-pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    min.saturating_mul(1u32 << failures.min(16)).min(max)
 }
 
 /// The PostgreSQL store.

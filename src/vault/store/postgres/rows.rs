@@ -103,16 +103,6 @@ pub(super) async fn insert_audit<C: GenericClient>(
     Ok(())
 }
 
-pub(super) fn audit_of(ctx: &AuditContext, time_ms: i64, action: &str) -> NewAuditRecord {
-    NewAuditRecord {
-        time_ms,
-        action: action.to_string(),
-        actor: ctx.actor.clone(),
-        source_ip: ctx.source_ip.clone(),
-        ..Default::default()
-    }
-}
-
 pub(super) async fn org_exists<C: GenericClient>(c: &C, org_id: &str) -> Result<bool, StoreError> {
     Ok(opt(c, "SELECT 1 FROM orgs WHERE org_id = $1", &[&org_id])
         .await?
@@ -158,7 +148,7 @@ pub(super) fn token_audit(
     NewAuditRecord {
         org_id: t.org_id.clone(),
         environment: t.environment.clone(),
-        ..audit_of(ctx, time_ms, action)
+        ..ctx.record(time_ms, action)
     }
 }
 

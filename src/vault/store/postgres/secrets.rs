@@ -6,16 +6,15 @@
 
 use deadpool_postgres::Transaction;
 
-use super::rows::{
-    audit_of, bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of,
-};
+use super::rows::{bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of};
 use super::{i, u};
-use crate::api::{PushResponse, SecretState, SyncPrevious, SyncSecret};
+use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
+use crate::vault::store::SyncRow;
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
 /// another writer holds).
@@ -132,29 +131,8 @@ pub(super) async fn write_version_tx(
         ],
     )
     .await?;
-    let action = if plan.replaces.is_some() {
-        "rotated"
-    } else {
-        "issued"
-    };
-    insert_audit(
-        tx,
-        &NewAuditRecord {
-            org_id: Some(w.org_id.clone()),
-            environment: Some(w.environment.clone()),
-            secret: Some(w.secret_name.clone()),
-            version: Some(u(version)),
-            ..audit_of(&w.audit, w.now_ms, action)
-        },
-    )
-    .await?;
-    let response = PushResponse {
-        secret_name: w.secret_name.clone(),
-        environment: w.environment.clone(),
-        version: u(version),
-        created_at: fmt_ms(w.now_ms),
-        previous_version_expires_at: previous_expires,
-    };
+    insert_audit(tx, &plan.audit_record(w)).await?;
+    let response = plan.response(w, previous_expires);
     if let Some(idem) = &w.idempotency {
         let json = serde_json::to_string(&response)
             .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
@@ -255,7 +233,7 @@ pub(super) async fn revoke_tx(
                 environment: Some(env.clone()),
                 secret: Some(r.secret_name.clone()),
                 version: Some(u(*version)),
-                ..audit_of(&r.audit, r.now_ms, "revoked")
+                ..r.audit.record(r.now_ms, "revoked")
             },
         )
         .await?;
@@ -304,32 +282,17 @@ pub(super) async fn changes_q(
     let secrets = rows
         .iter()
         .map(|r| {
-            let state: String = r.get(2);
-            let active = state == "active";
-            let prev_version: Option<i64> = r.get(5);
-            let previous = match (active, prev_version) {
-                (true, Some(pv)) => {
-                    let until: i64 = r.get(7);
-                    Some(SyncPrevious {
-                        version: u(pv),
-                        sealed_value: r.get(6),
-                        grace_remaining_ms: u(until - now_ms),
-                    })
-                }
-                _ => None,
-            };
-            let secret = SyncSecret {
+            let secret = SyncRow {
                 name: r.get(0),
-                version: u(r.get(1)),
-                state: if active {
-                    SecretState::Active
-                } else {
-                    SecretState::Revoked
-                },
-                sealed_value: if active { r.get(4) } else { None },
-                updated_at: fmt_ms(r.get(3)),
-                previous,
-            };
+                version: r.get(1),
+                state: r.get(2),
+                updated_ms: r.get(3),
+                sealed: r.get(4),
+                prev_version: r.get(5),
+                prev_sealed: r.get(6),
+                prev_until_ms: r.get(7),
+            }
+            .into_secret(now_ms);
             (u(r.get(8)), secret)
         })
         .collect();

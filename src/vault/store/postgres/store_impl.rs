@@ -3,8 +3,8 @@
 
 use super::audit::{ingest_tx, query_audit_q};
 use super::rows::{
-    ENV_COLS, TOKEN_COLS, all, audit_of, env_row, exec, insert_audit, insert_token, opt,
-    org_exists, token_audit, token_row,
+    ENV_COLS, TOKEN_COLS, all, env_row, exec, insert_audit, insert_token, opt, org_exists,
+    token_audit, token_row,
 };
 use super::secrets::{changes_q, revoke_tx, write_version_tx};
 use super::{PgStore, i, pe, u, unique_as};
@@ -46,7 +46,7 @@ impl Store for PgStore {
                 &tx,
                 &NewAuditRecord {
                     org_id: Some(org.org_id.clone()),
-                    ..audit_of(&audit, org.created_ms, "org_created")
+                    ..audit.record(org.created_ms, "org_created")
                 },
             )
             .await?;
@@ -109,7 +109,7 @@ impl Store for PgStore {
                 &NewAuditRecord {
                     org_id: Some(env.org_id.clone()),
                     environment: Some(env.name.clone()),
-                    ..audit_of(&audit, env.created_ms, "environment_created")
+                    ..audit.record(env.created_ms, "environment_created")
                 },
             )
             .await?;
@@ -197,7 +197,7 @@ impl Store for PgStore {
                 &tx,
                 &NewAuditRecord {
                     org_id: Some(provider.org_id.clone()),
-                    ..audit_of(&audit, provider.created_ms, "provider_created")
+                    ..audit.record(provider.created_ms, "provider_created")
                 },
             )
             .await?;

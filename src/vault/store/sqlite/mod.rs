@@ -30,8 +30,8 @@ mod writer;
 
 use audit::{ingest_tx, query_audit_q};
 use rows::{
-    ENV_COLS, TOKEN_COLS, audit_of, env_row, insert_audit, insert_token, kind_str, org_exists,
-    token_audit, token_row,
+    ENV_COLS, TOKEN_COLS, env_row, insert_audit, insert_token, kind_str, org_exists, token_audit,
+    token_row,
 };
 use schema::{SCHEMA, SCHEMA_VERSION};
 use secrets::{changes_q, revoke_tx, write_version_tx};
@@ -75,13 +75,7 @@ pub(super) fn tune(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(super) fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(super) fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+pub(super) use crate::vault::store::{i, u};
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -220,7 +214,7 @@ impl Store for SqliteStore {
                 tx,
                 &NewAuditRecord {
                     org_id: Some(org.org_id.clone()),
-                    ..audit_of(&audit, org.created_ms, "org_created")
+                    ..audit.record(org.created_ms, "org_created")
                 },
             )?;
             Ok(org)
@@ -304,7 +298,7 @@ impl Store for SqliteStore {
                 &NewAuditRecord {
                     org_id: Some(env.org_id.clone()),
                     environment: Some(env.name.clone()),
-                    ..audit_of(&audit, env.created_ms, "environment_created")
+                    ..audit.record(env.created_ms, "environment_created")
                 },
             )?;
             Ok(Environment { revision: 0, ..env })
@@ -397,7 +391,7 @@ impl Store for SqliteStore {
                 tx,
                 &NewAuditRecord {
                     org_id: Some(provider.org_id.clone()),
-                    ..audit_of(&audit, provider.created_ms, "provider_created")
+                    ..audit.record(provider.created_ms, "provider_created")
                 },
             )?;
             insert_token(tx, &token)?;

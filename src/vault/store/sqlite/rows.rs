@@ -69,16 +69,6 @@ pub(super) fn insert_audit(tx: &Connection, rec: &NewAuditRecord) -> Result<(), 
     Ok(())
 }
 
-pub(super) fn audit_of(ctx: &AuditContext, time_ms: i64, action: &str) -> NewAuditRecord {
-    NewAuditRecord {
-        time_ms,
-        action: action.to_string(),
-        actor: ctx.actor.clone(),
-        source_ip: ctx.source_ip.clone(),
-        ..Default::default()
-    }
-}
-
 pub(super) fn org_exists(tx: &Connection, org_id: &str) -> Result<bool, StoreError> {
     row(tx, "SELECT 1 FROM orgs WHERE org_id = ?1", [org_id], |_| {
         Ok(())
@@ -125,7 +115,7 @@ pub(super) fn token_audit(
     NewAuditRecord {
         org_id: t.org_id.clone(),
         environment: t.environment.clone(),
-        ..audit_of(ctx, time_ms, action)
+        ..ctx.record(time_ms, action)
     }
 }
 

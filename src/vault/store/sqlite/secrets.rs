@@ -2,14 +2,15 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{audit_of, bump_revision, insert_audit, owner_of};
+use super::rows::{bump_revision, insert_audit, owner_of};
 use super::{be, exec, i, row, u};
-use crate::api::{PushResponse, SecretState, SyncPrevious, SyncSecret};
+use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
+use crate::vault::store::SyncRow;
 
 pub(super) fn write_version_tx(
     tx: &Connection,
@@ -112,28 +113,8 @@ pub(super) fn write_version_tx(
         params![w.org_id, w.environment, w.secret_name, w.provider_id, version, i(revision), w.now_ms],
     )
     .map_err(be)?;
-    let action = if plan.replaces.is_some() {
-        "rotated"
-    } else {
-        "issued"
-    };
-    insert_audit(
-        tx,
-        &NewAuditRecord {
-            org_id: Some(w.org_id.clone()),
-            environment: Some(w.environment.clone()),
-            secret: Some(w.secret_name.clone()),
-            version: Some(u(version)),
-            ..audit_of(&w.audit, w.now_ms, action)
-        },
-    )?;
-    let response = PushResponse {
-        secret_name: w.secret_name.clone(),
-        environment: w.environment.clone(),
-        version: u(version),
-        created_at: fmt_ms(w.now_ms),
-        previous_version_expires_at: previous_expires,
-    };
+    insert_audit(tx, &plan.audit_record(w))?;
+    let response = plan.response(w, previous_expires);
     if let Some(idem) = &w.idempotency {
         let json = serde_json::to_string(&response)
             .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
@@ -201,7 +182,7 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
                 environment: Some(env.clone()),
                 secret: Some(r.secret_name.clone()),
                 version: Some(u(*version)),
-                ..audit_of(&r.audit, r.now_ms, "revoked")
+                ..r.audit.record(r.now_ms, "revoked")
             },
         )?;
         changed.push((env.clone(), revision));
@@ -247,32 +228,17 @@ pub(super) fn changes_q(
         .map_err(be)?;
     let secrets = st
         .query_map(params![org_id, env, i(from), now_ms], |r| {
-            let state: String = r.get(2)?;
-            let active = state == "active";
-            let prev_version: Option<i64> = r.get(5)?;
-            let previous = match (active, prev_version) {
-                (true, Some(pv)) => {
-                    let until: i64 = r.get(7)?;
-                    Some(SyncPrevious {
-                        version: u(pv),
-                        sealed_value: r.get(6)?,
-                        grace_remaining_ms: u(until - now_ms),
-                    })
-                }
-                _ => None,
-            };
-            let secret = SyncSecret {
+            let secret = SyncRow {
                 name: r.get(0)?,
-                version: u(r.get(1)?),
-                state: if active {
-                    SecretState::Active
-                } else {
-                    SecretState::Revoked
-                },
-                sealed_value: if active { Some(r.get(4)?) } else { None },
-                updated_at: fmt_ms(r.get(3)?),
-                previous,
-            };
+                version: r.get(1)?,
+                state: r.get(2)?,
+                updated_ms: r.get(3)?,
+                sealed: r.get(4)?,
+                prev_version: r.get(5)?,
+                prev_sealed: r.get(6)?,
+                prev_until_ms: r.get(7)?,
+            }
+            .into_secret(now_ms);
             Ok((u(r.get(8)?), secret))
         })
         .map_err(be)?
