@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn trims_once_after_a_fleet_halves_not_for_small_numbers() {
         let mut t = Trigger::default();
-        assert!(!(0..200).any(|n| t.observe(n)), "a handful is never trimmed");
+        assert!(
+            !(0..200).any(|n| t.observe(n)),
+            "a handful is never trimmed"
+        );
         assert!(!t.observe(10));
         assert!(!t.observe(15_000));
         assert!(!t.observe(8_000));

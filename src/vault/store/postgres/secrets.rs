@@ -10,11 +10,11 @@ use super::rows::{bump_revision, exec, insert_audit, lock, notify_change, opt, o
 use super::{i, u};
 use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
+use crate::vault::store::SyncRow;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
-use crate::vault::store::SyncRow;
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
 /// another writer holds).

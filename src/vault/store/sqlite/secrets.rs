@@ -6,11 +6,11 @@ use super::rows::{bump_revision, insert_audit, owner_of};
 use super::{be, exec, i, row, u};
 use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
+use crate::vault::store::SyncRow;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
-use crate::vault::store::SyncRow;
 
 pub(super) fn write_version_tx(
     tx: &Connection,
