@@ -81,12 +81,18 @@ pub struct VaultProc {
 
 impl VaultProc {
     pub fn start(data_dir: &Path) -> VaultProc {
+        Self::start_with(data_dir, |_| {})
+    }
+
+    /// Like [`VaultProc::start`], with more arguments or environment set by `tweak`.
+    pub fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Command)) -> VaultProc {
         let log = Log::default();
         let mut cmd = Command::new(fyvault_bin());
         cmd.args(["server", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .env("FYVAULT_LOG", "warn");
+        tweak(&mut cmd);
         let (child, rx) = spawn_logged(cmd, &log);
         let deadline = Instant::now() + DEADLINE;
         let url = loop {

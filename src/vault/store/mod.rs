@@ -18,8 +18,11 @@ use crate::api::{
 use crate::crypto::TokenKind;
 use crate::vault::clock::fmt_ms;
 
+mod changes;
 pub mod postgres;
 pub mod sqlite;
+
+pub use changes::{ChangeSet, delta_base};
 
 /// How long an `Idempotency-Key` is remembered (24 h): a retry later than that is a new request.
 pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -476,15 +479,32 @@ pub trait Store: Send + Sync + 'static {
     fn write_version(&self, write: WriteVersion) -> StoreFuture<'_, WriteOutcome>;
     /// Revokes a secret name in every environment of the org, with no grace.
     fn revoke_secret(&self, revoke: RevokeSecret) -> StoreFuture<'_, RevokeOutcome>;
-    /// Changes of an environment after revision `since` (the full state when `since` is 0 or
-    /// ahead of the environment), with previous versions whose grace runs at `now_ms`.
+    /// Secrets of an environment changed after revision [`delta_base`]`(since, revision)`,
+    /// with previous versions whose grace runs at `now_ms`, in one snapshot.
+    fn sync_changes(
+        &self,
+        org_id: &str,
+        env: &str,
+        since: u64,
+        now_ms: i64,
+    ) -> StoreFuture<'_, ChangeSet>;
+
+    /// The sync answer for one poll: changes after `since` (the full state when `since` is 0
+    /// or ahead of the environment).
     fn sync(
         &self,
         org_id: &str,
         env: &str,
         since: u64,
         now_ms: i64,
-    ) -> StoreFuture<'_, SyncResponse>;
+    ) -> StoreFuture<'_, SyncResponse> {
+        let read = self.sync_changes(org_id, env, since, now_ms);
+        Box::pin(async move {
+            read.await?.answer(since).ok_or_else(|| {
+                StoreError::Backend("a sync read did not reach back to its own since".into())
+            })
+        })
+    }
 
     // --- audit
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()>;
