@@ -16,83 +16,23 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::api::{
-    AuditBatch, AuditBatchResponse, AuditQuery, AuditQueryResponse, CreateEnvironmentRequest,
-    CreateOrgRequest, CreateProviderRequest, CreateTokenRequest, EnvironmentInfo, EnvironmentList,
-    ErrorBody, IssuedToken, OrgInfo, OrgList, ProviderCreated, ProviderList, PublicKeyResponse,
-    PushResponse, RevokeResponse, SyncResponse, TokenList, TokenListQuery, TokenRevoked,
-    UpdateEnvironmentRequest, WhoAmI,
+    AuditBatch, AuditBatchResponse, PublicKeyResponse, PushResponse, RevokeResponse, SyncResponse,
+    WhoAmI,
 };
-use crate::crypto::{self, CryptoError, PublicKey};
+use crate::crypto::{self, PublicKey};
 use crate::secret::Secret;
+
+mod admin;
+mod error;
+
+pub use error::ClientError;
+use error::{error_from, transport_reason};
 
 /// Timeout of ordinary (non long-poll) requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time a long-poll request is given beyond the `wait` it asks the server for.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a vault call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The base URL is not a usable http(s) URL.
-    #[error("invalid vault URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    /// The HTTP client could not be built (e.g. an unreadable CA certificate).
-    #[error("cannot set up the HTTP client: {0}")]
-    Setup(String),
-    /// No token was set before an authenticated call.
-    #[error("no token is set for the vault client")]
-    NoToken,
-    /// Connection refused, DNS, TLS, timeout, connection reset…: worth retrying later.
-    #[error("vault unreachable: {0}")]
-    Unreachable(String),
-    /// 401: the token is missing, garbled, unknown, revoked or expired.
-    #[error("the vault refused the token (401 {code}): {message}")]
-    Unauthorized { code: String, message: String },
-    /// 403: the token is valid but not allowed to do this.
-    #[error("forbidden (403 {code}): {message}")]
-    Forbidden { code: String, message: String },
-    /// Any other non-success status, with the server's `{"error":{code,message}}`.
-    #[error("the vault answered {status} {code}: {message}")]
-    Status {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// A success status whose body is not what the API promises.
-    #[error("unexpected answer from the vault: {0}")]
-    BadResponse(String),
-    /// Sealing a value client-side failed (bad public key from the server…).
-    #[error("sealing failed: {0}")]
-    Crypto(#[from] CryptoError),
-}
-
-impl ClientError {
-    /// The HTTP status, when the server answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Unauthorized { .. } => Some(401),
-            ClientError::Forbidden { .. } => Some(403),
-            ClientError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The server's error code (`invalid_secret_name`, `not_found`, …), when it answered.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ClientError::Unauthorized { code, .. }
-            | ClientError::Forbidden { code, .. }
-            | ClientError::Status { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// True for transport failures that a retry may cure.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable(_))
-    }
-}
 
 /// Options beyond the base URL.
 #[derive(Debug, Clone, Default)]
@@ -455,161 +395,6 @@ impl VaultClient {
         let key = PublicKey::from_base64(&pk.public_key)?;
         Ok(key.seal(value.expose(), &crypto::aad(org, env, secret_name))?)
     }
-
-    // -----------------------------------------------------------------------------------------
-    // Admin token
-
-    pub async fn create_org(&self, name: &str) -> Result<OrgInfo, ClientError> {
-        self.json(
-            Method::POST,
-            "/api/v1/admin/orgs",
-            &CreateOrgRequest {
-                name: name.to_string(),
-            },
-        )
-        .await
-    }
-
-    pub async fn list_orgs(&self) -> Result<OrgList, ClientError> {
-        self.get("/api/v1/admin/orgs").await
-    }
-
-    pub async fn create_environment(
-        &self,
-        org: &str,
-        req: &CreateEnvironmentRequest,
-    ) -> Result<EnvironmentInfo, ClientError> {
-        self.json(
-            Method::POST,
-            &format!("/api/v1/admin/orgs/{}/environments", seg(org)),
-            req,
-        )
-        .await
-    }
-
-    pub async fn update_environment(
-        &self,
-        org: &str,
-        env: &str,
-        req: &UpdateEnvironmentRequest,
-    ) -> Result<EnvironmentInfo, ClientError> {
-        self.json(
-            Method::PATCH,
-            &format!("/api/v1/admin/orgs/{}/environments/{}", seg(org), seg(env)),
-            req,
-        )
-        .await
-    }
-
-    pub async fn list_environments(&self, org: &str) -> Result<EnvironmentList, ClientError> {
-        self.get(&format!("/api/v1/admin/orgs/{}/environments", seg(org)))
-            .await
-    }
-
-    pub async fn create_provider(
-        &self,
-        org: &str,
-        req: &CreateProviderRequest,
-    ) -> Result<ProviderCreated, ClientError> {
-        self.json(
-            Method::POST,
-            &format!("/api/v1/admin/orgs/{}/providers", seg(org)),
-            req,
-        )
-        .await
-    }
-
-    pub async fn list_providers(&self, org: &str) -> Result<ProviderList, ClientError> {
-        self.get(&format!("/api/v1/admin/orgs/{}/providers", seg(org)))
-            .await
-    }
-
-    /// A further token for an existing provider (to rotate provider credentials).
-    pub async fn create_provider_token(
-        &self,
-        org: &str,
-        provider: &str,
-        req: &CreateTokenRequest,
-    ) -> Result<IssuedToken, ClientError> {
-        self.json(
-            Method::POST,
-            &format!(
-                "/api/v1/admin/orgs/{}/providers/{}/tokens",
-                seg(org),
-                seg(provider)
-            ),
-            req,
-        )
-        .await
-    }
-
-    /// An `fvagent_` token for one environment.
-    pub async fn create_agent_token(
-        &self,
-        org: &str,
-        env: &str,
-        req: &CreateTokenRequest,
-    ) -> Result<IssuedToken, ClientError> {
-        self.json(
-            Method::POST,
-            &format!(
-                "/api/v1/admin/orgs/{}/environments/{}/agent-tokens",
-                seg(org),
-                seg(env)
-            ),
-            req,
-        )
-        .await
-    }
-
-    /// A further `fvadmin_` token.
-    pub async fn create_admin_token(
-        &self,
-        req: &CreateTokenRequest,
-    ) -> Result<IssuedToken, ClientError> {
-        self.json(Method::POST, "/api/v1/admin/tokens", req).await
-    }
-
-    pub async fn list_tokens(&self, query: &TokenListQuery) -> Result<TokenList, ClientError> {
-        let req = self
-            .http
-            .get(self.url("/api/v1/admin/tokens"))
-            .query(query)
-            .timeout(REQUEST_TIMEOUT);
-        Ok(self.send(req).await?.1)
-    }
-
-    pub async fn revoke_token(&self, token_id: &str) -> Result<TokenRevoked, ClientError> {
-        let req = self
-            .http
-            .delete(self.url(&format!("/api/v1/admin/tokens/{}", seg(token_id))))
-            .timeout(REQUEST_TIMEOUT);
-        Ok(self.send(req).await?.1)
-    }
-
-    /// `GET /api/v1/orgs/:org/audit?…` (admin token).
-    pub async fn audit(
-        &self,
-        org: &str,
-        query: &AuditQuery,
-    ) -> Result<AuditQueryResponse, ClientError> {
-        let req = self
-            .http
-            .get(self.url(&format!("/api/v1/orgs/{}/audit", seg(org))))
-            .query(query)
-            .timeout(REQUEST_TIMEOUT);
-        Ok(self.send(req).await?.1)
-    }
-
-    /// `GET /api/v1/admin/audit?…` (admin token): every org, plus org-less records.
-    pub async fn audit_all(&self, query: &AuditQuery) -> Result<AuditQueryResponse, ClientError> {
-        let req = self
-            .http
-            .get(self.url("/api/v1/admin/audit"))
-            .query(query)
-            .timeout(REQUEST_TIMEOUT);
-        Ok(self.send(req).await?.1)
-    }
 }
 
 /// Owner of a request body that zeroizes it when the body is dropped.
@@ -618,48 +403,6 @@ struct ZeroizingBuf(Zeroizing<Vec<u8>>);
 impl AsRef<[u8]> for ZeroizingBuf {
     fn as_ref(&self) -> &[u8] {
         &self.0
-    }
-}
-
-fn transport_reason(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut msg = if e.is_timeout() {
-        "request timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "transport error".to_string()
-    };
-    // The chain of causes (connection refused, TLS alert…). URLs carry no secrets.
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => (
-            status
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_lowercase()
-                .replace(' ', "_"),
-            format!("HTTP {status} (no JSON error body)"),
-        ),
-    };
-    match status {
-        StatusCode::UNAUTHORIZED => ClientError::Unauthorized { code, message },
-        StatusCode::FORBIDDEN => ClientError::Forbidden { code, message },
-        _ => ClientError::Status {
-            status: status.as_u16(),
-            code,
-            message,
-        },
     }
 }
 
@@ -677,19 +420,6 @@ mod tests {
         assert_eq!(c.base_url(), "http://127.0.0.1:1");
         assert!(VaultClient::new("ftp://x").is_err());
         assert!(VaultClient::new("not a url").is_err());
-    }
-
-    #[test]
-    fn error_classes() {
-        let e = error_from(
-            StatusCode::UNAUTHORIZED,
-            br#"{"error":{"code":"unauthorized","message":"token revoked"}}"#,
-        );
-        assert!(matches!(e, ClientError::Unauthorized { .. }));
-        assert_eq!(e.status(), Some(401));
-        let e = error_from(StatusCode::BAD_GATEWAY, b"<html>");
-        assert_eq!(e.status(), Some(502));
-        assert_eq!(e.code(), Some("bad_gateway"));
     }
 
     #[tokio::test]

@@ -5,20 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ENV, TestVault, assert_error, open, raw, tok};
+use common::{ENV, TestVault, assert_error, open, raw, tok, write};
 use fyvault::api::{CreateTokenRequest, SecretState};
-use fyvault::client::{ClientError, WriteRequest, WriteValue};
-use fyvault::secret::Secret;
-
-fn write(name: &str, value: &str, grace: Option<u64>) -> WriteRequest {
-    WriteRequest {
-        secret_name: name.into(),
-        environment: ENV.into(),
-        value: WriteValue::Plaintext(Secret::copy_from(value.as_bytes())),
-        grace_period_seconds: grace,
-        idempotency_key: None,
-    }
-}
+use fyvault::client::ClientError;
 
 #[tokio::test]
 async fn full_then_incremental_with_grace_and_revocation() {

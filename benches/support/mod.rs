@@ -4,6 +4,7 @@
 
 pub mod cleanup;
 pub mod floor_fs;
+pub mod longpoll;
 pub mod report;
 pub mod sdk;
 pub mod uds;

@@ -81,17 +81,27 @@ pub struct VaultProc {
 
 impl VaultProc {
     pub fn start(data_dir: &Path) -> VaultProc {
-        Self::start_on(data_dir, "127.0.0.1:0")
+        Self::start_with(data_dir, |_| {})
+    }
+
+    /// Like [`VaultProc::start`], with more arguments or environment set by `tweak`.
+    pub fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Command)) -> VaultProc {
+        Self::start_on_with(data_dir, "127.0.0.1:0", tweak)
     }
 
     /// On a given address (a restarted vault must come back where its agents look for it).
     pub fn start_on(data_dir: &Path, listen: &str) -> VaultProc {
+        Self::start_on_with(data_dir, listen, |_| {})
+    }
+
+    fn start_on_with(data_dir: &Path, listen: &str, tweak: impl FnOnce(&mut Command)) -> VaultProc {
         let log = Log::default();
         let mut cmd = Command::new(fyvault_bin());
         cmd.args(["server", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", listen])
             .env("FYVAULT_LOG", "warn");
+        tweak(&mut cmd);
         let (child, rx) = spawn_logged(cmd, &log);
         let deadline = Instant::now() + DEADLINE;
         let url = loop {

@@ -494,16 +494,7 @@ mod tests {
         }
     }
 
-    fn caller(pid: u32) -> Caller {
-        Caller {
-            uid: 1000,
-            gid: 1000,
-            pid,
-            groups: vec![],
-            exe: Some(PathBuf::from("/usr/bin/app")),
-            unit: None,
-        }
-    }
+    use super::coalesce::test_caller as caller;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn record_never_waits_for_the_writer_or_the_disk() {

@@ -25,62 +25,38 @@
 //! and audited as `denied`.
 //!
 //! ## Cache lifetimes
-//! The kernel may cache entries (name → inode) for [`ENTRY_TTL`], because every change to the
-//! view drops exactly what it affects before the change is complete: the mount registers a
-//! cache invalidator with the state, which runs it synchronously in `AgentState::apply` (and at
-//! grace expiry and policy reload) after the view lock is released. A reply computed from the
-//! old view that reaches the kernel after the invalidation is discarded by the kernel. A cached
-//! entry is no leak: every `stat` through it still asks us ([`FILE_ATTR_TTL`] = 0, as the
-//! kernel's attribute cache is shared by all callers), and so does every `open`. So:
-//! - secret files', `.env`'s and `.env.sh`'s attributes are never cached: sizes and times
-//!   depend on who asks (a `stat` costs one round trip to the agent, ~16 µs);
-//! - `.previous/NAME` entries are cached at most until the earliest grace deadline, so the
-//!   kernel drops them on time by itself, even before the expiry's invalidation arrives;
-//! - inode numbers are stable per name, so even a stale entry is harmless: `open` always asks
-//!   the view and answers ENOENT for a name that is gone.
+//! What the kernel may cache and for how long is decided in [`attrs`] (see there).
 //!
 //! ## Requests per read
 //! `open` + `read` + `close` costs OPEN, READ and (asynchronously, after `close` returned)
 //! RELEASE. FLUSH is not wanted: files are opened with `FOPEN_NOFLUSH`, and `flush` answers
 //! ENOSYS, which makes kernels without `FOPEN_NOFLUSH` stop sending it.
 
+mod attrs;
 mod inodes;
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, IoctlFlags, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::agent::access::Caller;
 use crate::agent::dotenv::{self, Form};
 use crate::agent::state::AgentState;
-use crate::agent::view::{Meta, ReadError, Which};
+use crate::agent::view::{ReadError, Which};
 use crate::api::{AccessAction, AccessVia};
 
+pub use attrs::{DIR_ATTR_TTL, DOTENV_ATTR_TTL, ENTRY_TTL, FILE_ATTR_TTL};
 pub use inodes::{
     DOTENV, DOTENV_NAME, DOTENV_SH, DOTENV_SH_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME,
     ROOT,
 };
-
-/// How long the kernel may cache a name → inode entry.
-pub const ENTRY_TTL: Duration = Duration::from_secs(60);
-/// How long the kernel may cache a secret file's attributes: not at all. The kernel's cache is
-/// shared by all callers, and size and time are shown only to callers the policy admits.
-pub const FILE_ATTR_TTL: Duration = Duration::ZERO;
-/// `.env`'s attributes depend on the caller: never cached.
-pub const DOTENV_ATTR_TTL: Duration = Duration::ZERO;
-/// How long the kernel may cache a directory's attributes (a policy reload invalidates them).
-pub const DIR_ATTR_TTL: Duration = Duration::from_secs(60);
-
-const FILE_MODE: u16 = 0o440;
-const DIR_MODE: u16 = 0o555;
 
 /// The filesystem handed to fuser. Cheap to share: the state and the inode table are `Arc`s.
 #[derive(Debug)]
@@ -120,128 +96,6 @@ impl SecretFs {
         );
         self.audit(caller, AccessAction::Denied, name, version);
         Errno::EACCES
-    }
-
-    fn attr(&self, ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
-        let dir = kind == FileType::Directory;
-        FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: time,
-            mtime: time,
-            ctime: time,
-            crtime: time,
-            kind,
-            perm: if dir { DIR_MODE } else { FILE_MODE },
-            nlink: if dir { 2 } else { 1 },
-            uid: 0,
-            gid: self.state.policy().group_gid(),
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-
-    fn dir_attr(&self, ino: u64) -> FileAttr {
-        self.attr(ino, FileType::Directory, 0, self.mounted_at)
-    }
-
-    fn meta_attr(&self, ino: u64, meta: Meta) -> FileAttr {
-        self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
-    }
-
-    /// `.env` (or `.env.sh`) as `caller` would read it now: (size, newest update time).
-    fn dotenv_attr(&self, caller: &Caller, form: Form) -> FileAttr {
-        let policy = self.state.policy();
-        let (len, newest) = self.state.view.with_current(
-            |n| policy.allows(caller, n),
-            |entries| {
-                let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
-                let len = dotenv::rendered_len(form, entries.iter().map(|(n, _, v)| (*n, *v)));
-                (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
-            },
-        );
-        let ino = match form {
-            Form::Dotenv => DOTENV,
-            Form::Shell => DOTENV_SH,
-        };
-        self.attr(ino, FileType::RegularFile, len as u64, newest)
-    }
-
-    /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
-    /// ENOENT.
-    fn attr_of(&self, req: &Request, ino: u64) -> Result<(FileAttr, Duration), Errno> {
-        match self.inodes.node(ino).ok_or(Errno::ENOENT)? {
-            Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
-            Node::DotEnv(form) => Ok((self.dotenv_attr(&self.caller(req), form), DOTENV_ATTR_TTL)),
-            Node::Secret(name, which) => {
-                self.check_policy(&self.caller(req), &name)?;
-                let (meta, ttl) = self.secret_meta(&name, which)?;
-                Ok((self.meta_attr(ino, meta), ttl))
-            }
-        }
-    }
-
-    /// The policy decides before existence does: a caller refused `name` gets EACCES whether
-    /// or not it exists (as the socket's 403), and never its size or time.
-    fn check_policy(&self, caller: &Caller, name: &str) -> Result<(), Errno> {
-        if self.state.policy().allows(caller, name) {
-            Ok(())
-        } else {
-            Err(self.denied(caller, name, None))
-        }
-    }
-
-    /// A secret's facts and how long the kernel may cache them: [`FILE_ATTR_TTL`] (zero: the
-    /// kernel's attribute cache is shared by all callers, and a refused caller must not see a
-    /// size or time another caller's `stat` left there).
-    fn secret_meta(&self, name: &str, which: Which) -> Result<(Meta, Duration), Errno> {
-        let meta = self.state.view.meta(name, which).ok_or(Errno::ENOENT)?;
-        Ok((meta, FILE_ATTR_TTL))
-    }
-
-    /// Resolves `name` in directory `parent` to (attributes, attr TTL, entry TTL).
-    fn resolve(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-    ) -> Result<(FileAttr, Duration, Duration), Errno> {
-        let raw = name.as_bytes();
-        match (parent, raw) {
-            (ROOT, b".previous") => {
-                return Ok((self.dir_attr(PREVIOUS_DIR), DIR_ATTR_TTL, ENTRY_TTL));
-            }
-            (ROOT, b".env" | b".env.sh") => {
-                let ino = if raw == b".env" { DOTENV } else { DOTENV_SH };
-                return self
-                    .attr_of(req, ino)
-                    .map(|(attr, ttl)| (attr, ttl, ENTRY_TTL));
-            }
-            (ROOT | PREVIOUS_DIR, _) => {}
-            _ => return Err(Errno::ENOTDIR),
-        }
-        let name = inodes::check_name(raw).map_err(|e| match e {
-            inodes::BadName::Invalid => Errno::EINVAL,
-            inodes::BadName::TooLong => Errno::ENAMETOOLONG,
-            inodes::BadName::NoSuchName => Errno::ENOENT,
-        })?;
-        let which = if parent == ROOT {
-            Which::Current
-        } else {
-            Which::Previous
-        };
-        self.check_policy(&self.caller(req), name)?;
-        // A `.previous` entry is dropped by the kernel by itself when the earliest grace
-        // period ends, even before the expiry's invalidation arrives.
-        let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
-        let ino = self.inodes.intern(name, which);
-        Ok((
-            self.meta_attr(ino, meta),
-            FILE_ATTR_TTL,
-            left.min(ENTRY_TTL),
-        ))
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {

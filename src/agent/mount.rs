@@ -400,7 +400,7 @@ pub fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Keeps the kernel's caches in step with the view: for every change, drops the cached entries
-/// and attributes it affects. Runs synchronously inside `AgentState::apply` / expiry / policy
+/// and attributes it affects. Runs synchronously inside `SecretView::apply` / expiry / policy
 /// reload, after the view lock is released (see `state`), never inside a FUSE callback: an entry
 /// invalidation waits for the directory's lock, which a request our threads serve may hold.
 /// Errors are expected and ignored: the kernel answers ENOENT for what it does not cache, and

@@ -337,7 +337,13 @@ impl Syncer {
             };
             let delay = match r {
                 Ok(rev) => {
-                    retry.reset();
+                    // Only a long-poll that went through ends the backoff: the quick probe after
+                    // a failure (`wait` 0) is answered even by a vault that refuses long-polls
+                    // over its cap, and resetting on it made such an agent retry at the base
+                    // delay forever instead of backing off.
+                    if !wait.is_zero() {
+                        retry.reset();
+                    }
                     refused.reset();
                     let recovered = !was_ready;
                     if recovered {

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::cli::admin::{print_json, runtime, write_private_file};
 use crate::vault::clock::now_ms;
+use crate::vault::limits::{Limits, raise_nofile, soft_nofile};
 use crate::vault::store::Store;
 use crate::vault::store::postgres::{DatabaseUrl, PgStore};
 use crate::vault::store::sqlite::SqliteStore;
@@ -54,6 +55,48 @@ pub struct RunArgs {
     pub trusted_proxy: Vec<IpAddr>,
     #[command(flatten)]
     pub db: DatabaseArg,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Connection caps (defaults follow the open-file limit; docs/vault.md).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Open client connections admitted at once [default: the open-file limit minus up to
+    /// 256 kept for the store and logs].
+    #[arg(long, env = "FYVAULT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Long-polls (agents) parked at once; below --max-connections so providers, admins and
+    /// health checks always get in [default: the connection cap minus a tenth of it, at least
+    /// 16, at most 1024].
+    #[arg(long, env = "FYVAULT_MAX_LONG_POLLS", value_name = "N")]
+    pub max_long_polls: Option<usize>,
+    /// Listen queue length (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "FYVAULT_LISTEN_BACKLOG", value_name = "N",
+          default_value_t = crate::vault::limits::DEFAULT_LISTEN_BACKLOG)]
+    pub listen_backlog: u32,
+}
+
+impl LimitArgs {
+    /// The limits for a process allowed `nofile` open files.
+    pub fn limits(&self, nofile: u64) -> anyhow::Result<Limits> {
+        let mut l = Limits::for_fd_limit(nofile);
+        if let Some(n) = self.max_connections {
+            l = l.with_max_connections(n);
+        }
+        if let Some(n) = self.max_long_polls {
+            l.max_long_polls = n;
+        }
+        if l.max_long_polls >= l.max_connections {
+            bail!(
+                "--max-long-polls ({}) must be below --max-connections ({}): the difference is what providers and admins can always use",
+                l.max_long_polls,
+                l.max_connections
+            );
+        }
+        l.listen_backlog = self.listen_backlog;
+        Ok(l)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +161,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::cli::init_logging();
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         data_dir: a.data_dir,
         listen: a.listen,
         tls: match (a.tls_cert, a.tls_key) {
@@ -127,7 +170,11 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         },
         trusted_proxies: a.trusted_proxy,
         database: a.db.url()?,
+        limits: Limits::default(),
     };
+    config.check()?;
+    let nofile = raise_nofile_logged();
+    config.limits = a.limits.limits(nofile)?;
     runtime()?.block_on(async move {
         let handle = crate::vault::start(config).await?;
         eprintln!("fyvault: vault listening on {}", handle.url());
@@ -136,6 +183,33 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         handle.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises the soft open-file limit to the hard one (each agent holds a connection) and logs
+/// the result; returns the limit in force.
+fn raise_nofile_logged() -> u64 {
+    match raise_nofile() {
+        Ok(r) => {
+            tracing::info!(
+                before = r.before,
+                soft = r.soft,
+                hard = r.hard,
+                "open-file limit (soft raised to the hard limit)"
+            );
+            if r.soft < 8192 {
+                tracing::warn!(
+                    soft = r.soft,
+                    "a low open-file limit caps the agents this vault can hold; raise LimitNOFILE"
+                );
+            }
+            r.soft
+        }
+        Err(e) => {
+            let soft = soft_nofile();
+            tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+            soft
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

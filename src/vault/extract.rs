@@ -22,6 +22,9 @@ fn too_large() -> ApiError {
     )
 }
 
+/// A request body must arrive in full within this time (a client trickling its body is cut).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Up to this much of an oversized body is read and discarded before answering 413, so the
 /// client (still sending) gets the answer instead of a connection reset.
 const DRAIN_LIMIT: usize = 4 * MAX_BODY_BYTES;
@@ -40,8 +43,24 @@ async fn drain(mut body: axum::body::Body, mut seen: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), work).await;
 }
 
-/// Reads the whole body (≤ [`MAX_BODY_BYTES`]) into a buffer that is zeroized when dropped.
+/// Reads the whole body (≤ [`MAX_BODY_BYTES`], within [`BODY_READ_TIMEOUT`]) into a buffer
+/// that is zeroized when dropped.
 async fn read_body(req: Request) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_untimed(req))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+}
+
+async fn read_body_untimed(req: Request) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

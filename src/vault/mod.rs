@@ -22,10 +22,14 @@ pub mod clock;
 pub mod dev;
 pub mod error;
 pub mod extract;
+pub mod fanout;
+pub mod limits;
+mod listener;
 pub mod routes;
 pub mod server;
 pub mod store;
 pub mod sync;
+mod trim;
 
 pub use error::{ApiError, VaultError};
 pub use server::{ServerConfig, ServerHandle, TlsFiles, start, start_with_store};
@@ -38,6 +42,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpAddr>>,
     /// Flips to true when the server stops (long-polls answer at once).
     pub shutdown: watch::Receiver<bool>,
+    /// Parked long-polls, and the shared read that answers them.
+    pub fanout: Arc<fanout::Fanout>,
+    /// The connection and long-poll caps ([`limits::Limits`]).
+    pub admission: Arc<limits::Admission>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

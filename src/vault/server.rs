@@ -3,33 +3,22 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt as _;
 
 use crate::vault::error::VaultError;
+use crate::vault::fanout::Fanout;
+use crate::vault::limits::{Admission, Limits};
+use crate::vault::listener;
 use crate::vault::store::Store;
 use crate::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgStore};
 use crate::vault::store::sqlite::SqliteStore;
 use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
 use crate::vault::{AppState, routes};
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for open connections to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Certificate chain and private key, PEM files.
 #[derive(Debug, Clone)]
@@ -51,6 +40,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// PostgreSQL instead of `data_dir/vault.db` (several instances over one database).
     pub database: Option<DatabaseUrl>,
+    /// Connection caps, timeouts and the listen backlog.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -62,6 +53,7 @@ impl ServerConfig {
             tls: None,
             trusted_proxies: Vec::new(),
             database: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -71,7 +63,7 @@ pub struct ServerHandle {
     addr: SocketAddr,
     tls: bool,
     store: Arc<dyn Store>,
-    feed: Arc<LocalChangeFeed>,
+    fanout: Arc<Fanout>,
     /// The LISTEN connection of a PostgreSQL store (ends when the handle goes).
     pg_feed: Option<Arc<PgChangeFeed>>,
     shutdown: watch::Sender<bool>,
@@ -111,11 +103,17 @@ impl ServerHandle {
 
     /// Long-polls currently held for an environment (observability, tests).
     pub fn held_long_polls(&self, org_id: &str, env: &str) -> usize {
-        self.feed.subscribers(org_id, env)
+        self.fanout.parked(org_id, env)
+    }
+
+    /// Store reads made to answer woken long-polls: one per change with parked polls, however
+    /// many it wakes (observability, tests).
+    pub fn shared_sync_reads(&self) -> u64 {
+        self.fanout.shared_reads()
     }
 
     /// Asks the server to stop: no new connections, long-polls answer at once, open
-    /// connections get [`DRAIN_TIMEOUT`] to finish.
+    /// connections get a few seconds to finish.
     pub fn trigger_shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -164,10 +162,17 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
 }
 
 fn check_listen(config: &ServerConfig) -> Result<(), VaultError> {
-    if config.tls.is_none() && !config.listen.ip().to_canonical().is_loopback() {
-        return Err(VaultError::PlainHttpNotLoopback(config.listen));
+    config.check()
+}
+
+impl ServerConfig {
+    /// Refuses what [`start`] would refuse before touching anything: plain HTTP off loopback.
+    pub fn check(&self) -> Result<(), VaultError> {
+        if self.tls.is_none() && !self.listen.ip().to_canonical().is_loopback() {
+            return Err(VaultError::PlainHttpNotLoopback(self.listen));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Starts serving with a given store (tests, `fyvault dev`, other backends).
@@ -186,12 +191,7 @@ async fn start_inner(
 ) -> Result<ServerHandle, VaultError> {
     check_listen(&config)?;
     let acceptor = config.tls.as_ref().map(load_tls).transpose()?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| VaultError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listener::bind(config.listen, config.limits.listen_backlog)?;
     let addr = listener
         .local_addr()
         .map_err(|e| VaultError::Io(e.to_string()))?;
@@ -200,11 +200,16 @@ async fn start_inner(
         Some(f) => f.clone(),
         None => feed.clone(),
     };
+    let admission = Arc::new(Admission::new(config.limits.clone()));
+    crate::vault::trim::spawn(admission.clone(), rx.clone());
+    let fanout = Arc::new(Fanout::new(store.clone(), app_feed.clone(), rx.clone()));
     let state = AppState {
         store: store.clone(),
         feed: app_feed,
+        fanout: fanout.clone(),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
+        admission: admission.clone(),
     };
     let app = routes::router(state);
     let tls = acceptor.is_some();
@@ -214,12 +219,22 @@ async fn start_inner(
             tracing::info!(%addr, tls, data_dir = %config.data_dir.display(), "vault listening")
         }
     }
-    let task = tokio::spawn(accept_loop(listener, acceptor, app, rx));
+    tracing::info!(
+        max_connections = config.limits.max_connections,
+        max_long_polls = config.limits.max_long_polls,
+        listen_backlog = config.limits.listen_backlog,
+        header_read_timeout_s = config.limits.header_read_timeout.as_secs_f64(),
+        idle_timeout_s = config.limits.idle_timeout.as_secs_f64(),
+        "admission limits"
+    );
+    let task = tokio::spawn(listener::accept_loop(
+        listener, acceptor, app, admission, rx,
+    ));
     Ok(ServerHandle {
         addr,
         tls,
         store,
-        feed,
+        fanout,
         pg_feed,
         shutdown: tx,
         task: Some(task),
@@ -245,80 +260,4 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, VaultError> {
         .map_err(|e| VaultError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    app: Router,
-    shutdown: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = crate::vault::stopped(shutdown.clone()) => break,
-        };
-        let watcher = graceful.watcher();
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            serve_conn(&builder, watcher, TokioIo::new(tls), app, peer).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-                None => serve_conn(&builder, watcher, TokioIo::new(stream), app, peer).await,
-            }
-        });
-    }
-    drop(listener);
-    tracing::info!("vault stopping: draining connections");
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("connections still open after the drain timeout");
-        }
-    }
-    tracing::info!("vault stopped");
-}
-
-async fn serve_conn<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    io: I,
-    app: Router,
-    peer: SocketAddr,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req)
-    });
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
 }

@@ -80,11 +80,23 @@ pub struct VaultProc {
 impl VaultProc {
     /// Starts the vault on `data_dir`, listening on `127.0.0.1:port` (0: any free port).
     pub fn start(data_dir: &Path, port: u16, log_level: &str, log: &Log) -> VaultProc {
+        Self::start_with(data_dir, port, log_level, log, |_| {})
+    }
+
+    /// Like [`VaultProc::start`], with more arguments, environment or limits set by `tweak`.
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        log_level: &str,
+        log: &Log,
+        tweak: impl FnOnce(&mut Command),
+    ) -> VaultProc {
         let mut cmd = Command::new(fyvault());
         cmd.args(["server", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("FYVAULT_LOG", log_level);
+        tweak(&mut cmd);
         let (child, rx) = spawn_logged(cmd, log);
         let deadline = std::time::Instant::now() + super::DEADLINE;
         let url = loop {
@@ -110,6 +122,10 @@ impl VaultProc {
 
     pub fn stop(&mut self) {
         terminate(&mut self.child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -146,6 +162,15 @@ pub fn write_private(path: &Path, content: &[u8]) {
 
 impl World {
     pub async fn new(log_level: &str, log: &Log) -> World {
+        Self::new_with(log_level, log, |_| {}).await
+    }
+
+    /// Like [`World::new`], the vault's command tweaked first (see [`VaultProc::start_with`]).
+    pub async fn new_with(
+        log_level: &str,
+        log: &Log,
+        tweak: impl FnOnce(&mut Command) + Send + 'static,
+    ) -> World {
         let dir = super::open_tempdir();
         let data_dir = dir.path().join("vault");
         let admin_file = dir.path().join("admin.token");
@@ -163,7 +188,7 @@ impl World {
         );
         let vault = {
             let (d, l, lv) = (data_dir.clone(), log.clone(), log_level.to_owned());
-            tokio::task::spawn_blocking(move || VaultProc::start(&d, 0, &lv, &l))
+            tokio::task::spawn_blocking(move || VaultProc::start_with(&d, 0, &lv, &l, tweak))
                 .await
                 .unwrap()
         };

@@ -177,6 +177,17 @@ pub fn tok(s: &Secret) -> String {
     String::from_utf8(s.expose().to_vec()).unwrap()
 }
 
+/// A plaintext write of `name` in [`ENV`] (push or rotate), with an optional grace.
+pub fn write(name: &str, value: &str, grace: Option<u64>) -> fyvault::client::WriteRequest {
+    fyvault::client::WriteRequest {
+        secret_name: name.into(),
+        environment: ENV.into(),
+        value: fyvault::client::WriteValue::Plaintext(Secret::copy_from(value.as_bytes())),
+        grace_period_seconds: grace,
+        idempotency_key: None,
+    }
+}
+
 /// A raw HTTP client (for bodies the typed client would never send).
 pub fn http() -> reqwest::Client {
     fyvault::client::install_crypto_provider();

@@ -178,18 +178,27 @@ fn to_event(k: Key, a: Agg) -> AccessEvent {
     }
 }
 
+/// A caller for tests: uid/gid 1000, `/usr/bin/app`.
+#[cfg(test)]
+pub(super) fn test_caller(pid: u32) -> Caller {
+    Caller {
+        uid: 1000,
+        gid: 1000,
+        pid,
+        groups: vec![],
+        exe: Some("/usr/bin/app".into()),
+        unit: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn caller(pid: u32) -> Caller {
         Caller {
-            uid: 1000,
-            gid: 1000,
-            pid,
-            groups: vec![],
             exe: Some("/usr/bin/app\n".into()),
-            unit: None,
+            ..test_caller(pid)
         }
     }
 

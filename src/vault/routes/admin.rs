@@ -145,6 +145,23 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// `GET /api/v1/admin/stats` (admin token): connections and long-polls held now, their caps,
+/// and the shared sync reads made so far.
+pub async fn stats(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin(&state).await?;
+    let a = &state.admission;
+    Ok(Json(serde_json::json!({
+        "connections": a.open_connections(),
+        "max_connections": a.limits.max_connections,
+        "long_polls": a.parked_long_polls(),
+        "max_long_polls": a.limits.max_long_polls,
+        "shared_sync_reads": state.fanout.shared_reads(),
+    })))
+}
+
 /// `GET /api/v1/whoami`
 pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
     Json(WhoAmI {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 
 use crate::api::{self, AuditBatch, AuditBatchResponse, MAX_WAIT_SECONDS, SyncResponse};
@@ -12,6 +14,7 @@ use crate::vault::auth::Auth;
 use crate::vault::clock::{now_ms, parse_rfc3339};
 use crate::vault::error::ApiError;
 use crate::vault::extract::{JsonBody, P, Q};
+use crate::vault::fanout::Delivery;
 use crate::vault::routes::provider::check_environment;
 use crate::vault::store::{AgentBatch, StoreError};
 
@@ -28,44 +31,110 @@ pub struct SyncQuery {
     wait: u64,
 }
 
+/// The answer to a long-poll over [`crate::vault::limits::Limits::max_long_polls`]: a 503 the
+/// agent backs off from (its retry has full jitter), `Retry-After` spread over 5–30 s so
+/// refused agents do not come back together, and the connection closed so a refused agent
+/// holds nothing while it waits.
+fn too_many_long_polls() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_long_polls",
+        "the vault holds as many long-polls as it admits; retry later",
+    )
+    .into_response();
+    let retry_after = rand::random_range(5u32..=30);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A sync read of this poll's own (no long-poll, or a shared read could not answer it).
+async fn read(
+    state: &AppState,
+    org: &str,
+    env: &str,
+    since: u64,
+) -> Result<SyncResponse, ApiError> {
+    state
+        .store
+        .sync(org, env, since, now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                ApiError::not_found("environment_not_found", "no such environment in this org")
+            }
+            e => e.into(),
+        })
+}
+
+/// An answer already serialised (shared by the polls a change woke).
+fn shared_json(bytes: bytes::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
 /// `GET …/orgs/:org_id/environments/:env/sync?since=&wait=`
+///
+/// Without news the poll parks (under the long-poll cap) until a change, the end of `wait`, or
+/// shutdown. The answer to a change is read once and shared by every poll it wakes
+/// ([`crate::vault::fanout`]).
 pub async fn sync(
     State(state): State<AppState>,
     Auth(p): Auth,
     P((org, env)): P<(String, String)>,
     Q(q): Q<SyncQuery>,
-) -> Result<Json<SyncResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     p.require_agent(&state, &org, Some(&env)).await?;
     check_environment(&env)?;
     let wait = Duration::from_secs(q.wait.min(MAX_WAIT_SECONDS));
+    if wait.is_zero() {
+        return Ok(Json(read(&state, &org, &env, q.since).await?).into_response());
+    }
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribe before reading, so a change between the read and the wait is not missed.
-    let mut changes = state.feed.subscribe(&org, &env);
+    // Taken when the poll first parks, held until it answers.
+    let mut parked = None;
     loop {
-        changes.borrow_and_update();
-        let resp = state
-            .store
-            .sync(&org, &env, q.since, now_ms())
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => {
-                    ApiError::not_found("environment_not_found", "no such environment in this org")
-                }
-                e => e.into(),
-            })?;
+        // Registered before reading, so a change between the read and the wait is not missed.
+        let mut waiter = state.fanout.register(&org, &env, q.since);
         // Nothing newer than what the agent holds (also `since=0` on an environment still at
         // revision 0): hold the request until a change or the wait ends.
-        if resp.revision != q.since {
-            return Ok(Json(resp));
-        }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return Ok(Json(resp));
-                }
+        let full = if waiter.is_current() {
+            q.since == 0
+        } else {
+            let resp = read(&state, &org, &env, q.since).await?;
+            if resp.revision != q.since {
+                return Ok(Json(resp).into_response());
             }
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(resp)),
-            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(resp)),
+            resp.full
+        };
+        if parked.is_none() {
+            match state.admission.long_polls.clone().try_acquire_owned() {
+                Ok(permit) => parked = Some(permit),
+                Err(_) => return Ok(too_many_long_polls()),
+            }
+        }
+        let unchanged = SyncResponse {
+            revision: q.since,
+            full,
+            secrets: Vec::new(),
+        };
+        tokio::select! {
+            d = waiter.delivery() => match d {
+                Some(Delivery::Answer(bytes)) => return Ok(shared_json(bytes)),
+                Some(Delivery::Error(e)) => return Err(e),
+                Some(Delivery::Reread) => continue,
+                None => return Ok(Json(unchanged).into_response()),
+            },
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(unchanged).into_response()),
+            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(unchanged).into_response()),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | `GET  /orgs/:org/environments/:env/sync` | agent | [`agent::sync`] |
 //! | `POST /orgs/:org/audit/events` | agent | [`agent::ingest`] |
 //! | `GET  /orgs/:org/audit` | admin | [`admin::query_audit`] |
+//! | `GET  /admin/stats` | admin | connections and long-polls held, caps, shared reads |
 //! | `/admin/…` | admin | orgs, environments, providers, tokens, audit |
 
 use std::net::SocketAddr;
@@ -92,6 +93,7 @@ fn api() -> Router<AppState> {
             axum::routing::delete(admin::revoke_token),
         )
         .route("/admin/audit", get(admin::query_audit_all))
+        .route("/admin/stats", get(admin::stats))
         .method_not_allowed_fallback(method_not_allowed)
 }
 

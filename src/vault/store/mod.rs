@@ -18,8 +18,11 @@ use crate::api::{
 use crate::crypto::TokenKind;
 use crate::vault::clock::fmt_ms;
 
+mod changes;
 pub mod postgres;
 pub mod sqlite;
+
+pub use changes::{ChangeSet, delta_base};
 
 /// How long an `Idempotency-Key` is remembered (24 h): a retry later than that is a new request.
 pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -119,6 +122,34 @@ impl AuditContext {
     }
 }
 
+/// The columns of a token row and of an environment row, in the order both stores read them.
+pub(crate) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
+                          created_ms, expires_ms, revoked_ms";
+pub(crate) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+
+/// A token kind as stored (the inverse of [`TokenKind::as_str`]; anything else reads as admin).
+pub(crate) fn kind_from(s: &str) -> TokenKind {
+    match s {
+        "provider" => TokenKind::Provider,
+        "agent" => TokenKind::Agent,
+        _ => TokenKind::Admin,
+    }
+}
+
+/// The audit record of `action` on token `t` (scoped to its org and environment).
+pub(crate) fn token_audit(
+    t: &TokenRecord,
+    ctx: &AuditContext,
+    time_ms: i64,
+    action: &str,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        org_id: t.org_id.clone(),
+        environment: t.environment.clone(),
+        ..ctx.record(time_ms, action)
+    }
+}
+
 /// A database integer as a count or version (negative: 0).
 pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -185,6 +216,20 @@ impl WritePlan {
                 .map(|g| i64::try_from(g).unwrap_or(i64::MAX))
                 .unwrap_or(default_grace_s),
         })
+    }
+
+    /// [`decide`](Self::decide) for write `w` given the secret's current (version, state).
+    pub(crate) fn for_write(
+        w: &WriteVersion,
+        current: Option<&(i64, String)>,
+        default_grace_s: i64,
+    ) -> Result<WritePlan, StoreError> {
+        Self::decide(
+            current.map(|(v, state)| (*v, state.as_str())),
+            w.kind,
+            w.grace_seconds,
+            default_grace_s,
+        )
     }
 
     /// When the replaced version stops being readable, written at `now_ms`; `None` without
@@ -281,6 +326,27 @@ impl SyncRow {
 pub struct Idempotency {
     pub key_hash: String,
     pub fingerprint: String,
+}
+
+impl Idempotency {
+    /// A write repeated with a key the store remembers (with that write's `fingerprint` and
+    /// answer): the same answer again, or a mismatch when the request differs.
+    pub(crate) fn replay(
+        &self,
+        fingerprint: &str,
+        response: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        if !crate::crypto::ct_eq(fingerprint.as_bytes(), self.fingerprint.as_bytes()) {
+            return Err(StoreError::IdempotencyMismatch);
+        }
+        let response: PushResponse = serde_json::from_str(response)
+            .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
+        Ok(WriteOutcome {
+            response,
+            replayed: true,
+            revision: None,
+        })
+    }
 }
 
 /// One new version of one secret in one environment.
@@ -413,15 +479,32 @@ pub trait Store: Send + Sync + 'static {
     fn write_version(&self, write: WriteVersion) -> StoreFuture<'_, WriteOutcome>;
     /// Revokes a secret name in every environment of the org, with no grace.
     fn revoke_secret(&self, revoke: RevokeSecret) -> StoreFuture<'_, RevokeOutcome>;
-    /// Changes of an environment after revision `since` (the full state when `since` is 0 or
-    /// ahead of the environment), with previous versions whose grace runs at `now_ms`.
+    /// Secrets of an environment changed after revision [`delta_base`]`(since, revision)`,
+    /// with previous versions whose grace runs at `now_ms`, in one snapshot.
+    fn sync_changes(
+        &self,
+        org_id: &str,
+        env: &str,
+        since: u64,
+        now_ms: i64,
+    ) -> StoreFuture<'_, ChangeSet>;
+
+    /// The sync answer for one poll: changes after `since` (the full state when `since` is 0
+    /// or ahead of the environment).
     fn sync(
         &self,
         org_id: &str,
         env: &str,
         since: u64,
         now_ms: i64,
-    ) -> StoreFuture<'_, SyncResponse>;
+    ) -> StoreFuture<'_, SyncResponse> {
+        let read = self.sync_changes(org_id, env, since, now_ms);
+        Box::pin(async move {
+            read.await?.answer(since).ok_or_else(|| {
+                StoreError::Backend("a sync read did not reach back to its own since".into())
+            })
+        })
+    }
 
     // --- audit
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()>;

@@ -5,8 +5,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{CHANGES_CHANNEL, i, pe, u};
-use crate::crypto::TokenKind;
-use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
 
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -40,16 +39,7 @@ pub(super) async fn exec<C: GenericClient>(
     c.execute(&st, p).await.map_err(pe)
 }
 
-pub(super) fn kind_from(s: &str) -> TokenKind {
-    match s {
-        "provider" => TokenKind::Provider,
-        "agent" => TokenKind::Agent,
-        _ => TokenKind::Admin,
-    }
-}
-
-pub(super) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
-                          created_ms, expires_ms, revoked_ms";
+pub(super) use crate::vault::store::{TOKEN_COLS, kind_from};
 
 pub(super) fn token_row(r: &Row) -> TokenRecord {
     let kind: String = r.get(1);
@@ -67,7 +57,7 @@ pub(super) fn token_row(r: &Row) -> TokenRecord {
     }
 }
 
-pub(super) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+pub(super) use crate::vault::store::ENV_COLS;
 
 pub(super) fn env_row(r: &Row) -> Environment {
     Environment {
@@ -139,18 +129,7 @@ pub(super) async fn insert_token<C: GenericClient>(
     Ok(())
 }
 
-pub(super) fn token_audit(
-    t: &TokenRecord,
-    ctx: &AuditContext,
-    time_ms: i64,
-    action: &str,
-) -> NewAuditRecord {
-    NewAuditRecord {
-        org_id: t.org_id.clone(),
-        environment: t.environment.clone(),
-        ..ctx.record(time_ms, action)
-    }
-}
+pub(super) use crate::vault::store::token_audit;
 
 /// Owner of a secret name in an org (the provider that first pushed it), if any.
 pub(super) async fn owner_of<C: GenericClient>(

@@ -8,13 +8,12 @@ use deadpool_postgres::Transaction;
 
 use super::rows::{bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of};
 use super::{i, u};
-use crate::api::{PushResponse, SyncResponse};
 use crate::vault::clock::fmt_ms;
+use crate::vault::store::SyncRow;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion,
+    ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
-use crate::vault::store::{SyncRow, sync_from};
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
 /// another writer holds).
@@ -50,18 +49,7 @@ pub(super) async fn write_version_tx(
         )
         .await?;
         if let Some(row) = prior {
-            let fingerprint: String = row.get(0);
-            let response: String = row.get(1);
-            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
-                return Err(StoreError::IdempotencyMismatch);
-            }
-            let response: PushResponse = serde_json::from_str(&response)
-                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
-            return Ok(WriteOutcome {
-                response,
-                replayed: true,
-                revision: None,
-            });
+            return idem.replay(row.get(0), row.get(1));
         }
     }
     lock(tx, &["secret", &w.org_id, &w.secret_name]).await?;
@@ -86,12 +74,7 @@ pub(super) async fn write_version_tx(
     )
     .await?
     .map(|r| (r.get(0), r.get(1)));
-    let plan = WritePlan::decide(
-        current.as_ref().map(|(v, state)| (*v, state.as_str())),
-        w.kind,
-        w.grace_seconds,
-        default_grace,
-    )?;
+    let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {
@@ -247,13 +230,13 @@ pub(super) async fn revoke_tx(
 }
 
 /// Runs on one repeatable-read snapshot, so the revision and the rows agree.
-pub(super) async fn sync_q(
+pub(super) async fn changes_q(
     tx: &Transaction<'_>,
     org_id: &str,
     env: &str,
     since: u64,
     now_ms: i64,
-) -> Result<SyncResponse, StoreError> {
+) -> Result<ChangeSet, StoreError> {
     let revision = opt(
         tx,
         "SELECT revision FROM environments WHERE org_id = $1 AND name = $2",
@@ -262,11 +245,11 @@ pub(super) async fn sync_q(
     .await?
     .map(|r| u(r.get(0)))
     .ok_or(StoreError::NotFound("environment"))?;
-    let (full, from) = sync_from(since, revision);
+    let from = delta_base(since, revision);
     let rows = super::rows::all(
         tx,
         "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                p.version, p.sealed, p.grace_until_ms
+                p.version, p.sealed, p.grace_until_ms, s.changed_rev
          FROM secrets s
          JOIN secret_versions v
            ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -282,7 +265,7 @@ pub(super) async fn sync_q(
     let secrets = rows
         .iter()
         .map(|r| {
-            SyncRow {
+            let secret = SyncRow {
                 name: r.get(0),
                 version: r.get(1),
                 state: r.get(2),
@@ -292,12 +275,13 @@ pub(super) async fn sync_q(
                 prev_sealed: r.get(6),
                 prev_until_ms: r.get(7),
             }
-            .into_secret(now_ms)
+            .into_secret(now_ms);
+            (u(r.get(8)), secret)
         })
         .collect();
-    Ok(SyncResponse {
+    Ok(ChangeSet {
         revision,
-        full,
-        secrets,
+        from,
+        rows: secrets,
     })
 }

@@ -6,11 +6,11 @@ use super::rows::{
     ENV_COLS, TOKEN_COLS, all, env_row, exec, insert_audit, insert_token, opt, org_exists,
     token_audit, token_row,
 };
-use super::secrets::{revoke_tx, sync_q, write_version_tx};
+use super::secrets::{changes_q, revoke_tx, write_version_tx};
 use super::{PgStore, i, pe, u, unique_as};
-use crate::api::{AuditBatchResponse, AuditRecord, SyncResponse};
+use crate::api::{AuditBatchResponse, AuditRecord};
 use crate::vault::store::{
-    AgentBatch, AuditContext, AuditFilter, Environment, NewAuditRecord, Org, Provider,
+    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, NewAuditRecord, Org, Provider,
     RevokeOutcome, RevokeSecret, Store, StoreError, StoreFuture, TokenFilter, TokenRecord,
     WriteOutcome, WriteVersion,
 };
@@ -340,15 +340,15 @@ impl Store for PgStore {
         in_tx!(self, tx => revoke_tx(&tx, &revoke).await?)
     }
 
-    fn sync(
+    fn sync_changes(
         &self,
         org_id: &str,
         env: &str,
         since: u64,
         now_ms: i64,
-    ) -> StoreFuture<'_, SyncResponse> {
+    ) -> StoreFuture<'_, ChangeSet> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
-        in_snapshot!(self, tx => sync_q(&tx, &org_id, &env, since, now_ms).await?)
+        in_snapshot!(self, tx => changes_q(&tx, &org_id, &env, since, now_ms).await?)
     }
 
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()> {

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AgentBatch, AuditContext, AuditFilter, Environment, NewAuditRecord, Org, Provider,
+    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, NewAuditRecord, Org, Provider,
     RevokeOutcome, RevokeSecret, Store, StoreError, StoreFuture, TokenFilter, TokenRecord,
     WriteOutcome, WriteVersion,
 };
-use crate::api::{AuditBatchResponse, AuditRecord, SyncResponse};
+use crate::api::{AuditBatchResponse, AuditRecord};
 
 mod audit;
 mod readers;
@@ -34,7 +34,7 @@ use rows::{
     token_row,
 };
 use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
-use secrets::{revoke_tx, sync_q, write_version_tx};
+use secrets::{changes_q, revoke_tx, write_version_tx};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "vault.db";
@@ -565,15 +565,15 @@ impl Store for SqliteStore {
         self.tx(move |tx| revoke_tx(tx, &revoke))
     }
 
-    fn sync(
+    fn sync_changes(
         &self,
         org_id: &str,
         env: &str,
         since: u64,
         now_ms: i64,
-    ) -> StoreFuture<'_, SyncResponse> {
+    ) -> StoreFuture<'_, ChangeSet> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
-        self.run(move |c| sync_q(c, &org_id, &env, since, now_ms))
+        self.run(move |c| changes_q(c, &org_id, &env, since, now_ms))
     }
 
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()> {

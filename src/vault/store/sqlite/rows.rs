@@ -4,22 +4,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{be, exec, i, row, u};
 use crate::crypto::TokenKind;
-use crate::vault::store::{AuditContext, Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
 
 pub(super) fn kind_str(k: TokenKind) -> &'static str {
     k.as_str()
 }
 
-pub(super) fn kind_from(s: &str) -> TokenKind {
-    match s {
-        "provider" => TokenKind::Provider,
-        "agent" => TokenKind::Agent,
-        _ => TokenKind::Admin,
-    }
-}
-
-pub(super) const TOKEN_COLS: &str = "token_id, kind, hash, org_id, environment, provider_id, label, \
-                          created_ms, expires_ms, revoked_ms";
+pub(super) use crate::vault::store::{TOKEN_COLS, kind_from};
 
 pub(super) fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     let kind: String = r.get(1)?;
@@ -37,7 +28,7 @@ pub(super) fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-pub(super) const ENV_COLS: &str = "org_id, name, public_key, default_grace_s, revision, created_ms";
+pub(super) use crate::vault::store::ENV_COLS;
 
 pub(super) fn env_row(r: &Row<'_>) -> rusqlite::Result<Environment> {
     Ok(Environment {
@@ -106,18 +97,7 @@ pub(super) fn insert_token(tx: &Connection, t: &TokenRecord) -> Result<(), Store
     Ok(())
 }
 
-pub(super) fn token_audit(
-    t: &TokenRecord,
-    ctx: &AuditContext,
-    time_ms: i64,
-    action: &str,
-) -> NewAuditRecord {
-    NewAuditRecord {
-        org_id: t.org_id.clone(),
-        environment: t.environment.clone(),
-        ..ctx.record(time_ms, action)
-    }
-}
+pub(super) use crate::vault::store::token_audit;
 
 /// Owner of a secret name in an org (the provider that first pushed it), if any.
 pub(super) fn owner_of(

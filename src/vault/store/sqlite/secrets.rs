@@ -4,13 +4,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{bump_revision, insert_audit, owner_of};
 use super::{be, exec, i, row, u};
-use crate::api::{PushResponse, SyncResponse};
 use crate::vault::clock::fmt_ms;
+use crate::vault::store::SyncRow;
 use crate::vault::store::{
-    IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion,
+    ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
+    WriteOutcome, WritePlan, WriteVersion, delta_base,
 };
-use crate::vault::store::{SyncRow, sync_from};
 
 pub(super) fn write_version_tx(
     tx: &Connection,
@@ -33,16 +32,7 @@ pub(super) fn write_version_tx(
         .optional()
         .map_err(be)?;
         if let Some((fingerprint, response)) = prior {
-            if !crate::crypto::ct_eq(fingerprint.as_bytes(), idem.fingerprint.as_bytes()) {
-                return Err(StoreError::IdempotencyMismatch);
-            }
-            let response: PushResponse = serde_json::from_str(&response)
-                .map_err(|e| StoreError::Backend(format!("stored idempotent answer: {e}")))?;
-            return Ok(WriteOutcome {
-                response,
-                replayed: true,
-                revision: None,
-            });
+            return idem.replay(&fingerprint, &response);
         }
     }
     let default_grace: i64 = row(
@@ -68,12 +58,7 @@ pub(super) fn write_version_tx(
     )
     .optional()
     .map_err(be)?;
-    let plan = WritePlan::decide(
-        current.as_ref().map(|(v, state)| (*v, state.as_str())),
-        w.kind,
-        w.grace_seconds,
-        default_grace,
-    )?;
+    let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {
@@ -193,13 +178,13 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
     })
 }
 
-pub(super) fn sync_q(
+pub(super) fn changes_q(
     conn: &Connection,
     org_id: &str,
     env: &str,
     since: u64,
     now_ms: i64,
-) -> Result<SyncResponse, StoreError> {
+) -> Result<ChangeSet, StoreError> {
     let revision = row(
         conn,
         "SELECT revision FROM environments WHERE org_id = ?1 AND name = ?2",
@@ -210,11 +195,11 @@ pub(super) fn sync_q(
     .map_err(be)?
     .map(u)
     .ok_or(StoreError::NotFound("environment"))?;
-    let (full, from) = sync_from(since, revision);
+    let from = delta_base(since, revision);
     let mut st = conn
         .prepare_cached(
             "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                    p.version, p.sealed, p.grace_until_ms
+                    p.version, p.sealed, p.grace_until_ms, s.changed_rev
              FROM secrets s
              JOIN secret_versions v
                ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -228,7 +213,7 @@ pub(super) fn sync_q(
         .map_err(be)?;
     let secrets = st
         .query_map(params![org_id, env, i(from), now_ms], |r| {
-            Ok(SyncRow {
+            let secret = SyncRow {
                 name: r.get(0)?,
                 version: r.get(1)?,
                 state: r.get(2)?,
@@ -238,14 +223,15 @@ pub(super) fn sync_q(
                 prev_sealed: r.get(6)?,
                 prev_until_ms: r.get(7)?,
             }
-            .into_secret(now_ms))
+            .into_secret(now_ms);
+            Ok((u(r.get(8)?), secret))
         })
         .map_err(be)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(be)?;
-    Ok(SyncResponse {
+    Ok(ChangeSet {
         revision,
-        full,
-        secrets,
+        from,
+        rows: secrets,
     })
 }
