@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::agent::access::{Glob, Policy, Rule};
+use crate::agent::fs::ReadPathChoice;
 
 mod error;
 
@@ -45,6 +46,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// The FUSE mount point; `None` when `fuse = false`.
     pub mount: Option<PathBuf>,
+    /// How secret files' bytes reach readers (`fuse_read_path`: `auto`, `passthrough`,
+    /// `direct_io`; see `fs::passthrough`).
+    pub fuse_read_path: ReadPathChoice,
     pub state_dir: PathBuf,
     /// Caps how long a previous version stays readable after a rotation (the vault's grace is
     /// used when shorter). `Some(0)`: previous versions are never served.
@@ -128,6 +132,8 @@ struct RawConfig {
     mount: PathBuf,
     #[serde(default = "default_true")]
     fuse: bool,
+    #[serde(default)]
+    fuse_read_path: ReadPathChoice,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
@@ -320,6 +326,7 @@ impl Validator {
             key_file: raw.key_file,
             socket: raw.socket,
             mount: raw.fuse.then_some(raw.mount),
+            fuse_read_path: raw.fuse_read_path,
             state_dir: raw.state_dir,
             grace_cap,
             sync_wait: Duration::from_secs(sync_wait),

@@ -146,7 +146,10 @@ impl SecretFs {
         // A `.previous` entry is dropped by the kernel by itself when the earliest grace
         // period ends, even before the expiry's invalidation arrives.
         let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
-        let ino = self.inodes.intern(name, which);
+        let ino = self
+            .inodes
+            .intern(name, which, meta.version)
+            .ok_or(Errno::ENOSPC)?;
         Ok((
             self.meta_attr(ino, meta),
             FILE_ATTR_TTL,
