@@ -239,6 +239,7 @@ impl Filesystem for SecretFs {
         reply: ReplyEmpty,
     ) {
         self.state.view.close(fh.0);
+        self.read.backings.release(fh.0);
         reply.ok();
     }
 

@@ -99,6 +99,11 @@ struct Backing {
 #[derive(Debug, Default)]
 pub struct Backings {
     by_version: Mutex<HashMap<(String, u64), Backing>>,
+    /// The backing id each open passthrough handle was given, kept until its RELEASE: the
+    /// kernel looks the id up after our reply, when the opener resumes, so the id must outlive
+    /// the reply (a closed id fails that open with EIO). Wiping does not wait for these: the
+    /// memfd is emptied at once, whoever holds an id for it.
+    by_handle: Mutex<HashMap<u64, Arc<BackingId>>>,
     /// A memfd could not be made once (logged once).
     warned: AtomicBool,
 }
@@ -157,6 +162,24 @@ impl Backings {
         });
     }
 
+    /// Keeps `id` until handle `fh` is released.
+    fn hold(&self, fh: u64, id: Arc<BackingId>) {
+        self.by_handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(fh, id);
+    }
+
+    /// Handle `fh` was released (RELEASE): its backing id may close.
+    pub fn release(&self, fh: u64) {
+        let id = self
+            .by_handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&fh);
+        drop(id); // outside the lock: the last drop is an ioctl
+    }
+
     /// Number of memfds held (tests, diagnostics).
     pub fn len(&self) -> usize {
         self.by_version
@@ -190,8 +213,10 @@ impl SecretFs {
             .backings
             .get_or_make(&self.state.view, name, which, version, &reply)
         {
-            // Held until the reply is sent: the kernel looks the id up while it handles it.
-            Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id),
+            Ok(Some(id)) => {
+                self.read.backings.hold(fh, id.clone());
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+            }
             Ok(None) => {
                 self.state.view.close(fh);
                 reply.error(Errno::ESTALE);
