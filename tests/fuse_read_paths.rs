@@ -76,7 +76,11 @@ fn auto_uses_passthrough_where_the_kernel_offers_it() {
         match m.read_path() {
             ReadPath::Passthrough => {
                 let n = f.read_at(&mut buf, 0).unwrap();
-                assert_eq!(&buf[..n], b"value-one", "served by the kernel from the memfd");
+                assert_eq!(
+                    &buf[..n],
+                    b"value-one",
+                    "served by the kernel from the memfd"
+                );
             }
             ReadPath::DirectIo => assert_eq!(errno(f.read_at(&mut buf, 0)), libc::ESTALE),
         }
@@ -121,7 +125,11 @@ fn pinned_handles_grace_and_revoke_on_every_read_path() {
             std::fs::metadata(m.previous("PIN")).is_err()
         });
         assert_gone(&m, pinned.read_at(&mut buf, 0), "pinned v1 after grace");
-        assert_gone(&m, previous.read_at(&mut buf, 0), ".previous v1 after grace");
+        assert_gone(
+            &m,
+            previous.read_at(&mut buf, 0),
+            ".previous v1 after grace",
+        );
         let n = current.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"version-two-longer", "{path:?}");
 
@@ -132,7 +140,11 @@ fn pinned_handles_grace_and_revoke_on_every_read_path() {
         let mut b = Vec::new();
         assert_gone(&m, revoked_fd.read_to_end(&mut b), "revoked handle");
         assert!(b.is_empty(), "{path:?}: no byte of a revoked value");
-        assert_gone(&m, revoked_fd.read_at(&mut buf, 0), "revoked handle, from 0");
+        assert_gone(
+            &m,
+            revoked_fd.read_at(&mut buf, 0),
+            "revoked handle, from 0",
+        );
         // A revoked name may come back with a new version.
         m.put("GONE", 3, b"back");
         assert_eq!(std::fs::read(m.file("GONE")).unwrap(), b"back", "{path:?}");

@@ -46,9 +46,9 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, IoctlFlags, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    KernelConfig, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::agent::access::Caller;
@@ -97,7 +97,11 @@ impl SecretFs {
 
     /// The read path in use (direct I/O until the handshake chose).
     fn read_path(&self) -> ReadPath {
-        self.read.in_use.get().copied().unwrap_or(ReadPath::DirectIo)
+        self.read
+            .in_use
+            .get()
+            .copied()
+            .unwrap_or(ReadPath::DirectIo)
     }
 
     fn caller(&self, req: &Request) -> Arc<Caller> {

@@ -119,7 +119,13 @@ impl Mounted {
         state: Arc<AgentState>,
         choice: ReadPathChoice,
     ) -> Result<Mounted, MountError> {
-        Self::start_inner(path.into(), state, FUSE_THREADS, KernelReadOnly::Yes, choice)
+        Self::start_inner(
+            path.into(),
+            state,
+            FUSE_THREADS,
+            KernelReadOnly::Yes,
+            choice,
+        )
     }
 
     /// [`start`](Self::start) with `threads` FUSE worker threads (at least 1; benchmarks).

@@ -311,14 +311,15 @@ async fn start_mount(
         return Ok(None);
     };
     let (p, st) = (path.to_owned(), state.clone());
-    let result = tokio::task::spawn_blocking(move || Mounted::start_with_read_path(p, st, read_path))
-        .await
-        .unwrap_or_else(|e| {
-            Err(MountError::Session {
-                path: path.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        });
+    let result =
+        tokio::task::spawn_blocking(move || Mounted::start_with_read_path(p, st, read_path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(MountError::Session {
+                    path: path.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
     let shown = Some(path.display().to_string());
     match result {
         Ok(m) => {

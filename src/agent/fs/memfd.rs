@@ -140,7 +140,11 @@ mod tests {
         assert_eq!(&buf[..n], b"sk_live_123");
         m.wipe();
         assert_eq!(m.len().unwrap(), 0);
-        assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 0, "end of file once wiped");
+        assert_eq!(
+            reader.read_at(&mut buf, 0).unwrap(),
+            0,
+            "end of file once wiped"
+        );
         m.wipe();
         assert!(m.is_empty().unwrap());
     }

@@ -127,7 +127,10 @@ impl Backings {
         version: u64,
         reply: &ReplyOpen,
     ) -> io::Result<Option<Arc<BackingId>>> {
-        let mut map = self.by_version.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .by_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if view.meta(name, which).is_none_or(|m| m.version != version) {
             return Ok(None);
         }
@@ -154,7 +157,10 @@ impl Backings {
     /// Wipes and forgets the memfd of every version the view no longer serves (run after every
     /// view change, before the change returns).
     pub fn retain_readable(&self, view: &SecretView) {
-        let mut map = self.by_version.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .by_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         map.retain(|(name, version), _| {
             [Which::Current, Which::Previous]
                 .into_iter()
