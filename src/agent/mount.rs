@@ -104,6 +104,9 @@ pub struct Mounted {
     detached: bool,
     /// How secret files' bytes reach readers (chosen at the handshake).
     read_path: ReadPath,
+    /// Passthrough's memfds: wiped when the mount is dropped, because a reader's open handle
+    /// keeps its memfd alive (and readable) even after the agent's process is gone.
+    backings: Arc<Backings>,
 }
 
 impl Mounted {
@@ -185,6 +188,7 @@ impl Mounted {
             invalidator: None,
             detached: false,
             read_path: ReadPath::DirectIo,
+            backings: Arc::default(),
         };
         let session_err = |path: &Path| {
             let path = path.to_owned();
@@ -196,6 +200,7 @@ impl Mounted {
             ..ReadSetup::default()
         };
         let (in_use, backings) = (read.in_use.clone(), read.backings.clone());
+        mounted.backings = backings.clone();
         let fs = SecretFs::new(state.clone(), inodes.clone(), read);
         let mut config = Config::default();
         config.n_threads = Some(threads.max(1));
@@ -310,9 +315,11 @@ impl Mounted {
 }
 
 impl Drop for Mounted {
-    /// Detaches if not shut down; does not wait for readers.
+    /// Detaches if not shut down; does not wait for readers. Wipes passthrough's memfds: from
+    /// here on no handle reads a value (the agent is about to stop serving).
     fn drop(&mut self) {
         self.detach();
+        self.backings.wipe_all();
     }
 }
 

@@ -12,10 +12,13 @@
 //!   in place of the value, so the pages are dropped instead (the kernel frees them, as it
 //!   frees socket buffers that carried a value).
 //!
-//! Every `unsafe` block is one system call on a file descriptor or mapping this type owns.
+//! Every `unsafe` block is one system call (`mmap`, `mlock`, `munmap`) or a copy into a mapping
+//! this type owns.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::memfd::{MFdFlags, memfd_create};
 
 /// A memfd holding one value, mapped and locked while it holds it.
 #[derive(Debug)]
@@ -29,24 +32,14 @@ impl Memfd {
     /// A new memfd holding `bytes`, its pages locked in memory. Fails (and leaves nothing
     /// behind) when any step fails, in particular when the pages cannot be locked.
     pub fn with_bytes(bytes: &[u8]) -> io::Result<Memfd> {
-        // SAFETY: memfd_create with a static NUL-terminated name and valid flags; on success
-        // we own the returned descriptor.
-        let raw = unsafe { libc::memfd_create(c"fyvault-secret".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = memfd_create(c"fyvault-secret", MFdFlags::MFD_CLOEXEC)?;
         let mut m = Memfd { fd, map: None };
         if bytes.is_empty() {
             return Ok(m);
         }
         let len = bytes.len();
         let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("value too large"))?;
-        // SAFETY: ftruncate on our descriptor.
-        if unsafe { libc::ftruncate(m.fd.as_raw_fd(), size) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nix::unistd::ftruncate(&m.fd, size)?;
         // SAFETY: a new shared mapping of `len` bytes of our memfd (just sized to `len`); the
         // kernel chooses the address. Unmapped in `unmap` (also on every error below, via Drop).
         let addr = unsafe {
@@ -89,14 +82,10 @@ impl Memfd {
     /// Takes the value out of the file at once (see the module docs): truncates it to 0 bytes
     /// and drops the mapping. Idempotent.
     pub fn wipe(&mut self) {
-        // SAFETY: ftruncate on our descriptor. It cannot fail for a memfd we own that has no
-        // seals; if it did, `unmap` still runs and the next wipe (Drop) tries again.
-        let r = unsafe { libc::ftruncate(self.fd.as_raw_fd(), 0) };
-        if r != 0 {
-            tracing::error!(
-                error = %io::Error::last_os_error(),
-                "passthrough: truncating a secret's memfd failed"
-            );
+        // Cannot fail for a memfd we own that has no seals; if it did, `unmap` still runs and
+        // the next wipe (Drop) tries again.
+        if let Err(e) = nix::unistd::ftruncate(&self.fd, 0) {
+            tracing::error!(error = %e, "passthrough: truncating a secret's memfd failed");
         }
         self.unmap();
     }

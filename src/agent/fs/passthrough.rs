@@ -168,6 +168,17 @@ impl Backings {
         });
     }
 
+    /// Wipes and forgets every memfd (the mount is going away).
+    pub fn wipe_all(&self) {
+        let all = std::mem::take(
+            &mut *self
+                .by_version
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        drop(all); // each memfd is wiped as it drops
+    }
+
     /// Keeps `id` until handle `fh` is released.
     fn hold(&self, fh: u64, id: Arc<BackingId>) {
         self.by_handle
