@@ -170,6 +170,20 @@ fn main() {
         add_floor(FloorMode::Passthrough, t, false);
     }
 
+    // `READ_PATH_AGENT_THREADS=1,2`: more agents (read path auto) with other `fuse_threads`.
+    let thread_agents: Vec<(usize, tempfile::TempDir, AgentProc)> =
+        std::env::var("READ_PATH_AGENT_THREADS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|x| x.parse::<usize>().ok())
+            .map(|t| {
+                let d = open_tempdir("fyvault-bench-read-threads-");
+                let cfg =
+                    world.agent_config_with(d.path(), true, 30, &format!("fuse_threads = {t}\n"));
+                let a = AgentProc::start(d.path(), &cfg, "info");
+                (t, d, a)
+            })
+            .collect();
     let mut targets = vec![
         Target {
             key: "tmpfs".into(),
@@ -187,6 +201,13 @@ fn main() {
             path: agent_direct.mount.join(SECRET),
         },
     ];
+    for (t, _, a) in &thread_agents {
+        targets.push(Target {
+            key: format!("fyvault_{t}_threads"),
+            label: format!("fyvault agent ({auto_path}), fuse_threads = {t}"),
+            path: a.mount.join(SECRET),
+        });
+    }
     for (key, label, m) in &floors {
         targets.push(Target {
             key: key.clone(),
@@ -311,6 +332,7 @@ fn main() {
     summarize(&mut report, &summary);
     report.write();
     drop(floors);
+    drop(thread_agents);
     drop(agent_direct);
     drop(agent);
 }

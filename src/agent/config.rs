@@ -49,6 +49,8 @@ pub struct AgentConfig {
     /// How secret files' bytes reach readers (`fuse_read_path`: `auto`, `passthrough`,
     /// `direct_io`; see `fs::passthrough`).
     pub fuse_read_path: ReadPathChoice,
+    /// FUSE worker threads (`fuse_threads`, 1 to 64; default `mount::FUSE_THREADS`).
+    pub fuse_threads: usize,
     pub state_dir: PathBuf,
     /// Caps how long a previous version stays readable after a rotation (the vault's grace is
     /// used when shorter). `Some(0)`: previous versions are never served.
@@ -134,6 +136,8 @@ struct RawConfig {
     fuse: bool,
     #[serde(default)]
     fuse_read_path: ReadPathChoice,
+    #[serde(default)]
+    fuse_threads: Option<usize>,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
@@ -312,6 +316,11 @@ impl Validator {
                 ));
             }
         };
+        let fuse_threads = match raw.fuse_threads {
+            None => crate::agent::mount::FUSE_THREADS,
+            Some(n) if (1..=64).contains(&n) => n,
+            Some(n) => return Err(self.err("fuse_threads", format!("{n} is not between 1 and 64"))),
+        };
         let group = self.group(&raw.group)?;
         let mut rules = Vec::new();
         for (i, r) in raw.access.rule.into_iter().enumerate() {
@@ -327,6 +336,7 @@ impl Validator {
             socket: raw.socket,
             mount: raw.fuse.then_some(raw.mount),
             fuse_read_path: raw.fuse_read_path,
+            fuse_threads,
             state_dir: raw.state_dir,
             grace_cap,
             sync_wait: Duration::from_secs(sync_wait),

@@ -122,13 +122,18 @@ impl Mounted {
         state: Arc<AgentState>,
         choice: ReadPathChoice,
     ) -> Result<Mounted, MountError> {
-        Self::start_inner(
-            path.into(),
-            state,
-            FUSE_THREADS,
-            KernelReadOnly::Yes,
-            choice,
-        )
+        Self::start_configured(path, state, choice, FUSE_THREADS)
+    }
+
+    /// [`start`](Self::start) with the read path `choice` and `threads` FUSE worker threads
+    /// (`fuse_read_path`, `fuse_threads`).
+    pub fn start_configured(
+        path: impl Into<PathBuf>,
+        state: Arc<AgentState>,
+        choice: ReadPathChoice,
+        threads: usize,
+    ) -> Result<Mounted, MountError> {
+        Self::start_inner(path.into(), state, threads, KernelReadOnly::Yes, choice)
     }
 
     /// [`start`](Self::start) with `threads` FUSE worker threads (at least 1; benchmarks).
@@ -227,6 +232,7 @@ impl Mounted {
         tracing::info!(
             path = %mounted.path.display(),
             read_path = mounted.read_path.as_str(),
+            threads,
             "fuse: mounted"
         );
         Ok(mounted)

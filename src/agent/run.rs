@@ -296,7 +296,7 @@ fn start_auditor(
 /// leaves the agent serving the socket only and says why in the health.
 async fn start_mount(
     path: Option<&Path>,
-    read_path: ReadPathChoice,
+    (read_path, threads): (ReadPathChoice, usize),
     state: &Arc<AgentState>,
     info: &RunInfo,
     optional: bool,
@@ -312,7 +312,7 @@ async fn start_mount(
     };
     let (p, st) = (path.to_owned(), state.clone());
     let result =
-        tokio::task::spawn_blocking(move || Mounted::start_with_read_path(p, st, read_path))
+        tokio::task::spawn_blocking(move || Mounted::start_configured(p, st, read_path, threads))
             .await
             .unwrap_or_else(|e| {
                 Err(MountError::Session {
@@ -486,7 +486,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let mount = start_mount(
         config.mount.as_deref(),
-        config.fuse_read_path,
+        (config.fuse_read_path, config.fuse_threads),
         &state,
         &info,
         options.mount_optional,
