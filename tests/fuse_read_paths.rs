@@ -14,6 +14,7 @@ use std::time::Duration;
 use common_fuse::{TestMount, active, errno, fuse_available, revoked, wait_for};
 use fyvault::agent::access::Policy;
 use fyvault::agent::fs::{ReadPath, ReadPathChoice};
+use fyvault::agent::view::Change;
 
 /// A mount per read path this kernel can mount: direct I/O always, passthrough where offered.
 fn mounts(test: &str) -> Vec<TestMount> {
@@ -104,6 +105,7 @@ fn pinned_handles_grace_and_revoke_on_every_read_path() {
 
         // Rotation with a short grace: the open handle keeps v1, new opens get v2 (also from
         // another process), `.previous` shows v1; handles on both versions read their own.
+        let mut changes = m.state.view.subscribe();
         m.apply(vec![active(
             "PIN",
             2,
@@ -123,9 +125,19 @@ fn pinned_handles_grace_and_revoke_on_every_read_path() {
         assert_eq!(&buf[..n], b"version-one", "{path:?}");
         assert_eq!(cat(&m.previous("PIN")), b"version-one", "{path:?}");
 
-        // The grace ends: both v1 handles are done; the v2 handle reads on.
+        // The grace ends: both v1 handles are done; the v2 handle reads on. Lookups judge the
+        // deadline by the clock; the memfd of v1 is wiped when the agent's expiry task applies
+        // the end (on its timer, at the deadline): wait for that change to be published.
         wait_for("grace of PIN v1 over", || {
             std::fs::metadata(m.previous("PIN")).is_err()
+        });
+        wait_for("the expiry of PIN v1 applied", || {
+            std::iter::from_fn(|| changes.try_recv().ok()).any(|c| {
+                c == Change::PreviousExpired {
+                    name: "PIN".into(),
+                    version: 1,
+                }
+            })
         });
         assert_gone(&m, pinned.read_at(&mut buf, 0), "pinned v1 after grace");
         assert_gone(
