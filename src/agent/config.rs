@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::agent::access::{Glob, Policy, Rule};
 
+mod delivery;
 mod error;
 
 pub use error::ConfigError;
@@ -61,6 +62,8 @@ pub struct AgentConfig {
     pub audit_spool_max_bytes: Option<u64>,
     /// The access policy (group gid resolved, rules resolved).
     pub policy: Policy,
+    /// `[credentials]`, `[[template]]`, `[[file]]` (see [`crate::agent::delivery`]).
+    pub delivery: crate::agent::delivery::Delivery,
     /// Things worth a warning that do not stop the agent (e.g. the group does not exist).
     pub warnings: Vec<String>,
 }
@@ -144,6 +147,9 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     audit: RawAudit,
+    /// `[credentials]`: systemd credential id → secret name.
+    #[serde(default)]
+    credentials: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,6 +333,7 @@ impl Validator {
             ca_file: raw.ca_file,
             audit_spool_max_bytes,
             policy: Policy::new(group, rules),
+            delivery: self.delivery(raw.credentials)?,
             warnings: self.warnings,
         })
     }
