@@ -5,9 +5,30 @@
 //! the running one stays). Who may read is never decided here: that is the read gate's
 //! ([`crate::agent::gate`]).
 
+pub mod template;
+
 use std::collections::BTreeMap;
 
+use crate::agent::access::Glob;
 use crate::api::valid_secret_name;
+pub use template::{RenderError, TemplateEntry, TemplateError, Templates};
+
+/// Owner, group and mode a file shows in `stat` (each unset one keeps the default:
+/// root, the policy's group, 0440). What `stat` shows is the policy's coarse shape for
+/// programs that check it; who reads is decided by the read gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shown {
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: Option<u16>,
+}
+
+/// One `[[file]]` entry: secrets matching any glob show `shown`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRule {
+    pub secrets: Vec<Glob>,
+    pub shown: Shown,
+}
 
 /// The delivery settings in force (shared as an `Arc` by [`crate::agent::state::AgentState`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,6 +36,10 @@ pub struct Delivery {
     /// `[credentials]`: systemd credential id → secret name. An id not listed names the secret
     /// itself (`LoadCredential=STRIPE_SK:/run/fyvault.sock`).
     pub credentials: BTreeMap<String, String>,
+    /// `[[template]]` files in the mount.
+    pub templates: Templates,
+    /// `[[file]]` entries, in order (the first that matches a secret applies).
+    pub files: Vec<FileRule>,
 }
 
 impl Delivery {
@@ -27,9 +52,27 @@ impl Delivery {
         }
     }
 
+    /// What `stat` shows for secret `name` (the first `[[file]]` entry that matches).
+    pub fn shown_for_secret(&self, name: &str) -> Shown {
+        self.files
+            .iter()
+            .find(|f| f.secrets.iter().any(|g| g.matches(name)))
+            .map(|f| f.shown)
+            .unwrap_or_default()
+    }
+
     /// One line per difference from `old` (for the reload log); empty when equal.
     pub fn changes_from(&self, old: &Delivery) -> Vec<String> {
         let mut out = Vec::new();
+        if self.templates != old.templates {
+            out.push(format!(
+                "templates: {}",
+                self.templates.names().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if self.files != old.files {
+            out.push(format!("[[file]] entries: {}", self.files.len()));
+        }
         for (id, name) in &self.credentials {
             match old.credentials.get(id) {
                 Some(o) if o == name => {}
