@@ -145,6 +145,7 @@ fn decide(
         Err(Refusal::Denied) => Err("no rule grants this secret to this unit"),
         Err(Refusal::NotFound | Refusal::NoPrevious) => Err("no such secret"),
         Err(Refusal::NotReady) => Err("the agent has no values yet"),
+        Err(Refusal::Unrenderable) => Err("cannot be rendered"),
     }
 }
 
