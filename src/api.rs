@@ -191,6 +191,11 @@ pub enum AccessAction {
     /// The agent cannot open this version of the secret (`secret`, `version`, `reason`; never
     /// any byte of the value) and keeps serving what it held.
     Undeliverable,
+    /// An operator accepted a deliberate vault restore on this agent (`fyvault agent
+    /// accept-restore`): `secret` is the one named (none: every secret), `uid` and `pid` the
+    /// operator's process. The agent then takes the vault's versions as they are.
+    #[serde(rename = "restore_accepted")]
+    RestoreAccepted,
 }
 
 /// Why an agent cannot deliver a version (`reason` of an `undeliverable` event).
@@ -202,7 +207,9 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
     // An active version without a sealed value.
     "missing_value",
     // An older version than one the agent already served (a vault restored from a backup, a
-    // replayed answer): refused by rollback protection; `version` is the one offered.
+    // replayed answer): refused by rollback protection; `version` is the one the agent holds
+    // and serves (the vault knows what it offered: its own current version). The vault raises
+    // that secret's version floor to it (docs/vault.md, "Restores and version numbers").
     "older_than_served",
 ];
 

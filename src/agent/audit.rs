@@ -302,6 +302,20 @@ impl Auditor {
         self.add(Key::undeliverable(secret, version, reason), &no_process);
     }
 
+    /// Reports that the operator (`uid`, `pid`) accepted a vault restore for `secret` (none:
+    /// every secret).
+    pub fn restore_accepted(&self, secret: Option<&str>, uid: u32, pid: u32) {
+        let operator = Caller {
+            uid,
+            gid: 0,
+            pid,
+            groups: Vec::new(),
+            exe: None,
+            unit: None,
+        };
+        self.add(Key::restore_accepted(secret, uid), &operator);
+    }
+
     /// Counts `key` in the coalescer, `caller` being the first access's process.
     fn add(&self, key: Key, caller: &Caller) {
         let Some(h) = &self.inner else { return };

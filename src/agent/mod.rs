@@ -11,6 +11,7 @@ pub mod dotenv;
 pub mod fs;
 pub mod hygiene;
 pub mod mount;
+pub mod restore;
 pub mod run;
 pub mod secret_view;
 pub mod ship;

@@ -86,6 +86,15 @@ pub(crate) async fn send(
     socket: &Path,
     path: &str,
 ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    send_method(socket, hyper::Method::GET, path).await
+}
+
+/// `method path` (no body) on the agent's socket: the answer's head, its body streaming.
+pub(crate) async fn send_method(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| AgentUnreachable {
@@ -98,7 +107,9 @@ pub(crate) async fn send(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::get(path)
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, "fyvault")
         .body(Empty::<Bytes>::new())
         .context("bad request")?;
@@ -110,7 +121,16 @@ pub(crate) async fn send(
 
 /// `GET path` on the agent's socket, the whole answer.
 pub(crate) async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
-    let resp = send(socket, path).await?;
+    request_method(socket, hyper::Method::GET, path).await
+}
+
+/// `method path` on the agent's socket, the whole answer.
+pub(crate) async fn request_method(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<Answer> {
+    let resp = send_method(socket, method, path).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let mut body = resp.into_body();

@@ -23,6 +23,7 @@ fn action_str(a: AccessAction) -> &'static str {
         AccessAction::Denied => "denied",
         AccessAction::Dropped => "dropped",
         AccessAction::Undeliverable => "undeliverable",
+        AccessAction::RestoreAccepted => "restore_accepted",
     }
 }
 

@@ -20,6 +20,7 @@ pub(super) fn action_str(a: AccessAction) -> &'static str {
         AccessAction::Denied => "denied",
         AccessAction::Dropped => "dropped",
         AccessAction::Undeliverable => "undeliverable",
+        AccessAction::RestoreAccepted => "restore_accepted",
     }
 }
 
