@@ -280,7 +280,7 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let a = audit_health(&rt, &agent.socket);
-        if a["backlog_events"] == 0 && a["pending_events"] == 0 {
+        if a["backlog_events"] == 0 && a["pending_events"] == 0 && a["pending_dropped"] == 0 {
             break;
         }
         assert!(

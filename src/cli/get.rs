@@ -284,6 +284,12 @@ fn audit_line(a: &AuditStats) -> String {
         a.dropped_total,
         a.corrupt_skipped,
     );
+    if a.pending_dropped > 0 {
+        line.push_str(&format!(
+            " ({} lost accesses to report in the next dropped event)",
+            a.pending_dropped
+        ));
+    }
     if let Some(since) = &a.failing_since {
         line.push_str(&format!(
             "; shipping failing since {since}: {}",
@@ -310,6 +316,7 @@ mod tests {
             failing_since: Some("2025-01-01T00:00:00Z".into()),
             shipped_total: 0,
             dropped_total: 4,
+            pending_dropped: 0,
             corrupt_skipped: 5,
         };
         let l = audit_line(&a);
@@ -318,6 +325,12 @@ mod tests {
             "{l}"
         );
         assert!(l.contains("4 dropped, 5 corrupt skipped; shipping failing since 2025-01-01T00:00:00Z: vault unreachable"), "{l}");
+        a.pending_dropped = 6;
+        assert!(
+            audit_line(&a).contains("5 corrupt skipped (6 lost accesses to report in the next dropped event); shipping"),
+            "{}",
+            audit_line(&a)
+        );
         a.enabled = false;
         assert_eq!(audit_line(&a), "audit: off");
         let m = MountHealth {
