@@ -344,7 +344,10 @@ fn pending_dropped_is_visible_until_its_dropped_record_is_written() {
             .load(std::sync::atomic::Ordering::Relaxed),
         7
     );
-    spool.append(Vec::new()).unwrap().expect("the dropped record");
+    spool
+        .append(Vec::new())
+        .unwrap()
+        .expect("the dropped record");
     assert_eq!(
         counters
             .pending_dropped

@@ -21,6 +21,10 @@ pub struct AcceptRestoreArgs {
 }
 
 pub fn run(config_path: &Path, args: AcceptRestoreArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "accepting a vault restore is for root only"
+    );
     let config = config::load(config_path)?;
     let selection: Selection = if args.secrets.is_empty() {
         None

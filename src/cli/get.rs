@@ -327,7 +327,9 @@ mod tests {
         assert!(l.contains("4 dropped, 5 corrupt skipped; shipping failing since 2025-01-01T00:00:00Z: vault unreachable"), "{l}");
         a.pending_dropped = 6;
         assert!(
-            audit_line(&a).contains("5 corrupt skipped (6 lost accesses to report in the next dropped event); shipping"),
+            audit_line(&a).contains(
+                "5 corrupt skipped (6 lost accesses to report in the next dropped event); shipping"
+            ),
             "{}",
             audit_line(&a)
         );
