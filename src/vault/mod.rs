@@ -29,6 +29,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod token_cache;
 mod trim;
 
 pub use error::{ApiError, VaultError};
@@ -46,6 +47,8 @@ pub struct AppState {
     pub fanout: Arc<fanout::Fanout>,
     /// The connection and long-poll caps ([`limits::Limits`]).
     pub admission: Arc<limits::Admission>,
+    /// Verified tokens, so a re-poll reads no store ([`token_cache::TokenCache`]).
+    pub tokens: Arc<token_cache::TokenCache>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
