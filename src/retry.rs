@@ -146,7 +146,7 @@ mod tests {
                 .iter()
                 .all(|d| *d >= asked && *d <= Duration::from_secs(30))
         );
-        let first: Vec<_> = delays[..20].to_vec();
+        let first: Vec<_> = delays[..5].to_vec(); // own ceilings 0.1–1.6 s: the hint rules
         assert!(first.iter().all(|d| *d <= asked + asked / 2), "{first:?}");
         assert!(
             first.iter().any(|d| *d != first[0]),
