@@ -30,7 +30,7 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod token_cache;
-mod trim;
+pub mod trim;
 
 pub use error::{ApiError, VaultError};
 pub use server::{ServerConfig, ServerHandle, TlsFiles, start, start_with_store};

@@ -160,6 +160,8 @@ pub async fn stats(
         "long_polls": a.parked_long_polls(),
         "max_long_polls": a.limits.max_long_polls,
         "shared_sync_reads": state.fanout.shared_reads(),
+        "heap": crate::vault::trim::heap_usage()
+            .map(|(in_use, held)| serde_json::json!({"in_use_bytes": in_use, "held_bytes": held})),
         "token_cache": {
             "entries": state.tokens.len(),
             "hits": hits,
