@@ -15,7 +15,9 @@
 //! Bounded: at most `FLEET_SIZES` (default `1000,5000,15000`) agents, each phase under a
 //! deadline; `FLEET_SETTLE_SECS` (default 60) is the wait after the fleet disconnects;
 //! PostgreSQL only when `FYVAULT_TEST_POSTGRES` is set (`eval "$(scripts/pg-test-setup)"`),
-//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances.
+//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances. `FLEET_VAULT_ENV`
+//! (`K=V …`) sets environment variables of the vault processes only (allocator tunables), and
+//! `FYVAULT_BENCH_BIN` runs another build of the vault (an allocator variant).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -51,6 +53,17 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 5000, 15000])
+}
+
+/// `FLEET_VAULT_ENV="K=V K2=V2"`: environment for the vault processes only (allocator
+/// tunables such as `MALLOC_ARENA_MAX=2`, without touching the simulator's own allocator).
+fn vault_env(cmd: &mut Command) {
+    let spec = std::env::var("FLEET_VAULT_ENV").unwrap_or_default();
+    for kv in spec.split_whitespace() {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
 }
 
 fn loadavg() -> String {
@@ -312,7 +325,7 @@ async fn sqlite_runs(settle: Duration) -> Vec<Outcome> {
     let admin = init_admin(&["--data-dir", data.to_str().unwrap()], dir.path(), None);
     let proc = {
         let d = data.clone();
-        tokio::task::spawn_blocking(move || VaultProc::start(&d))
+        tokio::task::spawn_blocking(move || VaultProc::start_with(&d, vault_env))
             .await
             .unwrap()
     };
@@ -388,6 +401,7 @@ async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Outcome> {
         let proc = tokio::task::spawn_blocking(move || {
             VaultProc::start_with(&d, |c| {
                 c.env("FYVAULT_DATABASE", &u);
+                vault_env(c);
             })
         })
         .await
