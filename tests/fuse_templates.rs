@@ -9,28 +9,12 @@ mod common_fuse;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use std::time::Duration;
 
-use common_fuse::{TestMount, active, errno, fuse_available, logs};
+use common_fuse::{TestMount, active, as_nobody, errno, fuse_available, logs};
 use fyvault::agent::access::{Glob, Policy, Rule};
 use fyvault::agent::delivery::{Delivery, FileRule, Shown, Templates};
-
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .args(args)
-        .output()
-        .expect("setpriv")
-}
 
 fn template(name: &str, text: &str, shown: Shown) -> (String, PathBuf, String, Shown) {
     (
