@@ -1,14 +1,16 @@
 //! Templates on the socket and in the config's life cycle (docs/delivery.md), against a real
 //! vault and agent: `GET /v1/templates/NAME` renders through the gate (re-rendered after a
 //! rotation); a template that does not parse stops the agent binary at start with one line
-//! naming the file and the line, and is refused on reload while the old set keeps serving.
+//! naming the file and the line, and is refused on reload while the old set keeps serving. A
+//! read of an absent name is a `missing` event in the vault's trail.
 
 mod agent_support;
 
 use std::process::Command;
 
 use agent_support::vault::{Log, World};
-use agent_support::{eventually, fyvault, get};
+use agent_support::{eventually, fyvault, get, ship_all};
+use fyvault::api::{AccessVia, AuditQuery};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_on_the_socket_and_across_reloads() {
@@ -73,6 +75,33 @@ async fn templates_on_the_socket_and_across_reloads() {
     assert_eq!(
         get(&sock, "/v1/templates/dsn.conf").await.text(),
         "user=app2\n"
+    );
+    // A read of a name that does not exist (root is allowed every name): 404 and a `missing`
+    // event in the vault's trail, with the process and no version.
+    assert_eq!(
+        get(&sock, "/v1/secrets/NOT_PUSHED").await.error_code(),
+        "not_found"
+    );
+    ship_all(&agent).await;
+    let recs = w
+        .admin
+        .audit(
+            &w.org,
+            &AuditQuery {
+                action: Some("missing".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .records;
+    assert!(
+        recs.iter()
+            .any(|r| r.secret.as_deref() == Some("NOT_PUSHED")
+                && r.version.is_none()
+                && r.via == Some(AccessVia::Socket)
+                && r.pid == Some(std::process::id())),
+        "{recs:?}"
     );
     agent.shutdown().await.unwrap();
 
