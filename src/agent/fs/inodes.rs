@@ -10,6 +10,9 @@
 //! of 2^32 would share an inode; the vault numbers versions one by one, and at most two
 //! versions of a name (current and previous) are served at once.
 //!
+//! Template names (`[[template]]`, never valid secret names) are interned in the same table
+//! and use only the current place, with version 0.
+//!
 //! Names are interned only once the view has held them (a lookup of a name the view does not
 //! hold allocates nothing), so the table is bounded by the secrets the agent has ever served.
 //! An inode number never changes meaning while the agent runs.
@@ -41,6 +44,8 @@ pub enum Node {
     /// `.env` or `.env.sh`.
     DotEnv(Form),
     Secret(String, Which),
+    /// A `[[template]]` file (its name is never a secret name; only the current slot is used).
+    Template(String),
 }
 
 #[derive(Debug, Default)]
@@ -121,7 +126,13 @@ impl Inodes {
                 };
                 let t = self.table.read().expect("inode table lock");
                 let name = t.names.get(usize::try_from(rel >> 33).ok()?)?;
-                Some(Node::Secret(name.clone(), which))
+                if crate::api::valid_secret_name(name) {
+                    Some(Node::Secret(name.clone(), which))
+                } else if which == Which::Current {
+                    Some(Node::Template(name.clone()))
+                } else {
+                    None
+                }
             }
             _ => None,
         }
@@ -195,6 +206,9 @@ mod tests {
         assert_eq!(t.node(ino_of(2, Which::Current, 1)), None, "no third name");
         assert_eq!(t.get("C", Which::Current, 1), None);
         assert!(t.known("A") && !t.known("C"));
+        let tpl = t.intern("app.conf", Which::Current, 0).unwrap();
+        assert_eq!(t.node(tpl), Some(Node::Template("app.conf".into())));
+        assert_eq!(t.node(tpl + 1), None);
         assert!(
             [ROOT, PREVIOUS_DIR, DOTENV, DOTENV_SH]
                 .iter()
