@@ -154,5 +154,26 @@ async fn accept_restore_on_a_running_and_on_a_stopped_agent() {
     wait_health(&sock, "the agent to be ready", |h| h["status"] == "ready").await;
     assert_eq!(value(&sock, "BETA").await, (200, b"beta-1".to_vec()));
     assert_eq!(value(&sock, "ALPHA").await, (200, b"alpha-1".to_vec()));
+    // That start recorded the offline acceptance (every secret: no secret named) once.
+    eventually(
+        "the offline acceptance to reach the audit trail",
+        || async {
+            let records = w.admin.audit(&w.org, &query).await.ok()?.records;
+            records
+                .iter()
+                .any(|r| r.secret.is_none() && r.uid == Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        agent
+            .log
+            .lock()
+            .unwrap()
+            .contains("restore accepted while the agent was stopped"),
+        "{}",
+        agent.log.lock().unwrap()
+    );
     agent.stop();
 }
