@@ -5,7 +5,8 @@
 //! [`Secret`]s; a value that fails to open is logged (name and version only) and skipped, and
 //! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
 //! serving and reports `degraded` (since the first failure); it reconnects with capped
-//! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
+//! exponential backoff and full jitter (never sooner than a refusal's `Retry-After`, such as
+//! the vault's long-poll cap sends), and never busy-loops. A 401 (token revoked upstream)
 //! is reported as such and retried slowly, and at once when the token file changes.
 //!
 //! This module only reports what happened ([`SyncEvent`], through the [`Reporter`] it is
@@ -295,7 +296,7 @@ impl Syncer {
                     return Ok(cache.revision);
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.next_delay_after(e.retry_after());
                     tracing::warn!("first sync failed: {e}; retrying in {delay:?}");
                     (self.report)(SyncEvent::Failed {
                         reason: e.to_string(),
@@ -396,7 +397,12 @@ impl Syncer {
                         ClientError::Unreachable(why) => {
                             (format!("vault unreachable: {why}"), retry.next_delay())
                         }
-                        other => (other.to_string(), retry.next_delay()),
+                        // A refusal naming its own delay (the vault's long-poll cap, an
+                        // overloaded proxy): never sooner than asked, jittered on top.
+                        other => (
+                            other.to_string(),
+                            retry.next_delay_after(other.retry_after()),
+                        ),
                     };
                     if was_ready {
                         tracing::warn!("sync failed: {e}; serving the last known values");
