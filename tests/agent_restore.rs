@@ -7,15 +7,8 @@
 mod agent_support;
 
 use agent_support::agent_bin::*;
-use agent_support::vault::{Log, VaultProc, World};
+use agent_support::vault::{Log, World};
 use agent_support::*;
-
-async fn start_vault(data_dir: &std::path::Path, port: u16, log: &Log) -> VaultProc {
-    let (d, l) = (data_dir.to_owned(), log.clone());
-    tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_restore_on_a_running_and_on_a_stopped_agent() {
