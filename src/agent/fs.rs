@@ -9,6 +9,7 @@
 //! /.previous/NAME   previous value while its grace runs
 //! /.env             KEY=value lines of what the caller may read (see `dotenv`)
 //! /.env.sh          the same as `export KEY='value'` lines for shells
+//! /app.conf         a `[[template]]` rendered at `open` for the caller (lowercase names)
 //! ```
 //!
 //! Access is decided by the policy in `open` and `access` (the mount has no
@@ -18,11 +19,12 @@
 //! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
 //!
 //! ## Who learns what
-//! Names are public (the listing shows every name to every local user). Everything else about
-//! a secret is decided by the policy *before* existence: a caller the policy refuses `NAME`
-//! gets EACCES from `lookup`, `getattr`, `access` and `open` alike, whether `NAME` exists or
-//! not, and never its size or time (the socket's 403 is the same rule). Each refusal is logged
-//! and audited as `denied`.
+//! Every lookup, stat, access check and open of a secret asks the read gate
+//! ([`crate::agent::gate`]), which states the rule once for every delivery path: names are
+//! public, the policy decides *before* existence (EACCES from `lookup`, `getattr`, `access` and
+//! `open` alike whether `NAME` exists or not, recorded as `denied`), and only an allowed caller
+//! learns that a name is absent (ENOENT; a `lookup` or `open` of it is recorded as `missing`).
+//! This file only translates: the gate's [`Refusal`] becomes an errno in [`errno`].
 //!
 //! ## Cache lifetimes
 //! What the kernel may cache and for how long is decided in [`attrs`] (see there).
@@ -48,9 +50,10 @@ use fuser::{
 
 use crate::agent::access::Caller;
 use crate::agent::dotenv::{self, Form};
+use crate::agent::gate::{ReadRequest, Refusal};
 use crate::agent::state::AgentState;
 use crate::agent::view::{ReadError, Which};
-use crate::api::{AccessAction, AccessVia};
+use crate::api::AccessVia;
 
 pub use attrs::{DIR_ATTR_TTL, DOTENV_ATTR_TTL, ENTRY_TTL, FILE_ATTR_TTL};
 pub use inodes::{
@@ -80,46 +83,38 @@ impl SecretFs {
         self.state.callers.resolve(req.uid(), req.gid(), req.pid())
     }
 
-    fn audit(&self, caller: &Caller, action: AccessAction, name: &str, version: Option<u64>) {
-        self.state
-            .auditor
-            .record(caller, action, name, version, AccessVia::Fuse);
-    }
-
-    fn denied(&self, caller: &Caller, name: &str, version: Option<u64>) -> Errno {
-        tracing::info!(
-            secret = name,
-            uid = caller.uid,
-            pid = caller.pid,
-            exe = ?caller.exe,
-            "fuse: access denied by policy"
-        );
-        self.audit(caller, AccessAction::Denied, name, version);
-        Errno::EACCES
+    /// The read request of `name` by `req`'s caller.
+    fn ask<'a>(caller: &'a Caller, name: &'a str, which: Which) -> ReadRequest<'a> {
+        ReadRequest::new(caller, AccessVia::Fuse, name).which(which)
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
         let caller = self.caller(req);
-        if !self.state.policy().allows(&caller, name) {
-            let version = self.state.view.meta(name, which).map(|m| m.version);
-            return Err(self.denied(&caller, name, version));
-        }
-        let (fh, meta) = self.state.view.open(name, which).ok_or(Errno::ENOENT)?;
-        self.audit(&caller, AccessAction::Accessed, name, Some(meta.version));
+        let (fh, _meta) = self
+            .state
+            .gate()
+            .open(&Self::ask(&caller, name, which))
+            .map_err(errno)?;
         Ok(fh)
     }
 
     fn open_dotenv(&self, req: &Request, form: Form) -> u64 {
         let caller = self.caller(req);
-        let policy = self.state.policy();
-        let allowed = |n: &str| policy.allows(&caller, n);
-        let (fh, pins) = self.state.view.open_snapshot(allowed, |entries| {
-            dotenv::render(form, entries.iter().copied())
-        });
-        for (name, version) in pins {
-            self.audit(&caller, AccessAction::Accessed, &name, Some(version));
-        }
-        fh
+        self.state
+            .gate()
+            .open_all(&caller, AccessVia::Fuse, |entries| {
+                dotenv::render(form, entries.iter().copied())
+            })
+    }
+}
+
+/// The gate's refusal as an errno: EACCES for a denial, ENOENT for every kind of absence, EIO
+/// for a template that could not be rendered.
+pub(crate) fn errno(r: Refusal) -> Errno {
+    match r {
+        Refusal::Denied => Errno::EACCES,
+        Refusal::NotFound | Refusal::NoPrevious | Refusal::NotReady => Errno::ENOENT,
+        Refusal::Unrenderable => Errno::EIO,
     }
 }
 
@@ -151,6 +146,11 @@ impl Filesystem for SecretFs {
             Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
             Some(Node::DotEnv(form)) => Ok(self.open_dotenv(req, form)),
             Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
+            Some(Node::Template(name)) => self
+                .state
+                .gate()
+                .open_template(&self.caller(req), AccessVia::Fuse, &name)
+                .map_err(errno),
         };
         match opened {
             Ok(fh) => reply.opened(
@@ -277,10 +277,15 @@ impl Filesystem for SecretFs {
             (ino.0, FileType::Directory, "."),
             (ROOT, FileType::Directory, ".."),
         ];
+        let delivery = self.state.delivery();
         if which == Which::Current {
             fixed.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME));
             fixed.push((DOTENV, FileType::RegularFile, DOTENV_NAME));
             fixed.push((DOTENV_SH, FileType::RegularFile, DOTENV_SH_NAME));
+            // Templates (a handful) after the fixed entries, before the secrets.
+            for t in delivery.templates.names() {
+                fixed.push((self.inodes.intern(t, which), FileType::RegularFile, t));
+            }
         }
         for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(*fino), i as u64 + 1, *kind, name) {
@@ -312,14 +317,25 @@ impl Filesystem for SecretFs {
             Node::Root | Node::PreviousDir => Ok(()),
             Node::DotEnv(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
             Node::DotEnv(_) => Ok(()),
-            Node::Secret(name, which) => {
-                self.check_policy(&self.caller(req), &name).and_then(|()| {
-                    match self.state.view.meta(&name, which) {
-                        None => Err(Errno::ENOENT),
-                        Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-                        Some(_) => Ok(()),
+            Node::Template(name) => self
+                .state
+                .gate()
+                .check_template(&self.caller(req), AccessVia::Fuse, &name)
+                .map_err(errno)
+                .and_then(|()| {
+                    if mask.contains(AccessFlags::X_OK) {
+                        Err(Errno::EACCES)
+                    } else {
+                        Ok(())
                     }
-                })
+                }),
+            Node::Secret(name, which) => {
+                let caller = self.caller(req);
+                match self.state.gate().stat(&Self::ask(&caller, &name, which)) {
+                    Err(r) => Err(errno(r)),
+                    Ok(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+                    Ok(_) => Ok(()),
+                }
             }
         };
         match result {

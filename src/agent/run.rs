@@ -213,7 +213,7 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
     let err = |reason: String| RunError::Key {
         path: path.to_owned(),
         reason,
@@ -392,6 +392,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let auditor = start_auditor(&config, &client, &options.audit)?;
     let state = AgentState::new(config.policy.clone(), auditor);
+    state.set_delivery(config.delivery.clone());
     let (stop, stop_rx) = watch::channel(false);
     let expiry = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);
     let mut tasks = Tasks(Vec::new());

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::agent::access::{CallerCache, Policy};
 use crate::agent::audit::Auditor;
+use crate::agent::delivery::Delivery;
 use crate::agent::secret_view::SecretView;
 
 /// How the agent stands with the vault.
@@ -26,6 +27,8 @@ pub struct AgentState {
     /// Every read and change of the secrets goes through its methods.
     pub view: SecretView,
     policy: RwLock<Arc<Policy>>,
+    /// `[credentials]`, templates, file modes (see [`crate::agent::delivery`]).
+    delivery: RwLock<Arc<Delivery>>,
     pub callers: CallerCache,
     pub auditor: Auditor,
     health: RwLock<Health>,
@@ -34,6 +37,8 @@ pub struct AgentState {
     rollbacks: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     /// Versions this agent cannot open: name → (version, reason), each reported once.
     undeliverable: RwLock<std::collections::BTreeMap<String, (u64, &'static str)>>,
+    /// An accepted vault restore waiting for the sync loop (`crate::agent::restore`).
+    pub restore: crate::agent::restore::Requests,
 }
 
 impl AgentState {
@@ -41,11 +46,13 @@ impl AgentState {
         Arc::new(AgentState {
             view: SecretView::new(),
             policy: RwLock::new(Arc::new(policy)),
+            delivery: RwLock::default(),
             callers: CallerCache::default(),
             auditor,
             health: RwLock::new(Health::Syncing),
             rollbacks: std::sync::Mutex::default(),
             undeliverable: RwLock::default(),
+            restore: crate::agent::restore::Requests::default(),
         })
     }
 
@@ -92,6 +99,18 @@ impl AgentState {
         self.view.invalidate_all();
     }
 
+    /// The delivery settings in force (cheap clone of an `Arc`).
+    pub fn delivery(&self) -> Arc<Delivery> {
+        self.delivery.read().expect("delivery lock").clone()
+    }
+
+    /// Replaces the delivery settings (start, config reload); every cache of what is shown
+    /// (file modes, template sizes) is dropped.
+    pub fn set_delivery(&self, delivery: Delivery) {
+        *self.delivery.write().expect("delivery lock") = Arc::new(delivery);
+        self.view.invalidate_all();
+    }
+
     /// Ends grace periods on time (see [`SecretView::run_expiry`]); runs until aborted.
     pub async fn run_expiry(self: Arc<Self>) {
         self.view.run_expiry().await;
@@ -112,12 +131,30 @@ impl AgentState {
             r.remove(*name);
         }
         for (name, offered, held) in refused {
-            // Reported to the vault once per offer (an `undeliverable` event).
+            // Reported to the vault once per offer (an `undeliverable` event carrying the
+            // version held: the vault raises its version floor to it).
             if r.insert(name.clone(), (*offered, *held)) != Some((*offered, *held)) {
-                self.auditor
-                    .undeliverable(name, *offered, "older_than_served");
+                self.auditor.undeliverable(name, *held, "older_than_served");
             }
         }
+    }
+
+    /// Forgets the refusals of `names` (all with `None`): an operator accepted the restore.
+    /// Returns the names cleared.
+    pub fn clear_rollbacks(&self, names: Option<&[String]>) -> Vec<String> {
+        let mut r = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cleared: Vec<String> = r
+            .keys()
+            .filter(|n| names.is_none_or(|names| names.contains(n)))
+            .cloned()
+            .collect();
+        for n in &cleared {
+            r.remove(n);
+        }
+        cleared
     }
 
     /// The refused rollbacks, as a reason for `degraded` (None when there are none).

@@ -311,6 +311,22 @@ impl Syncer {
         }
     }
 
+    /// An operator accepted a vault restore (the view already forgot the floor): the offline
+    /// cache is rewritten without it, and the next round asks for the full state (returns the
+    /// `since` to use: 0).
+    fn restore_accepted(&self) -> u64 {
+        if self.state.restore.take().is_some()
+            && let Some(keeper) = &self.cache
+        {
+            keeper
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_floor(&self.key, self.state.view.highest());
+        }
+        tracing::info!("restore accepted: asking the vault for its full state");
+        0
+    }
+
     /// Long-polls forever from `since`, until shutdown.
     pub async fn run(self, mut since: u64) {
         let mut retry = Backoff::new(self.timing.retry_base, self.timing.retry_cap, Jitter::Full);
@@ -334,6 +350,10 @@ impl Syncer {
             };
             let r = tokio::select! {
                 r = self.round(since, wait) => r,
+                _ = self.state.restore.requested() => {
+                    since = self.restore_accepted();
+                    continue;
+                }
                 _ = stop.wait_for(|s| *s) => return,
             };
             let delay = match r {
@@ -404,6 +424,9 @@ impl Syncer {
                     tracing::info!("retrying the sync with the new token");
                     refused.reset();
                     retry.reset();
+                }
+                _ = self.state.restore.requested() => {
+                    since = self.restore_accepted();
                 }
                 _ = stop.wait_for(|s| *s) => return,
             }

@@ -23,8 +23,10 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
 use super::SecretFs;
 use super::inodes::{self, DOTENV, DOTENV_SH, Node, PREVIOUS_DIR, ROOT};
 use crate::agent::access::Caller;
+use crate::agent::delivery::Shown;
 use crate::agent::dotenv::{self, Form};
 use crate::agent::view::{Meta, Which};
+use crate::api::AccessVia;
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
@@ -40,7 +42,16 @@ const FILE_MODE: u16 = 0o440;
 const DIR_MODE: u16 = 0o555;
 
 impl SecretFs {
-    fn attr(&self, ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
+    /// Attributes with the defaults (0440 root:group for files, 0555 for directories) unless
+    /// `shown` (a `[[file]]` or `[[template]]` entry) says otherwise.
+    fn attr(
+        &self,
+        ino: u64,
+        kind: FileType,
+        size: u64,
+        time: SystemTime,
+        shown: Shown,
+    ) -> FileAttr {
         let dir = kind == FileType::Directory;
         FileAttr {
             ino: INodeNo(ino),
@@ -51,10 +62,16 @@ impl SecretFs {
             ctime: time,
             crtime: time,
             kind,
-            perm: if dir { DIR_MODE } else { FILE_MODE },
+            perm: match (dir, shown.mode) {
+                (true, _) => DIR_MODE,
+                (false, Some(m)) => m,
+                (false, None) => FILE_MODE,
+            },
             nlink: if dir { 2 } else { 1 },
-            uid: 0,
-            gid: self.state.policy().group_gid(),
+            uid: shown.owner.unwrap_or(0),
+            gid: shown
+                .group
+                .unwrap_or_else(|| self.state.policy().group_gid()),
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -62,29 +79,65 @@ impl SecretFs {
     }
 
     pub(super) fn dir_attr(&self, ino: u64) -> FileAttr {
-        self.attr(ino, FileType::Directory, 0, self.mounted_at)
+        self.attr(
+            ino,
+            FileType::Directory,
+            0,
+            self.mounted_at,
+            Shown::default(),
+        )
     }
 
-    pub(super) fn meta_attr(&self, ino: u64, meta: Meta) -> FileAttr {
-        self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
+    /// A secret file's attributes (owner, group and mode from the first matching `[[file]]`).
+    pub(super) fn meta_attr(&self, ino: u64, name: &str, meta: Meta) -> FileAttr {
+        let shown = self.state.delivery().shown_for_secret(name);
+        self.attr(
+            ino,
+            FileType::RegularFile,
+            meta.len as u64,
+            meta.updated_at,
+            shown,
+        )
+    }
+
+    /// A template as `caller` would read it now (rendered to know its size).
+    fn template_attr(&self, caller: &Caller, ino: u64, name: &str) -> Result<FileAttr, Errno> {
+        let (len, newest) = self
+            .state
+            .gate()
+            .stat_template(caller, AccessVia::Fuse, name)
+            .map_err(super::errno)?;
+        let shown = self
+            .state
+            .delivery()
+            .templates
+            .get(name)
+            .map(|t| t.shown)
+            .unwrap_or_default();
+        Ok(self.attr(ino, FileType::RegularFile, len as u64, newest, shown))
     }
 
     /// `.env` as `caller` would read it now: (size, newest update time).
     fn dotenv_attr(&self, caller: &Caller, form: Form) -> FileAttr {
-        let policy = self.state.policy();
-        let (len, newest) = self.state.view.with_current(
-            |n| policy.allows(caller, n),
-            |entries| {
+        let (len, newest) = self
+            .state
+            .gate()
+            .with_allowed(caller, AccessVia::Fuse, |entries| {
                 let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
                 let len = dotenv::rendered_len(form, entries.iter().map(|(n, _, v)| (*n, *v)));
                 (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
-            },
-        );
+            });
         let ino = match form {
             Form::Dotenv => DOTENV,
             Form::Shell => DOTENV_SH,
         };
-        self.attr(ino, FileType::RegularFile, len as u64, newest)
+        self.attr(
+            ino,
+            FileType::RegularFile,
+            len as u64,
+            newest,
+            Shown::default(),
+        )
     }
 
     /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
@@ -94,20 +147,18 @@ impl SecretFs {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
             Node::DotEnv(form) => Ok((self.dotenv_attr(&self.caller(req), form), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
-                self.check_policy(&self.caller(req), &name)?;
-                let meta = self.state.view.meta(&name, which).ok_or(Errno::ENOENT)?;
-                Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+                let caller = self.caller(req);
+                let meta = self
+                    .state
+                    .gate()
+                    .stat(&Self::ask(&caller, &name, which))
+                    .map_err(super::errno)?;
+                Ok((self.meta_attr(ino, &name, meta), FILE_ATTR_TTL))
             }
-        }
-    }
-
-    /// The policy decides before existence does: a caller refused `name` gets EACCES whether
-    /// or not it exists (as the socket's 403), and never its size or time.
-    pub(super) fn check_policy(&self, caller: &Caller, name: &str) -> Result<(), Errno> {
-        if self.state.policy().allows(caller, name) {
-            Ok(())
-        } else {
-            Err(self.denied(caller, name, None))
+            Node::Template(name) => Ok((
+                self.template_attr(&self.caller(req), ino, &name)?,
+                FILE_ATTR_TTL,
+            )),
         }
     }
 
@@ -132,6 +183,15 @@ impl SecretFs {
             (ROOT | PREVIOUS_DIR, _) => {}
             _ => return Err(Errno::ENOTDIR),
         }
+        if parent == ROOT
+            && let Some(t) = std::str::from_utf8(raw)
+                .ok()
+                .filter(|t| self.state.delivery().templates.get(t).is_some())
+        {
+            let ino = self.inodes.intern(t, Which::Current);
+            let attr = self.template_attr(&self.caller(req), ino, t)?;
+            return Ok((attr, FILE_ATTR_TTL, ENTRY_TTL));
+        }
         let name = inodes::check_name(raw).map_err(|e| match e {
             inodes::BadName::Invalid => Errno::EINVAL,
             inodes::BadName::TooLong => Errno::ENAMETOOLONG,
@@ -142,13 +202,18 @@ impl SecretFs {
         } else {
             Which::Previous
         };
-        self.check_policy(&self.caller(req), name)?;
+        // The gate decides (policy before existence; an absent name is recorded as `missing`).
         // A `.previous` entry is dropped by the kernel by itself when the earliest grace
         // period ends, even before the expiry's invalidation arrives.
-        let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
+        let caller = self.caller(req);
+        let (meta, left) = self
+            .state
+            .gate()
+            .lookup(&Self::ask(&caller, name, which))
+            .map_err(super::errno)?;
         let ino = self.inodes.intern(name, which);
         Ok((
-            self.meta_attr(ino, meta),
+            self.meta_attr(ino, name, meta),
             FILE_ATTR_TTL,
             left.min(ENTRY_TTL),
         ))

@@ -1,4 +1,4 @@
-//! The handlers: parse, one policy check, one view lookup, one audit call, answer.
+//! The handlers: parse, ask the read gate ([`crate::agent::gate`]), translate its answer.
 
 use std::io::Write as _;
 
@@ -17,18 +17,22 @@ use zeroize::Zeroizing;
 
 use super::wire::{Health, SecretInfo, SecretList, Undeliverable};
 use super::{Ctx, Peer, events};
-use crate::agent::secret_view::{Absent, Summary};
+use crate::agent::delivery::template::valid_template_name;
+use crate::agent::gate::{ReadRequest, Refusal};
+use crate::agent::secret_view::Summary;
 use crate::agent::state::Health as StateHealth;
 use crate::agent::view::{Meta, Which};
-use crate::api::{AccessAction, AccessVia, ErrorBody, valid_secret_name};
+use crate::api::{AccessVia, ErrorBody, valid_secret_name};
 use crate::secret::Secret;
 
 pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(read))
+        .route("/v1/templates/{name}", get(template))
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))
+        .route("/v1/accept-restore", axum::routing::post(accept_restore))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ctx)
@@ -46,7 +50,8 @@ async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such endpoint (try /v1/secrets, /v1/secrets/NAME, /v1/events, /v1/health)",
+        "no such endpoint (try /v1/secrets, /v1/secrets/NAME, /v1/templates/NAME, /v1/events, \
+         /v1/health)",
     )
 }
 
@@ -59,11 +64,10 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
-    let policy = ctx.state.policy();
     let secrets = ctx
         .state
-        .view
-        .list(|name| policy.allows(&peer.caller, name))
+        .gate()
+        .list(&peer.caller, AccessVia::Socket)
         .into_iter()
         .map(|s| SecretInfo {
             updated_at: crate::rfc3339::format(s.meta.updated_at),
@@ -73,6 +77,34 @@ async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> R
         })
         .collect();
     no_store(Json(SecretList { secrets }).into_response())
+}
+
+/// `POST /v1/accept-restore[?secret=A,B]`: root only; see [`crate::agent::restore`].
+async fn accept_restore(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let caller = &peer.caller;
+    if caller.uid != 0 {
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "accept-restore refused: not root"
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "accepting a vault restore is for root only",
+        );
+    }
+    let selection = match crate::agent::restore::parse_selection(query.as_deref()) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_query", why),
+    };
+    let accepted =
+        crate::agent::restore::accept_running(&ctx.state, selection, caller.uid, caller.pid);
+    no_store(Json(accepted).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +147,50 @@ async fn read(
         }
     };
     read_value(&ctx, &peer, &name, which, &headers)
+}
+
+/// `GET /v1/templates/NAME`: the template rendered for the caller, through the gate (every
+/// secret it uses must be readable by the caller and exist).
+async fn template(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match name {
+        Ok(Path(n)) if valid_template_name(&n) => n,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                "template names are lowercase letters, digits, '.', '_', '-'",
+            );
+        }
+    };
+    match ctx
+        .state
+        .gate()
+        .render_template(&peer.caller, AccessVia::Socket, &name)
+    {
+        Ok(out) => {
+            let mut r = Response::new(secret_body(out));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(Refusal::NotFound) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no template {name}, or a secret it uses does not exist (see [[template]] in \
+                 agent.toml and the agent's log)"
+            ),
+        ),
+        Err(refusal) => refusal_response(&ctx, peer.caller.uid, &name, refusal),
+    }
 }
 
 /// Does the request carry a body? The API is read-only: none is ever read.
@@ -161,71 +237,15 @@ pub(super) fn fast_read<B>(
     Some(read_value(ctx, peer, name, which, req.headers()))
 }
 
-/// One policy check, one view lookup, one audit call, the answer.
+/// The gate's answer, translated: 403 denied, 404 not found / no previous, 503 not ready.
 fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &HeaderMap) -> Response {
     let caller = &peer.caller;
-    if !ctx.state.policy().allows(caller, name) {
-        ctx.state
-            .auditor
-            .record(caller, AccessAction::Denied, name, None, AccessVia::Socket);
-        tracing::debug!(
-            uid = caller.uid,
-            pid = caller.pid,
-            secret = %name,
-            "socket read denied"
-        );
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "uid {} may not read {name} (see the agent's access rules)",
-                caller.uid
-            ),
-        );
-    }
+    let req = ReadRequest::new(caller, AccessVia::Socket, name).which(which);
     // A copy of the value (a zeroizing Secret); the answer goes after the lock is released.
-    let (meta, value) = match ctx.state.view.get(name, which) {
+    let (meta, value) = match ctx.state.gate().read(&req) {
         Ok(v) => v,
-        Err(Absent::NoPrevious) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "no_previous",
-                format!(
-                    "{name} has no previous version readable now: its grace period has ended, \
-                     or it was not rotated"
-                ),
-            );
-        }
-        // Nothing synced yet (and no offline cache served): say so, not "no such secret".
-        Err(Absent::NoSecret) if ctx.state.view.summary().revision == 0 => {
-            let why = match ctx.state.health() {
-                StateHealth::Degraded { reason, .. } => reason,
-                _ => "the first sync is under way".to_owned(),
-            };
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("the agent has no values yet: {why}"),
-            );
-        }
-        Err(Absent::NoSecret) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no secret {name} in environment {} (never pushed, or revoked)",
-                    ctx.info.environment
-                ),
-            );
-        }
+        Err(refusal) => return refusal_response(ctx, caller.uid, name, refusal),
     };
-    ctx.state.auditor.record(
-        caller,
-        AccessAction::Accessed,
-        name,
-        Some(meta.version),
-        AccessVia::Socket,
-    );
     let wants_json = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -244,6 +264,50 @@ fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &Header
     h.insert(FYVAULT_VERSION, HeaderValue::from(meta.version));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The JSON error for a refusal of the gate (see [`crate::agent::gate`] for who learns what).
+pub(super) fn refusal_response(ctx: &Ctx, uid: u32, name: &str, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Denied => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("uid {uid} may not read {name} (see the agent's access rules)"),
+        ),
+        Refusal::NoPrevious => error(
+            StatusCode::NOT_FOUND,
+            "no_previous",
+            format!(
+                "{name} has no previous version readable now: its grace period has ended, \
+                 or it was not rotated"
+            ),
+        ),
+        // Nothing synced yet (and no offline cache served): say so, not "no such secret".
+        Refusal::NotReady => {
+            let why = match ctx.state.health() {
+                StateHealth::Degraded { reason, .. } => reason,
+                _ => "the first sync is under way".to_owned(),
+            };
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the agent has no values yet: {why}"),
+            )
+        }
+        Refusal::Unrenderable => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "template_failed",
+            format!("template {name} could not be rendered (see the agent's log)"),
+        ),
+        Refusal::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no secret {name} in environment {} (never pushed, or revoked)",
+                ctx.info.environment
+            ),
+        ),
+    }
 }
 
 const FYVAULT_VERSION: HeaderName = HeaderName::from_static("fyvault-version");

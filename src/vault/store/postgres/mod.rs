@@ -33,6 +33,7 @@ use super::{StoreError, StoreFuture};
 
 mod audit;
 pub mod feed;
+mod floors;
 mod rows;
 mod schema;
 mod secrets;

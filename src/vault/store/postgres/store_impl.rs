@@ -358,7 +358,11 @@ impl Store for PgStore {
     }
 
     fn ingest_agent_batch(&self, batch: AgentBatch) -> StoreFuture<'_, AuditBatchResponse> {
-        in_tx!(self, tx => ingest_tx(&tx, &batch).await?)
+        in_tx!(self, tx => {
+            let answer = ingest_tx(&tx, &batch).await?;
+            super::floors::raise(&tx, &batch).await?;
+            answer
+        })
     }
 
     fn query_audit(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>> {
