@@ -418,6 +418,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     };
     if let Some(c) = &cached {
         state.view.remember(c.floor());
+        crate::agent::restore::record_offline(&state, c);
     }
     let servable = cached.as_ref().filter(|c| {
         let fresh = config.cache_max_age.is_some_and(|max| c.age() <= max);
