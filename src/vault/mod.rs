@@ -28,6 +28,7 @@ mod listener;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod studio;
 pub mod sync;
 mod trim;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub fanout: Arc<fanout::Fanout>,
     /// The connection and long-poll caps ([`limits::Limits`]).
     pub admission: Arc<limits::Admission>,
+    /// The vault speaks TLS (the studio's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -210,6 +210,7 @@ async fn start_inner(
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
         admission: admission.clone(),
+        tls: acceptor.is_some(),
     };
     let app = routes::router(state);
     let tls = acceptor.is_some();
