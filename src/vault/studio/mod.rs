@@ -63,6 +63,7 @@ const ASSETS: &[Asset] = &[
         include_str!("../../../web/style.css"),
     ),
     ("app.js", JS, include_str!("../../../web/app.js")),
+    ("api.js", JS, include_str!("../../../web/api.js")),
     ("ui.js", JS, include_str!("../../../web/ui.js")),
     ("secrets.js", JS, include_str!("../../../web/secrets.js")),
     ("tokens.js", JS, include_str!("../../../web/tokens.js")),
