@@ -191,6 +191,9 @@ pub enum AccessAction {
     /// The agent cannot open this version of the secret (`secret`, `version`, `reason`; never
     /// any byte of the value) and keeps serving what it held.
     Undeliverable,
+    /// A read asked for a name that does not exist (`secret`, the process; no version): a
+    /// caller the policy allows that name, so the listing would have told it as much.
+    Missing,
 }
 
 /// Why an agent cannot deliver a version (`reason` of an `undeliverable` event).
@@ -211,6 +214,39 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
 pub enum AccessVia {
     Fuse,
     Socket,
+    /// A systemd credential (`LoadCredential=ID:/run/fyvault.sock`): the unit is the identity.
+    Systemd,
+}
+
+impl AccessVia {
+    /// The stored and shipped form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessVia::Fuse => "fuse",
+            AccessVia::Socket => "socket",
+            AccessVia::Systemd => "systemd",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<AccessVia> {
+        [AccessVia::Fuse, AccessVia::Socket, AccessVia::Systemd]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl AccessAction {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessAction::Accessed => "accessed",
+            AccessAction::Denied => "denied",
+            AccessAction::Dropped => "dropped",
+            AccessAction::Undeliverable => "undeliverable",
+            AccessAction::Missing => "missing",
+        }
+    }
 }
 
 /// One access event as an agent ships it.

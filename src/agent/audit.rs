@@ -323,6 +323,15 @@ impl Auditor {
         }
     }
 
+    /// Takes the events coalesced in memory (not yet on disk): for unit tests of the callers.
+    #[cfg(test)]
+    pub(crate) fn take_pending(&self) -> Vec<crate::api::AccessEvent> {
+        self.inner
+            .as_ref()
+            .map(|h| lock(&h.shared.pending).take())
+            .unwrap_or_default()
+    }
+
     /// Cuts a shipping backoff short: the vault was just seen reachable.
     pub fn retry_now(&self) {
         if let Some(h) = &self.inner {

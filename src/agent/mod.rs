@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod dotenv;
 pub mod fs;
+pub mod gate;
 pub mod hygiene;
 pub mod mount;
 pub mod run;

@@ -215,6 +215,9 @@ pub async fn ingest(
         if undeliverable && (e.secret.is_none() || e.version.is_none()) {
             return Err(bad_event(i, "undeliverable names a secret and a version"));
         }
+        if e.action == api::AccessAction::Missing && (e.secret.is_none() || e.version.is_some()) {
+            return Err(bad_event(i, "missing names a secret and no version"));
+        }
         events.push((time, e));
     }
     let resp = state
