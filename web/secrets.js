@@ -68,7 +68,9 @@ function missingNames (secrets, asked) {
 
 export async function secretsPage (el, ctx) {
   const { org, env } = ctx
-  const [secrets, use] = await Promise.all([listSecrets(org, env), usage(org, env)])
+  const [secrets, use, providers] = await Promise.all([
+    listSecrets(org, env), usage(org, env), api('GET', `/admin/orgs/${seg(org)}/providers`)])
+  const names = new Map(providers.providers.map((p) => [p.provider_id, p.name]))
   secrets.sort((a, b) => a.secret_name.localeCompare(b.secret_name))
   const configured = secrets.filter(isActive)
   const missing = missingNames(secrets, use.asked)
@@ -83,7 +85,7 @@ export async function secretsPage (el, ctx) {
         m.record ? h('span', { class: 'muted' }, ` Asked for by ${m.record.exe || 'an app'} on ${m.record.host || 'a host'}, ${ago(m.record.time)}.`) : ''),
       h('button', { class: 'small', type: 'button', onclick: () => addPanel.prefill(name) }, 'Add it')))
 
-  const rows = secrets.map((s) => secretRow(ctx, s, use.lastUsed.get(s.secret_name), reload))
+  const rows = secrets.map((s) => secretRow(ctx, s, use.lastUsed.get(s.secret_name), names, reload))
   mount(el,
     bars,
     h('section', { class: 'page-head' },
@@ -102,18 +104,19 @@ export async function secretsPage (el, ctx) {
         rows))
 }
 
-function secretRow (ctx, s, lastUsed, reload) {
+function secretRow (ctx, s, lastUsed, names, reload) {
   const revoked = s.state === 'revoked'
   const user = s.policy === 'user'
-  const who = s.provider_id ? s.provider_id.replace(/^admin:/, 'admin ') : ''
+  // Who pushed it: the provider's name, or the admin (token id) for studio writes.
+  const who = !s.provider_id ? '' : s.provider_id.startsWith('admin:') ? 'admin (studio)' : (names.get(s.provider_id) || s.provider_id)
   const value = user
     ? h('span', { class: 'users', title: s.users ? `${s.users.with_value} users have their own value` : '' },
       s.users ? `${s.users.read_7d} users · last 7d` : 'each user brings their own')
     : revoked
       ? h('span', { class: 'badge revoked' }, 'revoked')
       : isActive(s)
-        ? h('span', { class: 'sealed', title: `Sealed to the ${ctx.env} key${who ? ', pushed by ' + who : ''}` },
-          h('span', { class: 'badge sealed-badge' }, 'Sealed'), who ? h('span', { class: 'muted by' }, who) : '')
+        ? h('span', { class: 'sealed', title: `Sealed to the ${ctx.env} key${s.provider_id ? ', pushed by ' + s.provider_id : ''}` },
+          h('span', { class: 'badge sealed-badge' }, 'Sealed'), who ? h('span', { class: 'muted by' }, `by ${who}`) : '')
         : h('span', { class: 'badge warn' }, 'no value')
   return h('div', { class: `tr${revoked ? ' is-revoked' : ''}`, role: 'row', dataset: { secret: s.secret_name } },
     h('span', { class: 'name', role: 'cell' }, s.secret_name),

@@ -217,9 +217,15 @@ try {
   // --- the audit page, filtered, names the admin for studio changes
   await page.goto(`${URL}/studio/#/audit`)
   await page.waitForSelector('#f-secret')
+  await page.waitForSelector('.table.audit')
   await page.fill('#f-secret', 'STUDIO_ALPHA')
+  const filtered = page.waitForResponse((r) => r.url().includes('/audit?') && r.url().includes('secret=STUDIO_ALPHA'))
   await page.click('#f-apply')
-  await until('audit rows', async () => (await page.locator('.table.audit .tr:not(.th)').count()) >= 2)
+  await filtered
+  await until('the filtered rows', async () => {
+    const names = await page.locator('.table.audit .tr:not(.th) .name').allTextContents()
+    return names.length >= 2 && names.every((n) => n.startsWith('STUDIO_ALPHA'))
+  })
   const trail = await page.$$eval('.table.audit .tr:not(.th)', (rows) =>
     rows.map((r) => [r.querySelector('.badge').textContent, r.querySelector('.actor').textContent]))
   const writes = trail.filter(([action]) => action === 'issued' || action === 'rotated')
@@ -271,9 +277,18 @@ try {
     skip('connect_page', 'the vault has no connect link API yet (issue 14, uservault): only the error state is checked')
   }
 
-  // --- screenshots of the Secrets page, desktop and phone
+  // --- screenshots of the Secrets page, desktop and phone (an app has just asked for a key
+  // nobody set, so the missing bar shows when the agent reports `missing` reads)
+  assert.equal(read('OPENAI_API_KEY'), null)
   await page.goto(`${URL}/studio/#/secrets`)
   await page.waitForSelector('.table.secrets')
+  if (bar) {
+    await until('the OPENAI_API_KEY bar', async () => {
+      await reloadSecrets()
+      return page.locator('.missing-bar[data-secret="OPENAI_API_KEY"]').count()
+    })
+    assert.match(await page.locator('.missing-bar[data-secret="OPENAI_API_KEY"]').textContent(), /OPENAI_API_KEY is missing\. First run will fail until set\./)
+  }
   await page.screenshot({ path: join(OUT, 'secrets-1440x900.png') })
   const phone = await context.newPage()
   phone.on('pageerror', (e) => pageErrors.push(e.message))
