@@ -209,7 +209,7 @@ mod tests {
             "Max-Age=60",
             "Path=/",
         ] {
-            assert!(c.contains(part), "{c}");
+            assert!(c.contains(part), "{}", c.as_str());
         }
         assert!(!set_cookie("T", 60, false).contains("Secure"));
     }
