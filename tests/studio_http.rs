@@ -17,16 +17,27 @@ struct Session {
     admin: String,
 }
 
-async fn sign_in(tv: &TestVault) -> (Session, reqwest::header::HeaderMap) {
-    let body = json!({ "token": tok(&tv.admin_token) }).to_string();
-    let (status, headers, answer) = raw(
-        "POST",
-        &format!("{}/studio/session", tv.url),
+/// A request without credentials to `path` of the vault.
+async fn anon(
+    tv: &TestVault,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let body = body.map(Value::to_string);
+    raw(
+        method,
+        &format!("{}{path}", tv.url),
         None,
-        Some(&body),
+        body.as_deref(),
         &[],
     )
-    .await;
+    .await
+}
+
+async fn sign_in(tv: &TestVault) -> (Session, reqwest::header::HeaderMap) {
+    let body = json!({ "token": tok(&tv.admin_token) });
+    let (status, headers, answer) = anon(tv, "POST", "/studio/session", Some(&body)).await;
     assert_eq!(status, 201, "{answer}");
     let set = headers["set-cookie"].to_str().unwrap().to_owned();
     let cookie = set.split(';').next().unwrap().to_owned();
@@ -111,14 +122,7 @@ async fn pages_come_from_the_binary_with_a_strict_policy() {
         .await
         .unwrap();
     assert_eq!(hpke, include_str!("../web/hpke.js"), "served as built in");
-    let missing = raw(
-        "GET",
-        &format!("{}/studio/nope.js", tv.url),
-        None,
-        None,
-        &[],
-    )
-    .await;
+    let missing = anon(&tv, "GET", "/studio/nope.js", None).await;
     assert_error(&missing, 404, "no_such_asset");
 }
 
@@ -134,34 +138,13 @@ async fn sign_in_session_csrf_and_sign_out() {
         401,
         "missing_token",
     );
-    let none = raw(
-        "GET",
-        &format!("{}/studio/session", tv.url),
-        None,
-        None,
-        &[],
-    )
-    .await;
+    let none = anon(&tv, "GET", "/studio/session", None).await;
     assert_error(&none, 401, "missing_session");
-    let body = json!({"token": "fvadmin_not_a_token"}).to_string();
-    let bad = raw(
-        "POST",
-        &format!("{}/studio/session", tv.url),
-        None,
-        Some(&body),
-        &[],
-    )
-    .await;
+    let body = json!({"token": "fvadmin_not_a_token"});
+    let bad = anon(&tv, "POST", "/studio/session", Some(&body)).await;
     assert_error(&bad, 401, "invalid_token");
-    let body = json!({"token": tok(&f.provider_token)}).to_string();
-    let wrong = raw(
-        "POST",
-        &format!("{}/studio/session", tv.url),
-        None,
-        Some(&body),
-        &[],
-    )
-    .await;
+    let body = json!({"token": tok(&f.provider_token)});
+    let wrong = anon(&tv, "POST", "/studio/session", Some(&body)).await;
     assert_error(&wrong, 401, "invalid_token");
 
     let (s, headers) = sign_in(&tv).await;
