@@ -194,6 +194,11 @@ pub enum AccessAction {
     /// A read asked for a name that does not exist (`secret`, the process; no version): a
     /// caller the policy allows that name, so the listing would have told it as much.
     Missing,
+    /// An operator accepted a deliberate vault restore on this agent (`fyvault agent
+    /// accept-restore`): `secret` is the one named (none: every secret), `uid` and `pid` the
+    /// operator's process. The agent then takes the vault's versions as they are.
+    #[serde(rename = "restore_accepted")]
+    RestoreAccepted,
 }
 
 /// Why an agent cannot deliver a version (`reason` of an `undeliverable` event).
@@ -205,7 +210,9 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
     // An active version without a sealed value.
     "missing_value",
     // An older version than one the agent already served (a vault restored from a backup, a
-    // replayed answer): refused by rollback protection; `version` is the one offered.
+    // replayed answer): refused by rollback protection; `version` is the one the agent holds
+    // and serves (the vault knows what it offered: its own current version). The vault raises
+    // that secret's version floor to it (docs/vault.md, "Restores and version numbers").
     "older_than_served",
 ];
 
@@ -245,6 +252,7 @@ impl AccessAction {
             AccessAction::Dropped => "dropped",
             AccessAction::Undeliverable => "undeliverable",
             AccessAction::Missing => "missing",
+            AccessAction::RestoreAccepted => "restore_accepted",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod gate;
 pub mod hygiene;
 pub mod mount;
+pub mod restore;
 pub mod run;
 pub mod secret_view;
 pub mod ship;

@@ -30,7 +30,8 @@ pub mod server;
 pub mod store;
 pub mod studio;
 pub mod sync;
-mod trim;
+pub mod token_cache;
+pub mod trim;
 
 pub use error::{ApiError, VaultError};
 pub use server::{ServerConfig, ServerHandle, TlsFiles, start, start_with_store};
@@ -49,6 +50,8 @@ pub struct AppState {
     pub admission: Arc<limits::Admission>,
     /// The vault speaks TLS (the studio's cookie is then `Secure`).
     pub tls: bool,
+    /// Verified tokens, so a re-poll reads no store ([`token_cache::TokenCache`]).
+    pub tokens: Arc<token_cache::TokenCache>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -15,6 +15,7 @@ use fyvault::vault::store::{
 };
 
 mod concurrent;
+mod floors;
 
 pub use concurrent::{concurrent_audit_batches, concurrent_idempotent_retries, concurrent_writes};
 use concurrent::{
@@ -148,6 +149,7 @@ where
     revoke_everywhere(factory().await).await;
     sync_feed(factory().await).await;
     audit_trail(factory().await).await;
+    floors::version_floors(factory().await).await;
     concurrent_writes(factory().await).await;
     let store = factory().await;
     concurrent_idempotent_retries(&[store.clone(), store]).await;

@@ -30,6 +30,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
         .route("/v1/secrets/{name}", get(read))
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))
+        .route("/v1/accept-restore", axum::routing::post(accept_restore))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ctx)
@@ -73,6 +74,34 @@ async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> R
         })
         .collect();
     no_store(Json(SecretList { secrets }).into_response())
+}
+
+/// `POST /v1/accept-restore[?secret=A,B]`: root only; see [`crate::agent::restore`].
+async fn accept_restore(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let caller = &peer.caller;
+    if caller.uid != 0 {
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "accept-restore refused: not root"
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "accepting a vault restore is for root only",
+        );
+    }
+    let selection = match crate::agent::restore::parse_selection(query.as_deref()) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_query", why),
+    };
+    let accepted =
+        crate::agent::restore::accept_running(&ctx.state, selection, caller.uid, caller.pid);
+    no_store(Json(accepted).into_response())
 }
 
 #[derive(Debug, Deserialize)]

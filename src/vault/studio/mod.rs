@@ -239,6 +239,7 @@ async fn sign_out(
         .store
         .revoke_token(&s.session_id, now_ms(), s.principal.audit())
         .await?;
+    state.tokens.forget(&s.session_id);
     tracing::info!(admin = %s.principal.token_id, session = %s.session_id, "studio sign-out");
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let cookie = session::set_cookie("", 0, state.tls);

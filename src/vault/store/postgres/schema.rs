@@ -20,10 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit reason",
         "ALTER TABLE audit ADD COLUMN reason TEXT",
     ),
+    (3, "version floors", super::floors::SCHEMA),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const V1: &str = r#"
 CREATE TABLE orgs (
