@@ -45,7 +45,8 @@ fn studio_in_a_real_browser() {
     let scripts = common_interop::npm_ci(&root.join("tests/studio"));
     let dir = tempfile::tempdir().unwrap();
     let (data, mount) = (dir.path().join("data"), dir.path().join("mnt"));
-    let dev = Dev::start(&data, &mount, &dir.path().join("agent.sock"), &[]);
+    let socket = dir.path().join("agent.sock");
+    let dev = Dev::start(&data, &mount, &socket, &[]);
     let f = dev.facts();
     assert_eq!(f["mount_active"], true, "{f}");
     let printed = dev.stdout().join("\n");
@@ -67,6 +68,7 @@ fn studio_in_a_real_browser() {
         .env("ENVIRONMENT", f["environment"].as_str().unwrap())
         .env("PROVIDER", f["provider_id"].as_str().unwrap())
         .env("MOUNT", &mount)
+        .env("SOCKET", &socket)
         .env("CHROMIUM", &browser)
         .env("OUT_DIR", &out)
         .env("SKIP_FILE", &skips)

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import http from 'node:http'
 import { chromium } from 'playwright-core'
 
 const env = (k) => { const v = process.env[k]; assert.ok(v, `${k} is set`); return v }
@@ -17,6 +18,7 @@ const ORG = env('ORG')
 const ENVIRONMENT = env('ENVIRONMENT')
 const PROVIDER = env('PROVIDER')
 const MOUNT = env('MOUNT')
+const SOCKET = env('SOCKET')
 const OUT = env('OUT_DIR')
 const DEADLINE_MS = 30_000
 
@@ -28,7 +30,8 @@ const V = {
   alpha2: `alpha2-${rand}-rotated`,
   late: `late-${rand}`,
   mobile: `mobile-${rand}`,
-  provided: `provided-${rand}`
+  provided: `provided-${rand}`,
+  byok: `sk-user-${rand}-own-key`
 }
 const log = (...a) => console.log('studio:', ...a)
 const skip = (step, reason) => {
@@ -61,6 +64,20 @@ async function admin (method, path, body) {
     body: body ? JSON.stringify(body) : undefined
   })
   return { status: r.status, json: await r.json().catch(() => null) }
+}
+
+// A call to the agent's socket API, as an app makes it.
+function sock (method, path, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: SOCKET, method, path, headers: body ? { 'Content-Type': 'application/json' } : {} }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks) }))
+    })
+    req.on('error', reject)
+    if (body) req.write(JSON.stringify(body))
+    req.end()
+  })
 }
 
 mkdirSync(OUT, { recursive: true })
@@ -160,7 +177,8 @@ try {
   const put = page.waitForResponse((r) => r.request().method() === 'PUT' && r.url().includes('/secrets/STUDIO_BETA/policy'))
   await row('STUDIO_BETA').locator('button[data-policy="user"]').click()
   const answer = await put
-  if (answer.status() === 404 && (await answer.json()).error.code === 'no_such_route') {
+  const policies = !(answer.status() === 404 && (await answer.json()).error.code === 'no_such_route')
+  if (!policies) {
     skip('policy_toggle', 'the vault has no per-secret policy API yet (issue 14, uservault)')
   } else {
     assert.equal(answer.status(), 200)
@@ -266,6 +284,34 @@ try {
   assert.equal(await page.locator('.table.secrets b, .table.secrets img').count(), 0)
   log('bad input refused')
 
+  // --- the connect page, end to end: an app asks its agent for a link, the user pastes their
+  // key in the browser (sealed there), the agent serves it for that user; the link is single use
+  if (policies) {
+    const byok = await admin('PUT', `/orgs/${ORG}/environments/${ENVIRONMENT}/secrets/STUDIO_BYOK/policy`, { policy: 'user' })
+    assert.equal(byok.status, 200, JSON.stringify(byok.json))
+    const link = await until('a connect link from the agent', async () => {
+      const r = await sock('POST', '/v1/connect', { secret_name: 'STUDIO_BYOK', user_id: 'alice@example.com' })
+      return r.status === 200 && JSON.parse(r.body)
+    })
+    assert.ok(link.url.startsWith(`${URL}/connect/`), link.url)
+    await page.goto(link.url)
+    await page.fill('#key', V.byok)
+    await page.click('#connect-submit')
+    await page.waitForSelector('#link-state[data-code="connected"]')
+    await until("the agent to serve alice's key", async () => {
+      const r = await sock('GET', '/v1/secrets/STUDIO_BYOK?user=alice%40example.com')
+      return r.status === 200 && r.body.equals(Buffer.from(V.byok))
+    })
+    assert.equal(read('STUDIO_BYOK'), null, 'user values are not files in the mount')
+    await page.goto(link.url)
+    await page.waitForSelector('#link-state')
+    assert.equal(await page.locator('#link-state').getAttribute('data-code'), 'link_used')
+    assert.equal(await page.locator('#link-state h1').textContent(), 'This link has already been used')
+    await reloadSecrets()
+    assert.match(await row('STUDIO_BYOK').locator('.users').textContent(), /^\d+ users · last 7d$/)
+    log('connect page: sealed in the browser, served by the agent, single use')
+  }
+
   // --- the connect page: a link that is not valid says so clearly
   await page.goto(`${URL}/connect/fvlink_not_a_real_link`)
   await page.waitForSelector('#link-state')
@@ -273,6 +319,7 @@ try {
   const title = await page.locator('#link-state h1').textContent()
   if (code === 'link_unknown') assert.equal(title, 'This link is not valid')
   else {
+    assert.ok(!policies, 'a vault with connect links says the link is unknown')
     assert.equal(title, 'This link cannot be used')
     skip('connect_page', 'the vault has no connect link API yet (issue 14, uservault): only the error state is checked')
   }
