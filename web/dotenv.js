@@ -26,7 +26,7 @@ export function parseDotenv (text) {
     if (/^export\s+/.test(line)) line = line.replace(/^export\s+/, '')
     const eq = line.indexOf('=')
     if (eq < 0) {
-      malformed.push({ line: lineNo, reason: 'no `=` on this line' })
+      malformed.push({ line: lineNo, reason: 'there is no = sign' })
       continue
     }
     const name = line.slice(0, eq).trim()

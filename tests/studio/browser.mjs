@@ -141,7 +141,7 @@ try {
   await page.click('#review-env')
   await page.waitForSelector('.dialog .review.skips')
   assert.deepEqual(await page.locator('.review.skips li code').allTextContents(), ['STUDIO_BETA'])
-  assert.match(await page.locator('.review.malformed li').textContent(), /^line 2: no `=`/)
+  assert.match(await page.locator('.review.malformed li').textContent(), /^line 2: there is no = sign/)
   assert.ok(await page.locator('#confirm-add').isDisabled(), 'nothing to add')
   await page.click('.dialog .dialog-actions button.ghost')
   assert.ok(read('STUDIO_BETA').equals(Buffer.from(V.beta)), 'never overwritten')
