@@ -124,6 +124,10 @@ async fn pages_come_from_the_binary_with_a_strict_policy() {
     assert_eq!(hpke, include_str!("../web/hpke.js"), "served as built in");
     let missing = anon(&tv, "GET", "/studio/nope.js", None).await;
     assert_error(&missing, 404, "no_such_asset");
+    let wrong = anon(&tv, "POST", "/studio/app.js", None).await;
+    assert_error(&wrong, 405, "method_not_allowed");
+    let page_as_asset = anon(&tv, "GET", "/studio/index.html", None).await;
+    assert_error(&page_as_asset, 404, "no_such_asset");
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no_such_route", "no such API route")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

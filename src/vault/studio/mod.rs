@@ -259,6 +259,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/studio/{name}", get(file))
         .route("/connect/{token}", get(connect_page))
+        .method_not_allowed_fallback(crate::vault::routes::method_not_allowed)
         .layer(middleware::from_fn(headers))
 }
 
