@@ -230,7 +230,17 @@ try {
   })
   assert.equal(push.status, 201, 'the new token works against the provider API')
   await served('STUDIO_PROVIDED', V.provided)
-  log('provider token shown once and works')
+  // Revoked from the page, it stops working.
+  const tokenId = await page.evaluate(async (org) => {
+    const r = await fetch(`/api/v1/admin/tokens?org_id=${org}`)
+    return (await r.json()).tokens.find((t) => t.label === 'studio test').token_id
+  }, ORG)
+  page.once('dialog', (d) => d.accept())
+  await page.locator(`.table.tokens .tr[data-token="${tokenId}"] button.danger`).click()
+  await until('the revoked token row', async () => (await page.locator(`.table.tokens .tr[data-token="${tokenId}"]`).getAttribute('class')).includes('is-revoked'))
+  const revokedUse = await fetch(`${URL}/api/v1/whoami`, { headers: { Authorization: `Bearer ${token}` } })
+  assert.equal(revokedUse.status, 401, 'a revoked token fails')
+  log('provider token shown once, works, revoked from the page')
 
   // --- the audit page, filtered, names the admin for studio changes
   await page.goto(`${URL}/studio/#/audit`)
