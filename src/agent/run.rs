@@ -392,6 +392,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let auditor = start_auditor(&config, &client, &options.audit)?;
     let state = AgentState::new(config.policy.clone(), auditor);
+    state.set_delivery(config.delivery.clone());
     let (stop, stop_rx) = watch::channel(false);
     let expiry = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);
     let mut tasks = Tasks(Vec::new());
