@@ -113,3 +113,28 @@ fn the_binary_refuses_plain_http_off_loopback_with_one_line() {
     );
     assert!(!data.exists());
 }
+
+#[tokio::test]
+async fn the_studio_session_cookie_is_secure_over_tls() {
+    let c = certs();
+    let tv = TestVault::start_with(|cfg| cfg.tls = Some(tls_files(&c))).await;
+    let port = tv.handle.local_addr().port();
+    fyvault::client::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .add_root_certificate(reqwest::Certificate::from_pem(c.cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let token = String::from_utf8(tv.admin_token.expose().to_vec()).unwrap();
+    let resp = http
+        .post(format!("https://localhost:{port}/studio/session"))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    for part in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+}

@@ -284,6 +284,12 @@ fn print_walkthrough(
         facts.org_id
     );
     println!();
+    println!("Open the studio (the web dashboard):");
+    println!("  {}", dev::studio_url(facts));
+    println!("Sign in at once with this link (it carries this dev vault's admin token, in the");
+    println!("fragment, which the browser never sends to any server):");
+    println!("  {}", dev::studio_sign_in_link(facts));
+    println!();
     println!("Ready. Ctrl-C to stop.");
 }
 

@@ -10,6 +10,7 @@ use crate::vault::AppState;
 use crate::vault::clock::now_ms;
 use crate::vault::error::ApiError;
 use crate::vault::store::{AuditContext, NewAuditRecord};
+use crate::vault::studio;
 
 /// Who a valid token says the caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +77,8 @@ pub fn source_ip(parts: &Parts, trusted: &[IpAddr]) -> Option<IpAddr> {
     Some(ip)
 }
 
-/// Extractor: a valid (known, unrevoked, unexpired) bearer token.
+/// Extractor: a valid (known, unrevoked, unexpired) bearer token — or, with no `Authorization`
+/// header, a studio session cookie (acting as the admin who signed in; CSRF-checked).
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
@@ -84,6 +86,13 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ip = source_ip(parts, &state.trusted_proxies).map(|ip| ip.to_string());
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+            && let Some(s) = studio::session::from_cookie(parts, state, ip.clone()).await?
+        {
+            return Ok(Auth(s.principal));
+        }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -119,6 +128,12 @@ impl FromRequestParts<AppState> for Auth {
             .find(state.store.as_ref(), &hash, now)
             .await?
             .ok_or_else(unknown)?;
+        if studio::session::is_session(&record) {
+            return Err(ApiError::unauthorized(
+                "session_token",
+                "a studio session works only as the studio's cookie",
+            ));
+        }
         let principal = Principal {
             token_id: record.token_id.clone(),
             kind: record.kind,

@@ -361,6 +361,18 @@ async fn first_run(
     })
 }
 
+/// The studio's address on the dev vault.
+pub fn studio_url(facts: &DevFacts) -> String {
+    format!("{}/studio/", facts.url.trim_end_matches('/'))
+}
+
+/// A link that signs the browser in to the dev vault's studio: the admin token rides in the
+/// URL fragment, which browsers never send; the page reads it, signs in (a session cookie) and
+/// removes it from the address bar. Dev mode only (loopback, a throwaway vault).
+pub fn studio_sign_in_link(facts: &DevFacts) -> String {
+    format!("{}#token={}", studio_url(facts), facts.admin_token)
+}
+
 /// The ready-to-paste curl commands for push, rotate and revoke, exactly as published.
 pub fn curl_commands(facts: &DevFacts) -> String {
     let base = format!(

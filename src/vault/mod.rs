@@ -28,6 +28,7 @@ mod listener;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod studio;
 pub mod sync;
 pub mod token_cache;
 pub mod trim;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub fanout: Arc<fanout::Fanout>,
     /// The connection and long-poll caps ([`limits::Limits`]).
     pub admission: Arc<limits::Admission>,
+    /// The vault speaks TLS (the studio's cookie is then `Secure`).
+    pub tls: bool,
     /// Verified tokens, so a re-poll reads no store ([`token_cache::TokenCache`]).
     pub tokens: Arc<token_cache::TokenCache>,
 }

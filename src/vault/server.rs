@@ -220,6 +220,7 @@ async fn start_inner(
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
         admission: admission.clone(),
+        tls: acceptor.is_some(),
         tokens,
     };
     let app = routes::router(state);

@@ -4,7 +4,8 @@
 //! pure rendering test (`tests/dotenv_parsers.rs`) and by the FUSE test (`tests/fuse_files.rs`).
 //!
 //! The parsers are required, not optional: python-dotenv and dash come from `scripts/deps`, Node's
-//! `dotenv` is installed by [`node_dir`] with `npm ci` from `tests/interop/package-lock.json`.
+//! `dotenv` is installed by [`node_dir`] with `npm ci` from `tests/interop/package-lock.json`
+//! ([`npm_ci`] does the same for other test directories, e.g. `tests/studio`).
 //! [`sealing`]: sealing with pyhpke and `@hpke/core` (docs/vault.md).
 #![allow(dead_code)]
 
@@ -137,28 +138,31 @@ pub fn value_classes(canary: &Path) -> Vec<Case> {
     cases
 }
 
-/// `tests/interop` with its npm packages installed (`npm ci`, once per test process, when
-/// `node_modules` is missing or older than `package-lock.json`).
+/// `tests/interop` with its npm packages installed ([`npm_ci`], once per test process).
 pub fn node_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-        let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let installed = modified(dir.join("node_modules/.package-lock.json"));
-        if installed.is_none() || installed < modified(dir.join("package-lock.json")) {
-            let out = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&dir)
-                .output()
-                .expect("npm (Node.js) is needed for the interop tests: run scripts/deps");
-            assert!(
-                out.status.success(),
-                "npm ci in tests/interop failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        dir
-    })
+    DIR.get_or_init(|| npm_ci(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")))
+}
+
+/// Installs `dir`'s npm packages with `npm ci` when `node_modules` is missing or older than
+/// `package-lock.json`; returns `dir`.
+pub fn npm_ci(dir: &Path) -> PathBuf {
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(dir.join("node_modules/.package-lock.json"));
+    if installed.is_none() || installed < modified(dir.join("package-lock.json")) {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir)
+            .output()
+            .expect("npm (Node.js) is needed for these tests: run scripts/deps");
+        assert!(
+            out.status.success(),
+            "npm ci in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.to_owned()
 }
 
 /// Every distinct Python interpreter here that has python-dotenv (at least one).

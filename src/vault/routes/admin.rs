@@ -89,6 +89,12 @@ pub fn new_token(
 ) -> Result<(IssuedToken, TokenRecord), ApiError> {
     if let Some(label) = &req.label {
         check_label("label", label)?;
+        if label.starts_with(crate::vault::studio::session::SESSION_LABEL_PREFIX) {
+            return Err(ApiError::bad_request(
+                "invalid_label",
+                "labels starting with `studio session of ` are reserved for studio sessions",
+            ));
+        }
     }
     if let Some(secs) = req.expires_in_seconds
         && (secs == 0 || secs > MAX_TOKEN_LIFETIME_SECONDS)

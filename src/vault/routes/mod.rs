@@ -12,7 +12,9 @@
 //! | `POST /orgs/:org/audit/events` | agent | [`agent::ingest`] |
 //! | `GET  /orgs/:org/audit` | admin | [`admin::query_audit`] |
 //! | `GET  /admin/stats` | admin | connections and long-polls held, caps, shared reads |
-//! | `/admin/…` | admin | orgs, environments, providers, tokens, audit |
+//! | `/admin/…` | admin | orgs, environments, providers, tokens, audit, secrets ([`admin_secrets`]) |
+//!
+//! Admin calls may also be authenticated by a studio session cookie ([`crate::vault::studio`]).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -28,6 +30,7 @@ use crate::vault::AppState;
 use crate::vault::error::ApiError;
 
 pub mod admin;
+pub mod admin_secrets;
 pub mod agent;
 pub mod provider;
 
@@ -35,7 +38,7 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no_such_route", "no such API route")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -92,6 +95,18 @@ fn api() -> Router<AppState> {
             "/admin/tokens/{token_id}",
             axum::routing::delete(admin::revoke_token),
         )
+        .route(
+            "/admin/orgs/{org}/environments/{env}/secrets",
+            post(admin_secrets::push),
+        )
+        .route(
+            "/admin/orgs/{org}/environments/{env}/secrets/{name}",
+            patch(admin_secrets::rotate),
+        )
+        .route(
+            "/admin/orgs/{org}/secrets/{name}",
+            axum::routing::delete(admin_secrets::revoke),
+        )
         .route("/admin/audit", get(admin::query_audit_all))
         .route("/admin/stats", get(admin::stats))
         .method_not_allowed_fallback(method_not_allowed)
@@ -129,6 +144,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api())
         .nest("/v1", api())
+        .merge(crate::vault::studio::router())
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

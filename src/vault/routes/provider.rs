@@ -48,13 +48,13 @@ pub fn check_environment(env: &str) -> Result<(), ApiError> {
 }
 
 /// One write (push or rotate), whatever its wire form.
-struct Write {
-    kind: WriteKind,
-    secret_name: String,
-    environment: String,
-    value: Option<Secret>,
-    sealed_value: Option<String>,
-    grace: Option<u64>,
+pub(crate) struct Write {
+    pub kind: WriteKind,
+    pub secret_name: String,
+    pub environment: String,
+    pub value: Option<Secret>,
+    pub sealed_value: Option<String>,
+    pub grace: Option<u64>,
 }
 
 fn length_prefixed(h: &mut Sha256, part: &[u8]) {
@@ -126,6 +126,19 @@ async fn write(
     w: Write,
 ) -> Result<Response, ApiError> {
     p.require_provider(state, org, provider).await?;
+    write_as(state, p, org, provider, headers, w).await
+}
+
+/// A write by `p` as `owner` (a provider id, or `admin:<token id>` for the studio), after the
+/// caller checked `p` may write as `owner`: every input rule, the sealing, the store, the wake.
+pub(crate) async fn write_as(
+    state: &AppState,
+    p: &Principal,
+    org: &str,
+    provider: &str,
+    headers: &HeaderMap,
+    w: Write,
+) -> Result<Response, ApiError> {
     check_secret_name(&w.secret_name)?;
     check_environment(&w.environment)?;
     let idem_key = idempotency_header(headers)?;
@@ -339,21 +352,32 @@ pub async fn revoke(
             ));
         }
     };
+    revoke_as(&state, &p, &org, &provider, name).await
+}
+
+/// A revoke by `p` as `owner` (see [`write_as`]), after the caller's scope check.
+pub(crate) async fn revoke_as(
+    state: &AppState,
+    p: &Principal,
+    org: &str,
+    provider: &str,
+    name: String,
+) -> Result<Json<RevokeResponse>, ApiError> {
     check_secret_name(&name)?;
     let now = now_ms();
     let revoked = state
         .store
         .revoke_secret(RevokeSecret {
-            org_id: org.clone(),
+            org_id: org.to_string(),
             secret_name: name.clone(),
-            provider_id: provider.clone(),
+            provider_id: provider.to_string(),
             now_ms: now,
             audit: p.audit(),
         })
         .await;
-    let outcome = denied_if_not_owner(&state, &p, &org, None, &name, revoked).await?;
+    let outcome = denied_if_not_owner(state, p, org, None, &name, revoked).await?;
     for (env, rev) in &outcome.changed {
-        state.feed.publish(&org, env, *rev);
+        state.feed.publish(org, env, *rev);
     }
     tracing::info!(org, provider, secret = %name, environments = ?outcome.environments, "secret revoked");
     Ok(Json(RevokeResponse {

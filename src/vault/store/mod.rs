@@ -161,6 +161,16 @@ pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The owner recorded for a secret an admin wrote (the studio): `admin:<token id>`.
+pub const ADMIN_OWNER_PREFIX: &str = "admin:";
+
+/// The ownership rule of writes and revokes, for every store: a provider writes only the names
+/// it owns (the first writer owns a name across the org's environments); an admin (an owner
+/// string starting with [`ADMIN_OWNER_PREFIX`]; provider ids never do) writes any name.
+pub(crate) fn may_write(owner: &str, writer: &str) -> bool {
+    owner == writer || writer.starts_with(ADMIN_OWNER_PREFIX)
+}
+
 /// One server-side audit record (issued/rotated/revoked/token_*/denied…).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewAuditRecord {
@@ -554,6 +564,15 @@ mod write_plan_tests {
         let r = row("revoked", Some(1)).into_secret(2_000);
         assert_eq!(r.state, SecretState::Revoked);
         assert!(r.sealed_value.is_none() && r.previous.is_none());
+    }
+
+    #[test]
+    fn admins_write_any_name_providers_their_own() {
+        assert!(may_write("prov_a", "prov_a"));
+        assert!(!may_write("prov_a", "prov_b"));
+        assert!(may_write("prov_a", "admin:tok_x"));
+        assert!(!may_write("admin:tok_x", "prov_a"));
+        assert!(may_write("admin:tok_x", "admin:tok_y"));
     }
 
     #[test]

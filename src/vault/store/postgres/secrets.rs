@@ -12,7 +12,7 @@ use crate::vault::clock::fmt_ms;
 use crate::vault::store::SyncRow;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion, delta_base,
+    WriteOutcome, WritePlan, WriteVersion, delta_base, may_write,
 };
 
 /// How many expired idempotency keys one write clears on the way (never waiting on a row
@@ -62,7 +62,7 @@ pub(super) async fn write_version_tx(
     .ok_or(StoreError::NotFound("environment"))?
     .get(0);
     if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name).await?
-        && owner != w.provider_id
+        && !may_write(&owner, &w.provider_id)
     {
         return Err(StoreError::NotOwner);
     }
@@ -172,7 +172,7 @@ pub(super) async fn revoke_tx(
 ) -> Result<RevokeOutcome, StoreError> {
     lock(tx, &["secret", &r.org_id, &r.secret_name]).await?;
     if let Some(owner) = owner_of(tx, &r.org_id, &r.secret_name).await?
-        && owner != r.provider_id
+        && !may_write(&owner, &r.provider_id)
     {
         return Err(StoreError::NotOwner);
     }

@@ -8,7 +8,7 @@ use crate::vault::clock::fmt_ms;
 use crate::vault::store::SyncRow;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
-    WriteOutcome, WritePlan, WriteVersion, delta_base,
+    WriteOutcome, WritePlan, WriteVersion, delta_base, may_write,
 };
 
 pub(super) fn write_version_tx(
@@ -45,7 +45,7 @@ pub(super) fn write_version_tx(
     .map_err(be)?
     .ok_or(StoreError::NotFound("environment"))?;
     if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name)?
-        && owner != w.provider_id
+        && !may_write(&owner, &w.provider_id)
     {
         return Err(StoreError::NotOwner);
     }
@@ -120,7 +120,7 @@ pub(super) fn write_version_tx(
 
 pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutcome, StoreError> {
     if let Some(owner) = owner_of(tx, &r.org_id, &r.secret_name)?
-        && owner != r.provider_id
+        && !may_write(&owner, &r.provider_id)
     {
         return Err(StoreError::NotOwner);
     }
