@@ -200,7 +200,11 @@ fn memfds_are_made_at_first_open_and_kept_only_while_current_or_held() {
         b"two",
         Some((1, b"one", Duration::from_secs(600))),
     )]);
-    assert_eq!(m.memfds(), 0, "an idle, no longer current version keeps no memfd");
+    assert_eq!(
+        m.memfds(),
+        0,
+        "an idle, no longer current version keeps no memfd"
+    );
 
     // `.previous` opened: a memfd for v1 again, held by its handle, gone with it.
     let previous = std::fs::File::open(m.previous("A")).unwrap();
@@ -220,5 +224,9 @@ fn memfds_are_made_at_first_open_and_kept_only_while_current_or_held() {
     drop(current);
     wait_for("all handles released", || m.state.view.open_handles() == 0);
     assert_eq!(m.memfds(), 1, "the current version's memfd stays");
-    assert_eq!(cat(&m.previous("A")), b"one", "v1 still readable in its grace");
+    assert_eq!(
+        cat(&m.previous("A")),
+        b"one",
+        "v1 still readable in its grace"
+    );
 }

@@ -508,10 +508,16 @@ mod tests {
             if let Some(a) = &c.accepted_restore {
                 body["accepted_restore"] = serde_json::to_value(a).unwrap();
             }
-            let mac = hex::encode(hmac_sha256(&mac_key(&key), &serde_json::to_vec(&body).unwrap()));
+            let mac = hex::encode(hmac_sha256(
+                &mac_key(&key),
+                &serde_json::to_vec(&body).unwrap(),
+            ));
             let want = serde_json::to_vec(&serde_json::json!({"body": body, "mac": mac})).unwrap();
             let got = encode(&key, "o", "e", &c);
-            assert_eq!(String::from_utf8(got.clone()).unwrap(), String::from_utf8(want).unwrap());
+            assert_eq!(
+                String::from_utf8(got.clone()).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
             assert_eq!(decode(&got, &key, "o", "e", Path::new("x")).unwrap(), c);
         }
     }

@@ -101,16 +101,19 @@ struct Backing {
     handles: usize,
 }
 
+/// (secret name, version).
+type VersionKey = (String, u64);
+
 /// The backing files of the versions passthrough handles read, by (name, version).
 #[derive(Debug, Default)]
 pub struct Backings {
-    by_version: Mutex<HashMap<(String, u64), Backing>>,
+    by_version: Mutex<HashMap<VersionKey, Backing>>,
     /// The backing id each open passthrough handle was given, kept until its RELEASE: the
     /// kernel looks the id up after our reply, when the opener resumes, so the id must outlive
     /// the reply (a closed id fails that open with EIO). Wiping does not wait for these: the
     /// memfd is emptied at once, whoever holds an id for it.
     /// Each entry also names the (name, version) the handle reads.
-    by_handle: Mutex<HashMap<u64, ((String, u64), Arc<BackingId>)>>,
+    by_handle: Mutex<HashMap<u64, (VersionKey, Arc<BackingId>)>>,
     /// A memfd could not be made once (logged once).
     warned: AtomicBool,
 }
