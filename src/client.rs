@@ -378,6 +378,7 @@ impl VaultClient {
             &path,
             &crate::api::RevokeRequest {
                 secret_name: secret_name.to_string(),
+                user_id: None,
             },
         )
         .await
