@@ -46,6 +46,8 @@ pub struct AppState {
     pub fanout: Arc<fanout::Fanout>,
     /// The connection and long-poll caps ([`limits::Limits`]).
     pub admission: Arc<limits::Admission>,
+    /// Base of connect links, without a trailing `/`.
+    pub public_url: Arc<str>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
