@@ -23,6 +23,7 @@ use crate::crypto::{self, PublicKey};
 use crate::secret::Secret;
 
 mod admin;
+mod users;
 mod error;
 
 pub use error::ClientError;
