@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use crate::agent::access::{CallerCache, Policy};
 use crate::agent::audit::Auditor;
 use crate::agent::secret_view::SecretView;
+use crate::agent::users::UserVault;
 
 /// How the agent stands with the vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum Health {
 pub struct AgentState {
     /// Every read and change of the secrets goes through its methods.
     pub view: SecretView,
+    /// Policies and per-user values of user-vault secrets (socket only, sealed until read).
+    pub users: UserVault,
     policy: RwLock<Arc<Policy>>,
     pub callers: CallerCache,
     pub auditor: Auditor,
@@ -40,6 +43,7 @@ impl AgentState {
     pub fn new(policy: Policy, auditor: Auditor) -> Arc<Self> {
         Arc::new(AgentState {
             view: SecretView::new(),
+            users: UserVault::default(),
             policy: RwLock::new(Arc::new(policy)),
             callers: CallerCache::default(),
             auditor,
