@@ -93,6 +93,41 @@ pub async fn get(sock: &Path, path: &str) -> Answer {
     request(sock, "GET", path, None).await
 }
 
+/// `POST path` with a JSON body (the socket's one such route: `/v1/connect`).
+pub async fn post_json(sock: &Path, path: &str, body: &serde_json::Value) -> Answer {
+    let stream = tokio::net::UnixStream::connect(sock)
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "fyvault")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// An open `/v1/events` stream.
 pub struct Events {
     body: Incoming,

@@ -145,6 +145,8 @@ pub struct World {
     pub vault: VaultProc,
     pub admin: VaultClient,
     pub provider: VaultClient,
+    /// The provider's token (for raw calls the typed client does not make).
+    pub provider_token: Secret,
     pub org: String,
     pub env: String,
     pub provider_id: String,
@@ -237,6 +239,7 @@ impl World {
             vault,
             admin,
             provider,
+            provider_token: prov.token.token.clone(),
             org,
             env,
             provider_id: prov.provider_id,
@@ -292,9 +295,14 @@ impl World {
         } else {
             "sync_wait_seconds = 2\n"
         };
+        let fuse = if extra.contains("fuse =") {
+            ""
+        } else {
+            "fuse = false\n"
+        };
         let text = format!(
             "vault_url = \"{}\"\norg_id = \"{}\"\nenvironment = \"{}\"\n\
-             token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\nfuse = false\n\
+             token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\n{fuse}\
              state_dir = \"{}\"\n{wait}group = \"\"\n{extra}",
             self.vault.url,
             self.org,
