@@ -15,7 +15,9 @@
 //! Bounded: at most `FLEET_SIZES` (default `1000,5000,15000`) agents, each phase under a
 //! deadline; `FLEET_SETTLE_SECS` (default 60) is the wait after the fleet disconnects;
 //! PostgreSQL only when `FYVAULT_TEST_POSTGRES` is set (`eval "$(scripts/pg-test-setup)"`),
-//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances.
+//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances. `FLEET_VAULT_ENV`
+//! (`K=V …`) sets environment variables of the vault processes only (allocator tunables), and
+//! `FYVAULT_BENCH_BIN` runs another build of the vault (an allocator variant).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -51,6 +53,17 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 5000, 15000])
+}
+
+/// `FLEET_VAULT_ENV="K=V K2=V2"`: environment for the vault processes only (allocator
+/// tunables such as `MALLOC_ARENA_MAX=2`, without touching the simulator's own allocator).
+fn vault_env(cmd: &mut Command) {
+    let spec = std::env::var("FLEET_VAULT_ENV").unwrap_or_default();
+    for kv in spec.split_whitespace() {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
 }
 
 fn loadavg() -> String {
@@ -118,9 +131,18 @@ async fn stats(addr: SocketAddr, admin: &str) -> Value {
 async fn total(instances: &[Instance], admin: &str, field: &str) -> u64 {
     let mut n = 0;
     for i in instances {
-        n += stats(i.addr, admin).await[field].as_u64().unwrap_or(0);
+        n += stats(i.addr, admin)
+            .await
+            .pointer(field)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
     }
     n
+}
+
+/// Bytes in live heap allocations, summed over the instances (glibc's count; 0 elsewhere).
+async fn heap_in_use(instances: &[Instance], admin: &str) -> u64 {
+    total(instances, admin, "/heap/in_use_bytes").await
 }
 
 async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
@@ -142,6 +164,8 @@ struct Outcome {
     rss_base: u64,
     rss_parked: u64,
     rss_after: u64,
+    heap_base: u64,
+    heap_parked: u64,
     fds_parked: usize,
     threads_parked: u64,
     threads_wake: u64,
@@ -163,6 +187,7 @@ async fn run_fleet(
     let rss = || pids.iter().filter_map(|p| rss_bytes(*p)).sum::<u64>();
     let cpu = || pids.iter().map(|p| proc_cpu(*p)).sum::<Duration>();
     let rss_base = rss();
+    let heap_base = heap_in_use(instances, admin).await;
     let since = world
         .agent_client
         .sync(&world.org, &world.env, 0, 0)
@@ -202,11 +227,12 @@ async fn run_fleet(
     }
     drop(answers_tx);
     wait_for("the fleet to park", async || {
-        total(instances, admin, "long_polls").await >= n as u64
+        total(instances, admin, "/long_polls").await >= n as u64
     })
     .await;
     let connect = started.elapsed();
     let rss_parked = rss();
+    let heap_parked = heap_in_use(instances, admin).await;
     let fds_parked = pids.iter().map(|p| fds(*p)).sum();
     let threads_parked = pids.iter().map(|p| threads(*p)).sum();
     let load = loadavg();
@@ -227,14 +253,14 @@ async fn run_fleet(
     let cpu_wake = cpu() - cpu0;
     let threads_wake = pids.iter().map(|p| threads(*p)).sum();
     wait_for("the fleet to park again", async || {
-        total(instances, admin, "long_polls").await >= n as u64
+        total(instances, admin, "/long_polls").await >= n as u64
     })
     .await;
     let cpu_cycle = cpu() - cpu0;
 
     let _ = bye_tx.send(true);
     wait_for("the fleet to disconnect", async || {
-        total(instances, admin, "connections").await <= instances.len() as u64
+        total(instances, admin, "/connections").await <= instances.len() as u64
     })
     .await;
     tokio::time::sleep(settle).await;
@@ -248,6 +274,8 @@ async fn run_fleet(
         rss_base,
         rss_parked,
         rss_after: rss(),
+        heap_base,
+        heap_parked,
         fds_parked,
         threads_parked,
         threads_wake,
@@ -297,7 +325,7 @@ async fn sqlite_runs(settle: Duration) -> Vec<Outcome> {
     let admin = init_admin(&["--data-dir", data.to_str().unwrap()], dir.path(), None);
     let proc = {
         let d = data.clone();
-        tokio::task::spawn_blocking(move || VaultProc::start(&d))
+        tokio::task::spawn_blocking(move || VaultProc::start_with(&d, vault_env))
             .await
             .unwrap()
     };
@@ -373,6 +401,7 @@ async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Outcome> {
         let proc = tokio::task::spawn_blocking(move || {
             VaultProc::start_with(&d, |c| {
                 c.env("FYVAULT_DATABASE", &u);
+                vault_env(c);
             })
         })
         .await
@@ -414,9 +443,9 @@ fn print_one(o: &Outcome) {
     );
 }
 
-fn per_poll(o: &Outcome) -> String {
-    let grew = o.rss_parked.saturating_sub(o.rss_base);
-    format!("{:.1} KiB", grew as f64 / 1024.0 / o.agents as f64)
+fn per_poll(base: u64, parked: u64, agents: usize) -> String {
+    let grew = parked.saturating_sub(base);
+    format!("{:.1} KiB", grew as f64 / 1024.0 / agents as f64)
 }
 
 fn main() {
@@ -458,6 +487,7 @@ fn main() {
             "RSS base",
             "parked",
             "per poll",
+            "heap per poll",
             "after",
             "fds",
             "threads",
@@ -478,7 +508,8 @@ fn main() {
             fmt_dur(o.cpu_cycle),
             fmt_mb(o.rss_base),
             fmt_mb(o.rss_parked),
-            per_poll(o),
+            per_poll(o.rss_base, o.rss_parked, o.agents),
+            per_poll(o.heap_base, o.heap_parked, o.agents),
             fmt_mb(o.rss_after),
             o.fds_parked.to_string(),
             format!("{} / {}", o.threads_parked, o.threads_wake),
@@ -494,6 +525,8 @@ fn main() {
             "rss_base_bytes": o.rss_base,
             "rss_parked_bytes": o.rss_parked,
             "rss_after_bytes": o.rss_after,
+            "heap_in_use_base_bytes": o.heap_base,
+            "heap_in_use_parked_bytes": o.heap_parked,
             "settle_s": settle.as_secs(),
             "fds_parked": o.fds_parked,
             "threads_parked": o.threads_parked,
@@ -504,6 +537,7 @@ fn main() {
     table.print();
     println!(
         "threads: parked / right after the wake. RSS after: {} s after the fleet disconnected. \
+         Heap per poll: live heap allocations (glibc's mallinfo2) per parked poll. \
          Wake: from the push to each answer, as the simulated agents saw it (they share the 2 CPUs \
          with the vault).",
         settle.as_secs()

@@ -84,8 +84,9 @@ struct Counts {
     reads: AtomicU64,
     torn_or_wrong: AtomicU64,
     went_back: AtomicU64,
-    /// Times of failed reads (relative to the start).
-    failed_at: Mutex<Vec<Duration>>,
+    /// Failed reads: when (relative to the start) and why (the via, the secret, the error:
+    /// an errno or the agent's HTTP answer; never a value).
+    failed_at: Mutex<Vec<(Duration, String)>>,
 }
 
 /// How the reader asks.
@@ -106,21 +107,37 @@ fn reader(via: Via, start: Instant, stop: Arc<AtomicBool>, counts: Arc<Counts>) 
         let n = i % SECRETS;
         i += 1;
         let secret = name(n);
-        let got: Option<Vec<u8>> = match &via {
-            Via::Mount(dir) => std::fs::read(dir.join(&secret)).ok(),
+        let got: Result<Vec<u8>, String> = match &via {
+            Via::Mount(dir) => {
+                std::fs::read(dir.join(&secret)).map_err(|e| format!("mount {secret}: {e}"))
+            }
             Via::Socket(sock) => rt.block_on(async {
                 if tx.is_none() {
                     tx = Some(uds::connect(sock).await);
                 }
                 let t = tx.as_mut().unwrap();
                 let resp = uds::get(t, &format!("/v1/secrets/{secret}")).await;
-                let ok = resp.status() == 200;
-                let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
-                ok.then_some(body)
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("socket {secret}: body: {e}"))?
+                    .to_bytes()
+                    .to_vec();
+                if status == 200 {
+                    Ok(body)
+                } else {
+                    // An error answer: JSON with a code and a message, no value.
+                    Err(format!(
+                        "socket {secret}: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    ))
+                }
             }),
         };
         match got {
-            Some(v) => {
+            Ok(v) => {
                 counts.reads.fetch_add(1, Ordering::Relaxed);
                 match check(&secret, &v) {
                     Some(seq) if seq >= last[n] => last[n] = seq,
@@ -132,7 +149,11 @@ fn reader(via: Via, start: Instant, stop: Arc<AtomicBool>, counts: Arc<Counts>) 
                     }
                 }
             }
-            None => counts.failed_at.lock().unwrap().push(start.elapsed()),
+            Err(why) => counts
+                .failed_at
+                .lock()
+                .unwrap()
+                .push((start.elapsed(), why)),
         }
         std::thread::sleep(READ_EVERY);
     }
@@ -280,7 +301,7 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let a = audit_health(&rt, &agent.socket);
-        if a["backlog_events"] == 0 && a["pending_events"] == 0 {
+        if a["backlog_events"] == 0 && a["pending_events"] == 0 && a["pending_dropped"] == 0 {
             break;
         }
         assert!(
@@ -318,8 +339,22 @@ fn main() {
             .iter()
             .any(|(down, up)| *t >= *down && *t <= *up + RECOVERY)
     };
-    let failed_in = failed.iter().filter(|t| in_restart(t)).count();
+    let failed_in = failed.iter().filter(|(t, _)| in_restart(t)).count();
     let failed_out = failed.len() - failed_in;
+    // Each failure, placed against the restarts (the first 50).
+    for (t, why) in failed.iter().take(50) {
+        let place = restarts
+            .iter()
+            .find(|(down, up)| *t >= *down && *t <= *up + RECOVERY)
+            .map_or("outside the restarts".to_owned(), |(down, up)| {
+                if t <= up {
+                    format!("{:.3} s after the vault stopped", (*t - *down).as_secs_f64())
+                } else {
+                    format!("{:.3} s after the vault was up again", (*t - *up).as_secs_f64())
+                }
+            });
+        eprintln!("failed read at {:.3} s ({place}): {why}", t.as_secs_f64());
+    }
     let lost = reads.saturating_sub(accessed + dropped_events);
 
     let mut t = Table::new(

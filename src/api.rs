@@ -216,6 +216,14 @@ pub enum AccessAction {
     /// The agent cannot open this version of the secret (`secret`, `version`, `reason`; never
     /// any byte of the value) and keeps serving what it held.
     Undeliverable,
+    /// A read asked for a name that does not exist (`secret`, the process; no version): a
+    /// caller the policy allows that name, so the listing would have told it as much.
+    Missing,
+    /// An operator accepted a deliberate vault restore on this agent (`fyvault agent
+    /// accept-restore`): `secret` is the one named (none: every secret), `uid` and `pid` the
+    /// operator's process. The agent then takes the vault's versions as they are.
+    #[serde(rename = "restore_accepted")]
+    RestoreAccepted,
 }
 
 /// Why an agent cannot deliver a version (`reason` of an `undeliverable` event).
@@ -227,7 +235,9 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
     // An active version without a sealed value.
     "missing_value",
     // An older version than one the agent already served (a vault restored from a backup, a
-    // replayed answer): refused by rollback protection; `version` is the one offered.
+    // replayed answer): refused by rollback protection; `version` is the one the agent holds
+    // and serves (the vault knows what it offered: its own current version). The vault raises
+    // that secret's version floor to it (docs/vault.md, "Restores and version numbers").
     "older_than_served",
 ];
 
@@ -236,6 +246,40 @@ pub const UNDELIVERABLE_REASONS: &[&str] = &[
 pub enum AccessVia {
     Fuse,
     Socket,
+    /// A systemd credential (`LoadCredential=ID:/run/fyvault.sock`): the unit is the identity.
+    Systemd,
+}
+
+impl AccessVia {
+    /// The stored and shipped form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessVia::Fuse => "fuse",
+            AccessVia::Socket => "socket",
+            AccessVia::Systemd => "systemd",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<AccessVia> {
+        [AccessVia::Fuse, AccessVia::Socket, AccessVia::Systemd]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl AccessAction {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessAction::Accessed => "accessed",
+            AccessAction::Denied => "denied",
+            AccessAction::Dropped => "dropped",
+            AccessAction::Undeliverable => "undeliverable",
+            AccessAction::Missing => "missing",
+            AccessAction::RestoreAccepted => "restore_accepted",
+        }
+    }
 }
 
 /// One access event as an agent ships it.

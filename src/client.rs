@@ -26,7 +26,7 @@ mod admin;
 mod users;
 mod error;
 
-pub use error::ClientError;
+pub use error::{ClientError, MAX_RETRY_AFTER};
 use error::{error_from, transport_reason};
 
 /// Timeout of ordinary (non long-poll) requests.
@@ -216,12 +216,13 @@ impl VaultClient {
             .await
             .map_err(|e| ClientError::Unreachable(transport_reason(&e)))?;
         let status = resp.status();
+        let retry_after = error::retry_after(resp.headers());
         let body = resp
             .bytes()
             .await
             .map_err(|e| ClientError::Unreachable(transport_reason(&e)))?;
         if !status.is_success() {
-            return Err(error_from(status, &body));
+            return Err(error_from(status, retry_after, &body));
         }
         let parsed = serde_json::from_slice(&body)
             .map_err(|e| ClientError::BadResponse(format!("{status}: {e}")))?;

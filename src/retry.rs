@@ -1,5 +1,5 @@
 //! The one retry schedule: capped exponential backoff, `base · 2^n` up to `cap`, with the
-//! jitter the caller needs. Used by the agent's sync loop (full jitter), its audit shipper
+//! jitter the caller needs, and a server's `Retry-After` honoured when it names one. Used by the agent's sync loop (full jitter), its audit shipper
 //! (equal jitter) and the vault's PostgreSQL reconnects (no jitter: the breaker computes the
 //! delay from its failure count).
 //!
@@ -54,6 +54,20 @@ impl Backoff {
         let ceiling = ceiling(self.base, self.cap, self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         jittered(ceiling, self.jitter)
+    }
+
+    /// The delay before the next attempt, honouring the server's `Retry-After` when it named
+    /// one: never sooner than it asked, spread over up to half as long again (so clients
+    /// refused together do not come back together, even when the server gave them all the same
+    /// figure), and never sooner than this schedule's own delay (which keeps growing).
+    pub fn next_delay_after(&mut self, asked: Option<Duration>) -> Duration {
+        let own = self.next_delay();
+        let Some(asked) = asked else {
+            return own;
+        };
+        let spread = u64::try_from((asked / 2).as_millis()).unwrap_or(u64::MAX);
+        let hinted = asked + Duration::from_millis(rand::random_range(0..=spread));
+        own.max(hinted)
     }
 
     /// The ceiling the next delay is drawn under (for logs).
@@ -120,6 +134,28 @@ mod tests {
         assert!(max_seen > Duration::from_secs(1), "grows: {max_seen:?}");
         b.reset();
         assert!(b.next_delay() <= 100 * MS);
+    }
+
+    #[test]
+    fn a_server_hint_is_honoured_with_jitter_and_the_schedule_still_grows() {
+        let asked = Duration::from_secs(5);
+        let mut b = Backoff::new(100 * MS, Duration::from_secs(30), Jitter::Full);
+        let delays: Vec<_> = (0..200).map(|_| b.next_delay_after(Some(asked))).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= asked && *d <= Duration::from_secs(30))
+        );
+        let first: Vec<_> = delays[..5].to_vec(); // own ceilings 0.1–1.6 s: the hint rules
+        assert!(first.iter().all(|d| *d <= asked + asked / 2), "{first:?}");
+        assert!(
+            first.iter().any(|d| *d != first[0]),
+            "spread, not one figure: {first:?}"
+        );
+        // Past the hint, the schedule's own (growing) delay wins.
+        assert!(delays[100..].iter().any(|d| *d > asked + asked / 2));
+        let mut plain = Backoff::new(100 * MS, Duration::from_secs(1), Jitter::None);
+        assert_eq!(plain.next_delay_after(None), 100 * MS);
     }
 
     #[test]

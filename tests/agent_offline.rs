@@ -5,87 +5,11 @@
 
 mod agent_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
-use agent_support::vault::{Log, VaultProc, World, spawn_logged, terminate};
+use agent_support::agent_bin::*;
+use agent_support::vault::{Log, VaultProc, World};
 use agent_support::*;
-
-/// `fyvault agent` (the binary), stopped with SIGTERM when dropped.
-struct AgentBin {
-    child: Child,
-    log: Log,
-}
-
-impl AgentBin {
-    fn start(config: &Path) -> AgentBin {
-        let log = Log::default();
-        let mut cmd = Command::new(fyvault());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(config)
-            .env("FYVAULT_LOG", "info")
-            .env_remove("NOTIFY_SOCKET");
-        let (child, _rx) = spawn_logged(cmd, &log);
-        AgentBin { child, log }
-    }
-
-    fn stop(mut self) {
-        assert!(terminate(&mut self.child), "{}", self.log.lock().unwrap());
-    }
-}
-
-impl Drop for AgentBin {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-async fn health(sock: &Path) -> Option<serde_json::Value> {
-    if !sock.exists() {
-        return None;
-    }
-    let r = tokio::time::timeout(std::time::Duration::from_secs(2), get(sock, "/v1/health"))
-        .await
-        .ok()?;
-    Some(r.json())
-}
-
-async fn wait_health(sock: &Path, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
-    eventually(what, || async { health(sock).await.filter(|h| ok(h)) }).await;
-}
-
-async fn value(sock: &Path, name: &str) -> (u16, Vec<u8>) {
-    let r = get(sock, &format!("/v1/secrets/{name}")).await;
-    (r.status, r.body)
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
@@ -159,10 +83,7 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
     w.vault.stop();
 
     // Restore the vault's older copy (v1 only) and restart both: the agent never serves v1.
-    for f in files(&w.data_dir) {
-        std::fs::remove_file(f).unwrap();
-    }
-    copy_dir(&backup, &w.data_dir);
+    restore_dir(&backup, &w.data_dir);
     w.vault = {
         let (d, l) = (w.data_dir.clone(), vault_log.clone());
         tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
@@ -184,7 +105,8 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
         "the restored older value was served"
     );
     assert_eq!((status, body), (200, canary2.to_vec()));
-    // The vault is told: an `undeliverable` event, reason `older_than_served`, version 1.
+    // The vault is told: an `undeliverable` event, reason `older_than_served`, carrying the
+    // version the agent holds (v2).
     let query = fyvault::api::AuditQuery {
         action: Some("undeliverable".into()),
         ..Default::default()
@@ -196,9 +118,24 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
             .any(|r| {
                 r.secret.as_deref() == Some("API_KEY")
                     && r.reason.as_deref() == Some("older_than_served")
-                    && r.version == Some(1)
+                    && r.version == Some(v2)
             })
             .then_some(())
+    })
+    .await;
+
+    // The vault side: that report raised the secret's version floor, so the next rotation on
+    // the restored vault is numbered above v2 (the restored rows alone would give v2 again,
+    // which this agent would take for the value it holds and keep serving the old one).
+    let canary3 = b"CANARY-offline-third-5b1e";
+    let v3 = w.rotate("API_KEY", canary3, 0).await;
+    assert_eq!(v3, v2 + 1, "a restored vault reused a version number");
+    eventually("the new rotation to be served", || async {
+        (value(&sock, "API_KEY").await == (200, canary3.to_vec())).then_some(())
+    })
+    .await;
+    wait_health(&sock, "the agent to be ready again", |h| {
+        h["status"] == "ready"
     })
     .await;
     agent.stop();

@@ -1,5 +1,6 @@
-//! Third-party sealing (docs/vault.md, "Sealing a value yourself"): values sealed by pyhpke and
-//! by Node's `@hpke/core` with the published recipe, pushed as `sealed_value` to a real vault,
+//! Third-party sealing (docs/vault.md, "Sealing a value yourself"): values sealed by pyhpke, by
+//! Node's `@hpke/core` and by the studio's own WebCrypto module (`web/hpke.js`) with the published
+//! recipe, pushed as `sealed_value` to a real vault,
 //! open with the environment's key exactly as the agent opens them; seals made with a library's
 //! default info or a wrong AAD are accepted by the vault (it cannot tell) and never open.
 
@@ -7,7 +8,7 @@ mod common;
 mod common_interop;
 
 use common::{ENV, TestVault, raw, tok};
-use common_interop::sealing::{Mistake, seal_node, seal_python};
+use common_interop::sealing::{Mistake, seal_node, seal_python, seal_webcrypto};
 use fyvault::crypto::{self, CryptoError};
 use serde_json::json;
 
@@ -25,9 +26,10 @@ async fn third_party_seals_open_as_the_agent_opens_them() {
     );
     let agent = tv.client(&f.agent_token);
 
-    let cases: [(&str, Mistake, bool); 4] = [
+    let cases: [(&str, Mistake, bool); 5] = [
         ("PY_SEALED", Mistake::None, true),
         ("NODE_SEALED", Mistake::None, true),
+        ("WEBCRYPTO_SEALED", Mistake::None, true),
         ("PY_DEFAULT_INFO", Mistake::DefaultInfo, false),
         ("PY_WRONG_AAD", Mistake::WrongAad, false),
     ];
@@ -36,6 +38,8 @@ async fn third_party_seals_open_as_the_agent_opens_them() {
         let place = (f.org.as_str(), ENV, name);
         let sealed = if name.starts_with("NODE") {
             seal_node(&pk.public_key, place, &value)
+        } else if name.starts_with("WEBCRYPTO") {
+            seal_webcrypto(&pk.public_key, place, &value)
         } else {
             seal_python(&pk.public_key, place, &value, mistake)
         };

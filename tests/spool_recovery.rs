@@ -330,3 +330,34 @@ fn records_handed_to_the_shipper_are_not_counted_as_dropped() {
     assert_eq!(spool.stats().dropped_total, dropped);
     assert!(dropped > 0);
 }
+
+/// Accesses counted as lost show in the live counters at once (the status reads them), and
+/// leave them when the next append writes their `dropped` record.
+#[test]
+fn pending_dropped_is_visible_until_its_dropped_record_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&spool_dir(&tmp), SpoolLimits::default()).unwrap();
+    let counters = spool.counters();
+    spool.report_lost(7);
+    assert_eq!(
+        counters
+            .pending_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+    spool
+        .append(Vec::new())
+        .unwrap()
+        .expect("the dropped record");
+    assert_eq!(
+        counters
+            .pending_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let all = read_all(&mut spool);
+    assert_eq!(
+        (all.len(), all[0].action, all[0].count),
+        (1, AccessAction::Dropped, 7)
+    );
+}

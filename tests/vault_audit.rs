@@ -182,9 +182,42 @@ async fn agent_batches_are_ingested_once_and_validated() {
     assert!(r.actor.starts_with("agent:tok_"));
     assert_eq!(r.source_ip.as_deref(), Some("127.0.0.1"));
 
+    // `missing` (a read of a name that does not exist; no version) and `via: systemd` are
+    // stored and queried like every other event.
+    let mut missing = event(5, "NOT_PUSHED");
+    missing.action = AccessAction::Missing;
+    missing.version = None;
+    missing.via = Some(AccessVia::Systemd);
+    let mut more = batch.clone();
+    more.events = vec![missing];
+    let r = agent.post_audit(&f.org, &more).await.unwrap();
+    assert_eq!((r.accepted, r.duplicates), (1, 0));
+    let recs = tv
+        .admin
+        .audit(
+            &f.org,
+            &AuditQuery {
+                action: Some("missing".into()),
+                ..q()
+            },
+        )
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].secret.as_deref(), recs[0].version, recs[0].via),
+        (Some("NOT_PUSHED"), None, Some(AccessVia::Systemd))
+    );
+
     let url = format!("{}/api/v1/orgs/{}/audit/events", tv.url, f.org);
     let t = tok(&f.agent_token);
     let ev = serde_json::to_value(event(9, "K")).unwrap();
+    let mut missing_with_version = ev.clone();
+    missing_with_version["action"] = json!("missing");
+    let mut missing_without_secret = missing_with_version.clone();
+    missing_without_secret["version"] = json!(null);
+    missing_without_secret["secret"] = json!(null);
     let mut bad_time = ev.clone();
     bad_time["time"] = json!("yesterday");
     let mut bad_secret = ev.clone();
@@ -215,6 +248,14 @@ async fn agent_batches_are_ingested_once_and_validated() {
         ),
         (
             json!({"agent_id":"a","events":[no_version]}),
+            "invalid_event",
+        ),
+        (
+            json!({"agent_id":"a","events":[missing_with_version]}),
+            "invalid_event",
+        ),
+        (
+            json!({"agent_id":"a","events":[missing_without_secret]}),
             "invalid_event",
         ),
         (json!({"agent_id":"","events":[ev]}), "invalid_agent_id"),

@@ -16,6 +16,7 @@ use common::{ENV, TestVault, assert_error, raw, tok};
 use fyvault::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgOptions, PgStore};
 use fyvault::vault::store::{Store, StoreError};
 use fyvault::vault::sync::{ChangeFeed, LocalChangeFeed};
+use fyvault::vault::token_cache::TokenCache;
 
 macro_rules! pg_or_skip {
     ($name:expr) => {
@@ -125,7 +126,7 @@ async fn a_write_through_one_instance_wakes_the_feed_of_another() {
     let a = PgStore::connect(&db.url).await.unwrap();
     let b = PgStore::connect(&db.url).await.unwrap();
     let local = Arc::new(LocalChangeFeed::new());
-    let feed = PgChangeFeed::start(&a, local.clone());
+    let feed = PgChangeFeed::start(&a, local.clone(), Arc::new(TokenCache::new()));
     assert!(feed.wait_listening(Duration::from_secs(30)).await);
     common::store_suite::seed_for_feed(&b).await;
     let mut rx = feed.subscribe("o1", "prod");
@@ -143,6 +144,43 @@ async fn a_write_through_one_instance_wakes_the_feed_of_another() {
         !other.has_changed().unwrap(),
         "only the changed environment wakes"
     );
+}
+
+/// Each instance caches verified tokens; a revocation through one instance reaches the cache
+/// of the other through the database's notification, not after the cache's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_instance_is_refused_by_another() {
+    let base = pg_or_skip!("a_token_revoked_on_one_instance_is_refused_by_another");
+    let db = TestDb::create(&base).await;
+    let a = pg_vault(&db).await;
+    let b = pg_vault(&db).await;
+    let f = a.fixture().await;
+    let agent = b
+        .admin
+        .create_agent_token(&f.org, ENV, &Default::default())
+        .await
+        .unwrap();
+    let sync = format!("{}/api/v1/orgs/{}/environments/{ENV}/sync", a.url, f.org);
+    // Used twice on A: verified once, then answered from A's cache.
+    for _ in 0..2 {
+        let r = raw("GET", &sync, Some(&tok(&agent.token)), None, &[]).await;
+        assert_eq!(r.0, 200, "{}", r.2);
+    }
+    b.admin.revoke_token(&agent.token_id).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = raw("GET", &sync, Some(&tok(&agent.token)), None, &[]).await;
+        if r.0 == 401 {
+            assert_error(&r, 401, "token_revoked");
+            break;
+        }
+        assert_eq!(r.0, 200, "{}", r.2);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance A still accepts a token B revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,7 @@ async fn verify_full_puts_every_connection_on_verified_tls() {
         .expect("verified TLS connection");
     let b = PgStore::connect(&url).await.unwrap();
     let local = Arc::new(LocalChangeFeed::new());
-    let feed = PgChangeFeed::start(&a, local);
+    let feed = PgChangeFeed::start(&a, local, Default::default());
     assert!(feed.wait_listening(Duration::from_secs(30)).await);
 
     // Real work over TLS: migrations ran; a write through B reaches A's LISTEN connection.

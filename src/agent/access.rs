@@ -224,6 +224,21 @@ impl Policy {
                 .any(|r| r.matches_secret(secret) && r.matches_caller(caller))
     }
 
+    /// May systemd unit `unit` be given `secret` as a credential? Only rules whose one selector
+    /// kind is `units` and that name `unit` grant it: root's blanket grant and the configured
+    /// group do not apply (PID 1 asks on behalf of every unit), and a rule that also names
+    /// users, groups or executables cannot be checked before the unit runs, so it grants
+    /// nothing here.
+    pub fn allows_unit(&self, unit: &str, secret: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.users.is_empty()
+                && r.groups.is_empty()
+                && r.executables.is_empty()
+                && r.units.iter().any(|u| u == unit)
+                && r.matches_secret(secret)
+        })
+    }
+
     /// Does the policy admit `caller` at all (root, the group, or a rule naming it, whatever
     /// secrets the rule grants)? Such callers see the agent's details in `/v1/health`; the
     /// others get liveness only.
@@ -302,6 +317,33 @@ mod tests {
         assert!(!p.allows(&c, "A"));
         c.unit = Some("app.service".into());
         assert!(p.allows(&c, "A"));
+        assert!(p.allows_unit("app.service", "A"));
+        assert!(!p.allows_unit("other.service", "A"));
+    }
+
+    #[test]
+    fn units_get_only_unit_only_rules() {
+        let narrowed = Rule {
+            secrets: vec![Glob::new("DB_*")],
+            units: vec!["app.service".into()],
+            users: vec![1000],
+            ..Rule::default()
+        };
+        let plain = Rule {
+            secrets: vec![Glob::new("STRIPE_*")],
+            units: vec!["app.service".into()],
+            ..Rule::default()
+        };
+        let p = Policy::new(Some(0), vec![narrowed, plain]);
+        assert!(p.allows_unit("app.service", "STRIPE_SK"));
+        assert!(
+            !p.allows_unit("app.service", "DB_URL"),
+            "rule also needs a user"
+        );
+        assert!(
+            !p.allows_unit("app.service", "OTHER"),
+            "no root or group grant"
+        );
     }
 
     #[test]

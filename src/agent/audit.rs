@@ -140,6 +140,10 @@ pub struct AuditStats {
     /// Accesses lost since start (spool full, memory buffer full, disk errors); each loss is
     /// also reported upstream as a `dropped` event.
     pub dropped_total: u64,
+    /// Accesses lost and not yet in a `dropped` event (written within one coalescing window):
+    /// counted here at once, so every access is in `pending_events`, `backlog_events` or here.
+    #[serde(default)]
+    pub pending_dropped: u64,
     /// Corrupt or torn records skipped when the spool was opened.
     pub corrupt_skipped: u64,
 }
@@ -318,6 +322,20 @@ impl Auditor {
         self.add(Key::undeliverable(secret, version, reason), &no_process);
     }
 
+    /// Reports that the operator (`uid`, `pid`) accepted a vault restore for `secret` (none:
+    /// every secret).
+    pub fn restore_accepted(&self, secret: Option<&str>, uid: u32, pid: u32) {
+        let operator = Caller {
+            uid,
+            gid: 0,
+            pid,
+            groups: Vec::new(),
+            exe: None,
+            unit: None,
+        };
+        self.add(Key::restore_accepted(secret, uid), &operator);
+    }
+
     /// Counts `key` in the coalescer, `caller` being the first access's process.
     fn add(&self, key: Key, caller: &Caller) {
         let Some(h) = &self.inner else { return };
@@ -337,6 +355,15 @@ impl Auditor {
                 .dropped_total
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Takes the events coalesced in memory (not yet on disk): for unit tests of the callers.
+    #[cfg(test)]
+    pub(crate) fn take_pending(&self) -> Vec<crate::api::AccessEvent> {
+        self.inner
+            .as_ref()
+            .map(|h| lock(&h.shared.pending).take())
+            .unwrap_or_default()
     }
 
     /// Cuts a shipping backoff short: the vault was just seen reachable.
@@ -370,6 +397,7 @@ impl Auditor {
             failing_since: status.failing_since.map(rfc3339::format),
             shipped_total: s.link.shipped_total.load(Ordering::Relaxed),
             dropped_total: c.dropped_total.load(Ordering::Relaxed),
+            pending_dropped: c.pending_dropped.load(Ordering::Relaxed),
             corrupt_skipped: c.corrupt_skipped.load(Ordering::Relaxed),
         }
     }

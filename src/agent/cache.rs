@@ -207,6 +207,14 @@ impl Cache {
         Duration::from_millis(now_ms().saturating_sub(self.written_at_ms))
     }
 
+    /// Forgets the rollback floor of `names` (every name with `None`): a restore was accepted.
+    pub fn forget(&mut self, names: Option<&[String]>) {
+        match names {
+            None => self.highest.clear(),
+            Some(names) => self.highest.retain(|n, _| !names.contains(n)),
+        }
+    }
+
     /// The rollback floor as the view takes it.
     pub fn floor(&self) -> Vec<(String, u64, bool)> {
         self.highest
@@ -315,6 +323,20 @@ impl Keeper {
                 tracing::warn!("offline cache not written: {e}");
             }
             Err(_) => {}
+        }
+    }
+}
+
+impl Keeper {
+    /// Rewrites the file with the view's rollback `floor` now (a restore was accepted: the
+    /// forgotten floor must not come back from the file on a restart).
+    pub fn set_floor(&mut self, key: &PrivateKey, floor: Vec<(String, u64, bool)>) {
+        self.cache.highest = floor
+            .into_iter()
+            .map(|(n, version, revoked)| (n, Seen { version, revoked }))
+            .collect();
+        if let Err(e) = write(&self.dir, key, &self.org, &self.env, &self.cache) {
+            tracing::warn!("offline cache not written: {e}");
         }
     }
 }

@@ -18,11 +18,12 @@
 //! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
 //!
 //! ## Who learns what
-//! Names are public (the listing shows every name to every local user). Everything else about
-//! a secret is decided by the policy *before* existence: a caller the policy refuses `NAME`
-//! gets EACCES from `lookup`, `getattr`, `access` and `open` alike, whether `NAME` exists or
-//! not, and never its size or time (the socket's 403 is the same rule). Each refusal is logged
-//! and audited as `denied`.
+//! Every lookup, stat, access check and open of a secret asks the read gate
+//! ([`crate::agent::gate`]), which states the rule once for every delivery path: names are
+//! public, the policy decides *before* existence (EACCES from `lookup`, `getattr`, `access` and
+//! `open` alike whether `NAME` exists or not, recorded as `denied`), and only an allowed caller
+//! learns that a name is absent (ENOENT; a `lookup` or `open` of it is recorded as `missing`).
+//! This file only translates: the gate's [`Refusal`] becomes an errno in [`errno`].
 //!
 //! ## Cache lifetimes
 //! What the kernel may cache and for how long is decided in [`attrs`] (see there).
@@ -48,9 +49,10 @@ use fuser::{
 
 use crate::agent::access::Caller;
 use crate::agent::dotenv::{self, Form};
+use crate::agent::gate::{ReadRequest, Refusal};
 use crate::agent::state::AgentState;
 use crate::agent::view::{ReadError, Which};
-use crate::api::{AccessAction, AccessVia};
+use crate::api::AccessVia;
 
 pub use attrs::{DIR_ATTR_TTL, DOTENV_ATTR_TTL, ENTRY_TTL, FILE_ATTR_TTL};
 pub use inodes::{
@@ -80,46 +82,41 @@ impl SecretFs {
         self.state.callers.resolve(req.uid(), req.gid(), req.pid())
     }
 
-    fn audit(&self, caller: &Caller, action: AccessAction, name: &str, version: Option<u64>) {
-        self.state
-            .auditor
-            .record(caller, action, name, version, AccessVia::Fuse);
-    }
-
-    fn denied(&self, caller: &Caller, name: &str, version: Option<u64>) -> Errno {
-        tracing::info!(
-            secret = name,
-            uid = caller.uid,
-            pid = caller.pid,
-            exe = ?caller.exe,
-            "fuse: access denied by policy"
-        );
-        self.audit(caller, AccessAction::Denied, name, version);
-        Errno::EACCES
+    /// The read request of `name` by `req`'s caller.
+    fn ask<'a>(caller: &'a Caller, name: &'a str, which: Which) -> ReadRequest<'a> {
+        ReadRequest::new(caller, AccessVia::Fuse, name).which(which)
     }
 
     fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
         let caller = self.caller(req);
-        if !self.state.policy().allows(&caller, name) {
-            let version = self.state.view.meta(name, which).map(|m| m.version);
-            return Err(self.denied(&caller, name, version));
-        }
-        let (fh, meta) = self.state.view.open(name, which).ok_or(Errno::ENOENT)?;
-        self.audit(&caller, AccessAction::Accessed, name, Some(meta.version));
+        let (fh, _meta) = self
+            .state
+            .gate()
+            .open(&Self::ask(&caller, name, which))
+            .map_err(errno)?;
         Ok(fh)
     }
 
     fn open_dotenv(&self, req: &Request, form: Form) -> u64 {
         let caller = self.caller(req);
-        let policy = self.state.policy();
-        let allowed = |n: &str| policy.allows(&caller, n);
-        let (fh, pins) = self.state.view.open_snapshot(allowed, |entries| {
-            dotenv::render(form, entries.iter().copied())
-        });
-        for (name, version) in pins {
-            self.audit(&caller, AccessAction::Accessed, &name, Some(version));
-        }
-        fh
+        self.state
+            .gate()
+            .open_all(&caller, AccessVia::Fuse, |entries| {
+                dotenv::render(form, entries.iter().copied())
+            })
+    }
+}
+
+/// The gate's refusal as an errno: EACCES for a denial, ENOENT for every kind of absence.
+pub(crate) fn errno(r: Refusal) -> Errno {
+    match r {
+        Refusal::Denied => Errno::EACCES,
+        Refusal::NotFound
+        | Refusal::NoPrevious
+        | Refusal::NotReady
+        | Refusal::UserRequired
+        | Refusal::UserMissing => Errno::ENOENT,
+        Refusal::CannotOpen => Errno::EIO,
     }
 }
 
@@ -313,13 +310,12 @@ impl Filesystem for SecretFs {
             Node::DotEnv(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
             Node::DotEnv(_) => Ok(()),
             Node::Secret(name, which) => {
-                self.check_policy(&self.caller(req), &name).and_then(|()| {
-                    match self.state.view.meta(&name, which) {
-                        None => Err(Errno::ENOENT),
-                        Some(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
-                        Some(_) => Ok(()),
-                    }
-                })
+                let caller = self.caller(req);
+                match self.state.gate().stat(&Self::ask(&caller, &name, which)) {
+                    Err(r) => Err(errno(r)),
+                    Ok(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
+                    Ok(_) => Ok(()),
+                }
             }
         };
         match result {

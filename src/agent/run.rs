@@ -213,7 +213,7 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKey, RunError> {
     let err = |reason: String| RunError::Key {
         path: path.to_owned(),
         reason,

@@ -160,6 +160,11 @@ impl SecretView {
         }
     }
 
+    /// Forgets the rollback floor of `names` (all with `None`): a restore was accepted.
+    pub fn forget(&self, names: Option<&[String]>) {
+        self.write_lock().forget(names);
+    }
+
     /// Drops every value now (zeroized) and every handle: the agent is stopping.
     pub fn clear(&self) {
         *self.write_lock() = View::new();

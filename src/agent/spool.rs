@@ -112,6 +112,9 @@ pub struct Counters {
     pub spool_bytes: AtomicU64,
     /// Accesses lost since start (spool full, memory buffer full, write errors).
     pub dropped_total: AtomicU64,
+    /// Accesses counted as lost and not yet in a `dropped` record (the next append, within one
+    /// coalescing window, writes it): the status shows them at once, not a window later.
+    pub pending_dropped: AtomicU64,
     /// Corrupt or torn records skipped when the spool was opened.
     pub corrupt_skipped: AtomicU64,
     /// The acknowledged cursor.
@@ -330,6 +333,7 @@ impl Spool {
             self.write_event(&ev)?;
             self.next_seq += 1;
             self.pending_dropped -= ev.count;
+            self.publish_pending_dropped();
             last = Some(ev.seq);
         }
         if let Some(f) = &self.active {
@@ -431,6 +435,14 @@ impl Spool {
             .dropped_total
             .fetch_add(count, Ordering::Relaxed);
         self.pending_dropped += count;
+        self.publish_pending_dropped();
+    }
+
+    /// Mirrors `pending_dropped` into the live counters (read by the status without the lock).
+    pub(super) fn publish_pending_dropped(&self) {
+        self.counters
+            .pending_dropped
+            .store(self.pending_dropped, Ordering::Relaxed);
     }
 
     fn ack_counted(&mut self, upto: u64, records: Option<u64>) -> Result<(), SpoolError> {

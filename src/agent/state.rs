@@ -37,6 +37,8 @@ pub struct AgentState {
     rollbacks: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     /// Versions this agent cannot open: name → (version, reason), each reported once.
     undeliverable: RwLock<std::collections::BTreeMap<String, (u64, &'static str)>>,
+    /// An accepted vault restore waiting for the sync loop (`crate::agent::restore`).
+    pub restore: crate::agent::restore::Requests,
 }
 
 impl AgentState {
@@ -50,6 +52,7 @@ impl AgentState {
             health: RwLock::new(Health::Syncing),
             rollbacks: std::sync::Mutex::default(),
             undeliverable: RwLock::default(),
+            restore: crate::agent::restore::Requests::default(),
         })
     }
 
@@ -116,12 +119,30 @@ impl AgentState {
             r.remove(*name);
         }
         for (name, offered, held) in refused {
-            // Reported to the vault once per offer (an `undeliverable` event).
+            // Reported to the vault once per offer (an `undeliverable` event carrying the
+            // version held: the vault raises its version floor to it).
             if r.insert(name.clone(), (*offered, *held)) != Some((*offered, *held)) {
-                self.auditor
-                    .undeliverable(name, *offered, "older_than_served");
+                self.auditor.undeliverable(name, *held, "older_than_served");
             }
         }
+    }
+
+    /// Forgets the refusals of `names` (all with `None`): an operator accepted the restore.
+    /// Returns the names cleared.
+    pub fn clear_rollbacks(&self, names: Option<&[String]>) -> Vec<String> {
+        let mut r = self
+            .rollbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cleared: Vec<String> = r
+            .keys()
+            .filter(|n| names.is_none_or(|names| names.contains(n)))
+            .cloned()
+            .collect();
+        for n in &cleared {
+            r.remove(n);
+        }
+        cleared
     }
 
     /// The refused rollbacks, as a reason for `degraded` (None when there are none).

@@ -5,7 +5,8 @@
 //! [`Secret`]s; a value that fails to open is logged (name and version only) and skipped, and
 //! the agent keeps what it held for that secret. While the vault is unreachable the agent keeps
 //! serving and reports `degraded` (since the first failure); it reconnects with capped
-//! exponential backoff and full jitter, and never busy-loops. A 401 (token revoked upstream)
+//! exponential backoff and full jitter (never sooner than a refusal's `Retry-After`, such as
+//! the vault's long-poll cap sends), and never busy-loops. A 401 (token revoked upstream)
 //! is reported as such and retried slowly, and at once when the token file changes.
 //!
 //! This module only reports what happened ([`SyncEvent`], through the [`Reporter`] it is
@@ -300,7 +301,7 @@ impl Syncer {
                     return Ok(cache.revision);
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.next_delay_after(e.retry_after());
                     tracing::warn!("first sync failed: {e}; retrying in {delay:?}");
                     (self.report)(SyncEvent::Failed {
                         reason: e.to_string(),
@@ -313,6 +314,22 @@ impl Syncer {
                 }
             }
         }
+    }
+
+    /// An operator accepted a vault restore (the view already forgot the floor): the offline
+    /// cache is rewritten without it, and the next round asks for the full state (returns the
+    /// `since` to use: 0).
+    fn restore_accepted(&self) -> u64 {
+        if self.state.restore.take().is_some()
+            && let Some(keeper) = &self.cache
+        {
+            keeper
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_floor(&self.key, self.state.view.highest());
+        }
+        tracing::info!("restore accepted: asking the vault for its full state");
+        0
     }
 
     /// Long-polls forever from `since`, until shutdown.
@@ -338,6 +355,10 @@ impl Syncer {
             };
             let r = tokio::select! {
                 r = self.round(since, wait) => r,
+                _ = self.state.restore.requested() => {
+                    since = self.restore_accepted();
+                    continue;
+                }
                 _ = stop.wait_for(|s| *s) => return,
             };
             let delay = match r {
@@ -381,7 +402,12 @@ impl Syncer {
                         ClientError::Unreachable(why) => {
                             (format!("vault unreachable: {why}"), retry.next_delay())
                         }
-                        other => (other.to_string(), retry.next_delay()),
+                        // A refusal naming its own delay (the vault's long-poll cap, an
+                        // overloaded proxy): never sooner than asked, jittered on top.
+                        other => (
+                            other.to_string(),
+                            retry.next_delay_after(other.retry_after()),
+                        ),
                     };
                     if was_ready {
                         tracing::warn!("sync failed: {e}; serving the last known values");
@@ -403,6 +429,9 @@ impl Syncer {
                     tracing::info!("retrying the sync with the new token");
                     refused.reset();
                     retry.reset();
+                }
+                _ = self.state.restore.requested() => {
+                    since = self.restore_accepted();
                 }
                 _ = stop.wait_for(|s| *s) => return,
             }

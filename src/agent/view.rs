@@ -190,6 +190,19 @@ impl View {
         }
     }
 
+    /// Forgets the rollback floor of `names` (every name with `None`): an operator accepted a
+    /// deliberate vault restore, so the next answer's versions are taken as they are.
+    pub fn forget(&mut self, names: Option<&[String]>) {
+        match names {
+            None => self.highest.clear(),
+            Some(names) => {
+                for n in names {
+                    self.highest.remove(n);
+                }
+            }
+        }
+    }
+
     /// The vault revision the view is synced to (0 before the first sync).
     pub fn revision(&self) -> u64 {
         self.revision

@@ -9,11 +9,24 @@ use crate::agent::{config, run};
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Path of the agent's TOML config.
-    #[arg(long, default_value = "/etc/fyvault/agent.toml")]
+    #[arg(long, global = true, default_value = "/etc/fyvault/agent.toml")]
     pub config: std::path::PathBuf,
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Accept a deliberate vault restore: forget the rollback floor (of the named secrets, or
+    /// of every secret) so that the agent takes the vault's older versions. Root only. Talks
+    /// to the running agent through its socket, or rewrites the offline cache of a stopped one.
+    AcceptRestore(super::accept_restore::AcceptRestoreArgs),
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if let Some(AgentCommand::AcceptRestore(a)) = args.command {
+        return super::accept_restore::run(&args.config, a);
+    }
     // Validated before anything else happens; a mistake is one line naming the key.
     let config = config::load(&args.config)?;
     crate::cli::init_logging();

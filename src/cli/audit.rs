@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::api::{AccessVia, AuditQuery, AuditRecord};
+use crate::api::{AuditQuery, AuditRecord};
 use crate::cli::admin::{VaultConn, connect, print_json, runtime};
 
 #[derive(Debug, Args)]
@@ -67,11 +67,10 @@ fn fixed_time(time: &str) -> String {
 fn cells(r: &AuditRecord) -> [String; 13] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-    let via = match r.via {
-        Some(AccessVia::Fuse) => " (fuse)",
-        Some(AccessVia::Socket) => " (socket)",
-        None => "",
-    };
+    let via = r
+        .via
+        .map(|v| format!(" ({})", v.as_str()))
+        .unwrap_or_default();
     let why = r
         .reason
         .as_deref()
@@ -150,6 +149,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::AccessVia;
 
     #[test]
     fn times_have_one_width() {
@@ -193,6 +193,7 @@ mod tests {
             unit: None,
             count: Some(7),
             reason: None,
+            user_id: None,
         };
         let t = table(&[r]);
         let lines: Vec<&str> = t.lines().collect();

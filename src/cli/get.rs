@@ -86,6 +86,15 @@ pub(crate) async fn send(
     socket: &Path,
     path: &str,
 ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    send_method(socket, hyper::Method::GET, path).await
+}
+
+/// `method path` (no body) on the agent's socket: the answer's head, its body streaming.
+pub(crate) async fn send_method(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| AgentUnreachable {
@@ -98,7 +107,9 @@ pub(crate) async fn send(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::get(path)
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, "fyvault")
         .body(Empty::<Bytes>::new())
         .context("bad request")?;
@@ -110,7 +121,16 @@ pub(crate) async fn send(
 
 /// `GET path` on the agent's socket, the whole answer.
 pub(crate) async fn request(socket: &Path, path: &str) -> anyhow::Result<Answer> {
-    let resp = send(socket, path).await?;
+    request_method(socket, hyper::Method::GET, path).await
+}
+
+/// `method path` on the agent's socket, the whole answer.
+pub(crate) async fn request_method(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+) -> anyhow::Result<Answer> {
+    let resp = send_method(socket, method, path).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let mut body = resp.into_body();
@@ -264,6 +284,12 @@ fn audit_line(a: &AuditStats) -> String {
         a.dropped_total,
         a.corrupt_skipped,
     );
+    if a.pending_dropped > 0 {
+        line.push_str(&format!(
+            " ({} lost accesses to report in the next dropped event)",
+            a.pending_dropped
+        ));
+    }
     if let Some(since) = &a.failing_since {
         line.push_str(&format!(
             "; shipping failing since {since}: {}",
@@ -290,6 +316,7 @@ mod tests {
             failing_since: Some("2025-01-01T00:00:00Z".into()),
             shipped_total: 0,
             dropped_total: 4,
+            pending_dropped: 0,
             corrupt_skipped: 5,
         };
         let l = audit_line(&a);
@@ -298,6 +325,14 @@ mod tests {
             "{l}"
         );
         assert!(l.contains("4 dropped, 5 corrupt skipped; shipping failing since 2025-01-01T00:00:00Z: vault unreachable"), "{l}");
+        a.pending_dropped = 6;
+        assert!(
+            audit_line(&a).contains(
+                "5 corrupt skipped (6 lost accesses to report in the next dropped event); shipping"
+            ),
+            "{}",
+            audit_line(&a)
+        );
         a.enabled = false;
         assert_eq!(audit_line(&a), "audit: off");
         let m = MountHealth {

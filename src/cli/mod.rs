@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod accept_restore;
 pub mod admin;
 pub mod agent;
 pub mod audit;

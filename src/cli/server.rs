@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -79,6 +80,11 @@ pub struct LimitArgs {
     #[arg(long, env = "FYVAULT_LISTEN_BACKLOG", value_name = "N",
           default_value_t = crate::vault::limits::DEFAULT_LISTEN_BACKLOG)]
     pub listen_backlog: u32,
+    /// The longest Retry-After, in seconds, of a long-poll refused over the cap; each refusal
+    /// names a figure from a sixth of it up to it, so refused agents come back spread out.
+    #[arg(long, env = "FYVAULT_LONG_POLL_RETRY_AFTER", value_name = "SECONDS",
+          default_value_t = crate::vault::limits::DEFAULT_LONG_POLL_RETRY_AFTER.as_secs())]
+    pub long_poll_retry_after: u64,
 }
 
 impl LimitArgs {
@@ -99,6 +105,7 @@ impl LimitArgs {
             );
         }
         l.listen_backlog = self.listen_backlog;
+        l.long_poll_retry_after = Duration::from_secs(self.long_poll_retry_after.max(1));
         Ok(l)
     }
 }

@@ -1,6 +1,8 @@
 //! How a failed vault call is classified: unreachable (retry later), token refused (401/403),
 //! or refused with the server's `{"error":{code,message}}`.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 
 use crate::api::ErrorBody;
@@ -33,6 +35,8 @@ pub enum ClientError {
         status: u16,
         code: String,
         message: String,
+        /// The server's `Retry-After` (seconds form), at most [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
     },
     /// A success status whose body is not what the API promises.
     #[error("unexpected answer from the vault: {0}")]
@@ -63,6 +67,14 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked to wait before trying again (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// True for transport failures that a retry may cure.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable(_))
@@ -88,7 +100,23 @@ pub(super) fn transport_reason(e: &reqwest::Error) -> String {
     msg
 }
 
-pub(super) fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
+/// The longest `Retry-After` a client obeys: a server (or a proxy) asking for more is not
+/// allowed to stop an agent syncing for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` header in its delta-seconds form (the vault's), capped at
+/// [`MAX_RETRY_AFTER`]; the HTTP-date form and garbage count as absent.
+pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+pub(super) fn error_from(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ClientError {
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(b) => (b.error.code, b.error.message),
         Err(_) => (
@@ -107,6 +135,7 @@ pub(super) fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
             status: status.as_u16(),
             code,
             message,
+            retry_after,
         },
     }
 }
@@ -119,12 +148,36 @@ mod tests {
     fn error_classes() {
         let e = error_from(
             StatusCode::UNAUTHORIZED,
+            None,
             br#"{"error":{"code":"unauthorized","message":"token revoked"}}"#,
         );
         assert!(matches!(e, ClientError::Unauthorized { .. }));
         assert_eq!(e.status(), Some(401));
-        let e = error_from(StatusCode::BAD_GATEWAY, b"<html>");
+        let e = error_from(StatusCode::BAD_GATEWAY, None, b"<html>");
         assert_eq!(e.status(), Some(502));
         assert_eq!(e.code(), Some("bad_gateway"));
+        assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_kept_and_capped() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after(&h)
+        };
+        assert_eq!(with("17"), Some(Duration::from_secs(17)));
+        assert_eq!(with("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(with("-3"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        let e = error_from(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Duration::from_secs(7)),
+            br#"{"error":{"code":"too_many_long_polls","message":"later"}}"#,
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(e.code(), Some("too_many_long_polls"));
     }
 }

@@ -112,10 +112,13 @@ impl FromRequestParts<AppState> for Auth {
         })?;
         let hash = crypto::hash_token(token.as_bytes());
         let unknown = || ApiError::unauthorized("invalid_token", "the token is not recognised");
-        let record = state.store.find_token(&hash).await?.ok_or_else(unknown)?;
-        if !crypto::ct_eq(record.hash.as_bytes(), hash.as_bytes()) {
-            return Err(unknown());
-        }
+        let now = now_ms();
+        // Constant-time compared with `hash` inside, cached or not.
+        let record = state
+            .tokens
+            .find(state.store.as_ref(), &hash, now)
+            .await?
+            .ok_or_else(unknown)?;
         let principal = Principal {
             token_id: record.token_id.clone(),
             kind: record.kind,
@@ -124,7 +127,6 @@ impl FromRequestParts<AppState> for Auth {
             provider_id: record.provider_id.clone(),
             source_ip: ip,
         };
-        let now = now_ms();
         let refusal = if record.revoked_ms.is_some() {
             Some(("token_revoked", "the token has been revoked"))
         } else if record.expires_ms.is_some_and(|e| e <= now) {

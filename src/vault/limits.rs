@@ -41,7 +41,14 @@ pub struct Limits {
     /// The listen queue of connections the kernel completed but the vault has not accepted
     /// yet (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// The longest `Retry-After` of a long-poll refused over the cap: each refusal names a
+    /// figure drawn uniformly from a sixth of it (at least 1 s) up to it, so the refused part
+    /// of a fleet comes back spread out.
+    pub long_poll_retry_after: Duration,
 }
+
+/// Default [`Limits::long_poll_retry_after`]: refusals ask for 5–30 s.
+pub const DEFAULT_LONG_POLL_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Default listen backlog: a fleet reconnecting after a restart arrives in a burst.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
@@ -59,8 +66,15 @@ impl Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            long_poll_retry_after: DEFAULT_LONG_POLL_RETRY_AFTER,
         }
         .with_max_connections(max_connections)
+    }
+
+    /// The `Retry-After` (whole seconds) of one long-poll refused over the cap.
+    pub fn draw_retry_after(&self) -> u64 {
+        let max = self.long_poll_retry_after.as_secs().max(1);
+        rand::random_range((max / 6).max(1)..=max)
     }
 
     /// Sets the connection cap (at least 2) and the long-poll cap below it: a tenth of the
@@ -166,6 +180,27 @@ mod tests {
             assert!(l.max_long_polls < l.max_connections, "{n}: {l:?}");
             assert!(l.max_connections as u64 <= n.max(2), "{n}: {l:?}");
         }
+    }
+
+    #[test]
+    fn refusals_ask_for_a_spread_delay() {
+        let l = Limits::for_fd_limit(1024);
+        let drawn: Vec<u64> = (0..500).map(|_| l.draw_retry_after()).collect();
+        assert!(drawn.iter().all(|s| (5..=30).contains(s)), "{drawn:?}");
+        assert!(
+            drawn.contains(&5) && drawn.contains(&30),
+            "the whole range is used"
+        );
+        let short = Limits {
+            long_poll_retry_after: Duration::from_secs(2),
+            ..l.clone()
+        };
+        assert!((0..100).all(|_| (1..=2).contains(&short.draw_retry_after())));
+        let zero = Limits {
+            long_poll_retry_after: Duration::ZERO,
+            ..l
+        };
+        assert_eq!(zero.draw_retry_after(), 1);
     }
 
     #[test]

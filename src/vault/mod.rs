@@ -29,7 +29,8 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod sync;
-mod trim;
+pub mod token_cache;
+pub mod trim;
 
 pub use error::{ApiError, VaultError};
 pub use server::{ServerConfig, ServerHandle, TlsFiles, start, start_with_store};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub admission: Arc<limits::Admission>,
     /// Base of connect links, without a trailing `/`.
     pub public_url: Arc<str>,
+    /// Verified tokens, so a re-poll reads no store ([`token_cache::TokenCache`]).
+    pub tokens: Arc<token_cache::TokenCache>,
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -18,6 +18,7 @@ use crate::vault::store::Store;
 use crate::vault::store::postgres::{DatabaseUrl, PgChangeFeed, PgStore};
 use crate::vault::store::sqlite::SqliteStore;
 use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
+use crate::vault::token_cache::TokenCache;
 use crate::vault::{AppState, routes};
 
 /// Certificate chain and private key, PEM files.
@@ -150,12 +151,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
     if let Some(url) = &config.database {
         let store = PgStore::connect(url.expose()).await?;
         let local = Arc::new(LocalChangeFeed::new());
-        let feed = Arc::new(PgChangeFeed::start(&store, local.clone()));
+        let tokens = Arc::new(TokenCache::new());
+        let feed = Arc::new(PgChangeFeed::start(&store, local.clone(), tokens.clone()));
         if !feed.wait_listening(store.options().connect_timeout).await {
             tracing::warn!("no LISTEN connection yet: cross-instance wake-ups start once it is up");
         }
         tracing::info!(database = %store.describe(), "using PostgreSQL");
-        return start_inner(config, Arc::new(store), local, Some(feed)).await;
+        return start_inner(config, Arc::new(store), local, Some(feed), tokens).await;
     }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
@@ -183,7 +185,14 @@ pub async fn start_with_store(
     config: ServerConfig,
     store: Arc<dyn Store>,
 ) -> Result<ServerHandle, VaultError> {
-    start_inner(config, store, Arc::new(LocalChangeFeed::new()), None).await
+    start_inner(
+        config,
+        store,
+        Arc::new(LocalChangeFeed::new()),
+        None,
+        Arc::new(TokenCache::new()),
+    )
+    .await
 }
 
 async fn start_inner(
@@ -191,6 +200,7 @@ async fn start_inner(
     store: Arc<dyn Store>,
     feed: Arc<LocalChangeFeed>,
     pg_feed: Option<Arc<PgChangeFeed>>,
+    tokens: Arc<TokenCache>,
 ) -> Result<ServerHandle, VaultError> {
     check_listen(&config)?;
     let acceptor = config.tls.as_ref().map(load_tls).transpose()?;
@@ -224,6 +234,7 @@ async fn start_inner(
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         shutdown: rx.clone(),
         admission: admission.clone(),
+        tokens,
     };
     let app = routes::router(state);
     let tls = acceptor.is_some();

@@ -47,6 +47,24 @@ fn release_free_memory() {
     }
 }
 
+/// The allocator's view of the heap (glibc's `mallinfo2`): bytes in live allocations, and
+/// bytes the allocator holds (live + free, arenas and mmapped blocks). `None` off glibc.
+/// For `GET /admin/stats` and the fleet benchmark: resident memory above `held` is not heap
+/// (stacks, code); `held` above `in_use` is free memory the allocator keeps.
+pub fn heap_usage() -> Option<(u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's own counters under its own locks and
+        // returns a plain struct.
+        let m = unsafe { libc::mallinfo2() };
+        let in_use = (m.uordblks + m.hblkhd) as u64;
+        let held = (m.arena + m.hblkhd) as u64;
+        Some((in_use, held))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 /// Runs until shutdown.
 pub fn spawn(admission: Arc<Admission>, shutdown: watch::Receiver<bool>) {
     tokio::spawn(async move {
@@ -88,5 +106,8 @@ mod tests {
         assert!(!t.observe(4_000));
         assert!(t.observe(10), "the new peak (7,000) halved again");
         release_free_memory();
+        if let Some((in_use, held)) = heap_usage() {
+            assert!(in_use > 0 && held >= in_use, "{in_use} {held}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 #[path = "../skip/mod.rs"]
 pub mod skip;
 
+pub mod agent_bin;
 pub mod socket_agent;
 pub mod vault;
 

@@ -145,7 +145,7 @@ pub struct World {
     pub vault: VaultProc,
     pub admin: VaultClient,
     pub provider: VaultClient,
-    /// The provider's token (for raw calls the typed client does not make).
+    /// The provider's token (for a client of the vault started elsewhere).
     pub provider_token: Secret,
     pub org: String,
     pub env: String,
@@ -224,9 +224,10 @@ impl World {
             )
             .await
             .unwrap();
+        let provider_token = prov.token.token.clone();
         let provider = VaultClient::new(&vault.url)
             .unwrap()
-            .with_token(prov.token.token.clone());
+            .with_token(provider_token.clone());
         let agent_token = admin
             .create_agent_token(&org, &env, &CreateTokenRequest::default())
             .await
@@ -239,7 +240,7 @@ impl World {
             vault,
             admin,
             provider,
-            provider_token: prov.token.token.clone(),
+            provider_token,
             org,
             env,
             provider_id: prov.provider_id,

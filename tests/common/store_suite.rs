@@ -15,6 +15,7 @@ use fyvault::vault::store::{
 };
 
 mod concurrent;
+mod floors;
 mod users;
 
 pub use concurrent::{concurrent_audit_batches, concurrent_idempotent_retries, concurrent_writes};
@@ -150,6 +151,7 @@ where
     revoke_everywhere(factory().await).await;
     sync_feed(factory().await).await;
     audit_trail(factory().await).await;
+    floors::version_floors(factory().await).await;
     users::policies(factory().await).await;
     users::user_values(factory().await).await;
     users::connect_links(factory().await).await;

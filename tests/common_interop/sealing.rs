@@ -1,6 +1,7 @@
 //! Sealing a value as a third party would (docs/vault.md, "Sealing a value yourself"): with
 //! pyhpke (`tests/interop/seal.py`, installed by [`pyhpke_dir`] with pip from
-//! `tests/interop/requirements.txt`) and with `@hpke/core` (`tests/interop/seal.mjs`).
+//! `tests/interop/requirements.txt`), with `@hpke/core` (`tests/interop/seal.mjs`) and with the
+//! studio's WebCrypto module `web/hpke.js` (`tests/interop/seal_webcrypto.mjs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -103,5 +104,15 @@ pub fn seal_node(public_key: &str, place: (&str, &str, &str), value: &[u8]) -> S
     cmd.arg(dir.join("seal.mjs"))
         .args([public_key, org, env, name])
         .current_dir(dir);
+    run(cmd, value)
+}
+
+/// Seals `value` for (org, env, name) to `public_key` with the studio's `web/hpke.js` under Node
+/// (WebCrypto, no npm package).
+pub fn seal_webcrypto(public_key: &str, place: (&str, &str, &str), value: &[u8]) -> String {
+    let (org, env, name) = place;
+    let mut cmd = Command::new("node");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/seal_webcrypto.mjs"))
+        .args([public_key, org, env, name]);
     run(cmd, value)
 }

@@ -85,6 +85,24 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The key of a `restore_accepted` report: `secret` (none: every secret), and the
+    /// operator's uid (its pid travels as the first access's).
+    pub(super) fn restore_accepted(secret: Option<&str>, uid: u32) -> Key {
+        Key {
+            action: AccessAction::RestoreAccepted,
+            secret: secret.filter(|s| valid_secret_name(s)).map(str::to_owned),
+            version: None,
+            via: None,
+            uid,
+            exe: None,
+            unit: None,
+            reason: None,
+            user: None,
+        }
+    }
+}
+
 /// One coalesced event: the first access's time, pid and gid, and how many accesses.
 #[derive(Debug, Clone, Copy)]
 struct Agg {
@@ -171,8 +189,9 @@ pub(super) fn printable(s: &str, max: usize) -> String {
 }
 
 fn to_event(k: Key, a: Agg) -> AccessEvent {
-    // A process is involved only in reads and denials (they have `via`).
-    let process = k.via.is_some();
+    // A process is involved only in reads and denials (they have `via`) and in an operator's
+    // accepted restore.
+    let process = k.via.is_some() || k.action == AccessAction::RestoreAccepted;
     AccessEvent {
         seq: 0,
         time: rfc3339::format(a.time),

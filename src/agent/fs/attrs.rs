@@ -25,6 +25,7 @@ use super::inodes::{self, DOTENV, DOTENV_SH, Node, PREVIOUS_DIR, ROOT};
 use crate::agent::access::Caller;
 use crate::agent::dotenv::{self, Form};
 use crate::agent::view::{Meta, Which};
+use crate::api::AccessVia;
 
 /// How long the kernel may cache a name → inode entry.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
@@ -71,15 +72,14 @@ impl SecretFs {
 
     /// `.env` as `caller` would read it now: (size, newest update time).
     fn dotenv_attr(&self, caller: &Caller, form: Form) -> FileAttr {
-        let policy = self.state.policy();
-        let (len, newest) = self.state.view.with_current(
-            |n| policy.allows(caller, n),
-            |entries| {
+        let (len, newest) = self
+            .state
+            .gate()
+            .with_allowed(caller, AccessVia::Fuse, |entries| {
                 let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
                 let len = dotenv::rendered_len(form, entries.iter().map(|(n, _, v)| (*n, *v)));
                 (len, newest.unwrap_or(SystemTime::UNIX_EPOCH))
-            },
-        );
+            });
         let ino = match form {
             Form::Dotenv => DOTENV,
             Form::Shell => DOTENV_SH,
@@ -94,20 +94,14 @@ impl SecretFs {
             Node::Root | Node::PreviousDir => Ok((self.dir_attr(ino), DIR_ATTR_TTL)),
             Node::DotEnv(form) => Ok((self.dotenv_attr(&self.caller(req), form), DOTENV_ATTR_TTL)),
             Node::Secret(name, which) => {
-                self.check_policy(&self.caller(req), &name)?;
-                let meta = self.state.view.meta(&name, which).ok_or(Errno::ENOENT)?;
+                let caller = self.caller(req);
+                let meta = self
+                    .state
+                    .gate()
+                    .stat(&Self::ask(&caller, &name, which))
+                    .map_err(super::errno)?;
                 Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
             }
-        }
-    }
-
-    /// The policy decides before existence does: a caller refused `name` gets EACCES whether
-    /// or not it exists (as the socket's 403), and never its size or time.
-    pub(super) fn check_policy(&self, caller: &Caller, name: &str) -> Result<(), Errno> {
-        if self.state.policy().allows(caller, name) {
-            Ok(())
-        } else {
-            Err(self.denied(caller, name, None))
         }
     }
 
@@ -142,10 +136,15 @@ impl SecretFs {
         } else {
             Which::Previous
         };
-        self.check_policy(&self.caller(req), name)?;
+        // The gate decides (policy before existence; an absent name is recorded as `missing`).
         // A `.previous` entry is dropped by the kernel by itself when the earliest grace
         // period ends, even before the expiry's invalidation arrives.
-        let (meta, left) = self.state.view.meta_for(name, which).ok_or(Errno::ENOENT)?;
+        let caller = self.caller(req);
+        let (meta, left) = self
+            .state
+            .gate()
+            .lookup(&Self::ask(&caller, name, which))
+            .map_err(super::errno)?;
         let ino = self.inodes.intern(name, which);
         Ok((
             self.meta_attr(ino, meta),

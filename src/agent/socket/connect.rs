@@ -8,8 +8,10 @@
 //! | `GET /v1/secrets/NAME` on a user-vault secret | 400 `user_required` |
 //! | `POST /v1/connect` `{"secret_name","user_id"}` | `{"url","expires_at"}`: a single-use link valid 1 hour |
 //!
-//! The same access rule as reading the secret decides who may mint a link (a refusal is a 403
-//! and a `denied` event); the agent asks the vault with its own token.
+//! The same access rule as reading the secret decides who may mint a link (the read gate's
+//! policy step: a refusal is a 403 and a `denied` event); the agent asks the vault with its own
+//! token. Reads of user values go through the gate like every read (`crate::agent::gate`);
+//! this module only words its user-vault refusals.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -19,64 +21,45 @@ use axum::response::{IntoResponse, Response};
 
 use super::routes::error;
 use super::{Ctx, Peer};
-use crate::agent::users::UserAbsent;
-use crate::agent::view::{Meta, Which};
-use crate::api::{
-    AccessAction, AccessVia, ConnectLinkRequest, valid_secret_name, valid_user_id,
-};
+use crate::agent::gate::{ReadRequest, Refusal};
+use crate::api::{AccessVia, ConnectLinkRequest, valid_secret_name, valid_user_id};
 use crate::client::ClientError;
-use crate::secret::Secret;
 
 /// Largest body `POST /v1/connect` reads.
 pub(super) const MAX_BODY: usize = 4096;
 
-/// `user`'s value of the user-vault secret `name`, or the error answer: `user_required`
-/// without a user, `user_secret_missing` (with `"connect": true`) when they have none.
-pub(super) fn user_value(
-    ctx: &Ctx,
-    name: &str,
-    which: Which,
-    user: Option<&str>,
-) -> Result<(Meta, Secret), Response> {
-    let Some(user) = user else {
-        return Err(error(
+/// The answer to a refused read of the user-vault secret `name`: `user_required` without a
+/// user, `user_secret_missing` (with `"connect": true`) when they have none.
+pub(super) fn user_refusal(name: &str, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::UserRequired => error(
             StatusCode::BAD_REQUEST,
             "user_required",
             format!(
                 "{name} is a user-vault secret: each app user has their own value; ask for one \
                  with ?user=ID"
             ),
-        ));
-    };
-    ctx.state
-        .users
-        .get(name, user, which)
-        .map_err(|why| match why {
-            UserAbsent::Missing => missing(name, user),
-            UserAbsent::NoPrevious => error(
-                StatusCode::NOT_FOUND,
-                "no_previous",
-                format!("this user's {name} has no previous version readable now"),
+        ),
+        Refusal::UserMissing => missing(name),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "undeliverable",
+            format!(
+                "this user's {name} cannot be opened with this agent's environment key (sealed \
+                 to another key?)"
             ),
-            UserAbsent::CannotOpen => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "undeliverable",
-                format!(
-                    "this user's {name} cannot be opened with this agent's environment key \
-                     (sealed to another key?)"
-                ),
-            ),
-        })
+        ),
+    }
 }
 
 /// 404 `user_secret_missing` with `"connect": true`: the app shows its "Connect your API key"
 /// step (a link from `POST /v1/connect`).
-fn missing(name: &str, user: &str) -> Response {
+fn missing(name: &str) -> Response {
     let body = serde_json::json!({
         "error": {
             "code": "user_secret_missing",
             "message": format!(
-                "user {user} has not connected their {name} yet: get them a connect link \
+                "this user has not connected their {name} yet: get them a connect link \
                  (POST /v1/connect)"
             ),
             "connect": true,
@@ -116,14 +99,9 @@ pub(super) async fn connect(
         );
     }
     let caller = &peer.caller;
-    if !ctx.state.policy().allows(caller, &req.secret_name) {
-        ctx.state.auditor.record(
-            caller,
-            AccessAction::Denied,
-            &req.secret_name,
-            None,
-            AccessVia::Socket,
-        );
+    let read = ReadRequest::new(caller, AccessVia::Socket, &req.secret_name)
+        .user(Some(&req.user_id));
+    if ctx.state.gate().authorize(&read).is_err() {
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -28,6 +28,7 @@ use super::limits::ConnControl;
 use super::wire::EventData;
 use super::{Ctx, Peer};
 use crate::agent::view::Change;
+use crate::api::AccessVia;
 
 pub(super) async fn events(
     State(ctx): State<Ctx>,
@@ -64,7 +65,7 @@ pub(super) async fn events(
         let out = match item {
             Ok(change) => {
                 let name = change.name();
-                if state.policy().allows(&caller, name) {
+                if state.gate().lists(&caller, AccessVia::Socket, name) {
                     to_event(&change)
                 } else {
                     None

@@ -1,4 +1,4 @@
-//! The handlers: parse, one policy check, one view lookup, one audit call, answer.
+//! The handlers: parse, ask the read gate ([`crate::agent::gate`]), translate its answer.
 
 use std::io::Write as _;
 
@@ -17,10 +17,11 @@ use zeroize::Zeroizing;
 
 use super::wire::{Health, SecretInfo, SecretList, Undeliverable};
 use super::{Ctx, Peer, events};
-use crate::agent::secret_view::{Absent, Summary};
+use crate::agent::gate::{ReadRequest, Refusal};
+use crate::agent::secret_view::Summary;
 use crate::agent::state::Health as StateHealth;
 use crate::agent::view::{Meta, Which};
-use crate::api::{AccessAction, AccessVia, ErrorBody, valid_secret_name};
+use crate::api::{AccessVia, ErrorBody, valid_secret_name};
 use crate::secret::Secret;
 
 pub(super) fn router(ctx: Ctx) -> Router {
@@ -34,6 +35,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
         )
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))
+        .route("/v1/accept-restore", axum::routing::post(accept_restore))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ctx)
@@ -64,11 +66,10 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
-    let policy = ctx.state.policy();
     let secrets = ctx
         .state
-        .view
-        .list(|name| policy.allows(&peer.caller, name))
+        .gate()
+        .list(&peer.caller, AccessVia::Socket)
         .into_iter()
         .map(|s| SecretInfo {
             updated_at: crate::rfc3339::format(s.meta.updated_at),
@@ -78,6 +79,34 @@ async fn list(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> R
         })
         .collect();
     no_store(Json(SecretList { secrets }).into_response())
+}
+
+/// `POST /v1/accept-restore[?secret=A,B]`: root only; see [`crate::agent::restore`].
+async fn accept_restore(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let caller = &peer.caller;
+    if caller.uid != 0 {
+        tracing::warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "accept-restore refused: not root"
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "accepting a vault restore is for root only",
+        );
+    }
+    let selection = match crate::agent::restore::parse_selection(query.as_deref()) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_query", why),
+    };
+    let accepted =
+        crate::agent::restore::accept_running(&ctx.state, selection, caller.uid, caller.pid);
+    no_store(Json(accepted).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,9 +216,10 @@ pub(super) fn fast_read<B>(
     Some(read_value(ctx, peer, name, which, None, req.headers()))
 }
 
-/// One policy check, one view lookup, one audit call, the answer. `user`: the app user whose
-/// value of a user-vault secret is read (ignored for creator-vault secrets: the one shared
-/// value is every user's).
+/// The gate's answer, translated: 403 denied, 404 not found / no previous, 503 not ready; for
+/// user-vault secrets 400 `user_required` and 404 `user_secret_missing` (see
+/// [`super::connect`]). `user`: the app user whose value is read (ignored for creator-vault
+/// secrets: the one shared value is every user's).
 fn read_value(
     ctx: &Ctx,
     peer: &Peer,
@@ -199,84 +229,14 @@ fn read_value(
     headers: &HeaderMap,
 ) -> Response {
     let caller = &peer.caller;
-    if !ctx.state.policy().allows(caller, name) {
-        ctx.state
-            .auditor
-            .record(caller, AccessAction::Denied, name, None, AccessVia::Socket);
-        tracing::debug!(
-            uid = caller.uid,
-            pid = caller.pid,
-            secret = %name,
-            "socket read denied"
-        );
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "uid {} may not read {name} (see the agent's access rules)",
-                caller.uid
-            ),
-        );
-    }
-    if ctx.state.users.is_user_policy(name) {
-        return match super::connect::user_value(ctx, name, which, user) {
-            Ok((meta, value)) => {
-                ctx.state.auditor.record_user(
-                    caller,
-                    AccessAction::Accessed,
-                    name,
-                    Some(meta.version),
-                    AccessVia::Socket,
-                    user,
-                );
-                value_answer(name, &meta, value, headers)
-            }
-            Err(r) => r,
-        };
-    }
+    let req = ReadRequest::new(caller, AccessVia::Socket, name)
+        .which(which)
+        .user(user);
     // A copy of the value (a zeroizing Secret); the answer goes after the lock is released.
-    let (meta, value) = match ctx.state.view.get(name, which) {
+    let (meta, value) = match ctx.state.gate().read(&req) {
         Ok(v) => v,
-        Err(Absent::NoPrevious) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "no_previous",
-                format!(
-                    "{name} has no previous version readable now: its grace period has ended, \
-                     or it was not rotated"
-                ),
-            );
-        }
-        // Nothing synced yet (and no offline cache served): say so, not "no such secret".
-        Err(Absent::NoSecret) if ctx.state.view.summary().revision == 0 => {
-            let why = match ctx.state.health() {
-                StateHealth::Degraded { reason, .. } => reason,
-                _ => "the first sync is under way".to_owned(),
-            };
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("the agent has no values yet: {why}"),
-            );
-        }
-        Err(Absent::NoSecret) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no secret {name} in environment {} (never pushed, or revoked)",
-                    ctx.info.environment
-                ),
-            );
-        }
+        Err(refusal) => return refusal_response(ctx, caller.uid, name, refusal),
     };
-    ctx.state.auditor.record(
-        caller,
-        AccessAction::Accessed,
-        name,
-        Some(meta.version),
-        AccessVia::Socket,
-    );
     value_answer(name, &meta, value, headers)
 }
 
@@ -300,6 +260,48 @@ fn value_answer(name: &str, meta: &Meta, value: Secret, headers: &HeaderMap) -> 
     h.insert(FYVAULT_VERSION, HeaderValue::from(meta.version));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The JSON error for a refusal of the gate (see [`crate::agent::gate`] for who learns what).
+pub(super) fn refusal_response(ctx: &Ctx, uid: u32, name: &str, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Denied => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("uid {uid} may not read {name} (see the agent's access rules)"),
+        ),
+        Refusal::NoPrevious => error(
+            StatusCode::NOT_FOUND,
+            "no_previous",
+            format!(
+                "{name} has no previous version readable now: its grace period has ended, \
+                 or it was not rotated"
+            ),
+        ),
+        // Nothing synced yet (and no offline cache served): say so, not "no such secret".
+        Refusal::NotReady => {
+            let why = match ctx.state.health() {
+                StateHealth::Degraded { reason, .. } => reason,
+                _ => "the first sync is under way".to_owned(),
+            };
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the agent has no values yet: {why}"),
+            )
+        }
+        Refusal::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no secret {name} in environment {} (never pushed, or revoked)",
+                ctx.info.environment
+            ),
+        ),
+        Refusal::UserRequired | Refusal::UserMissing | Refusal::CannotOpen => {
+            super::connect::user_refusal(name, refusal)
+        }
+    }
 }
 
 const FYVAULT_VERSION: HeaderName = HeaderName::from_static("fyvault-version");

@@ -22,6 +22,7 @@ impl Spool {
             }
             self.pending_dropped += e.count;
         }
+        self.publish_pending_dropped();
     }
 
     /// Drops whole oldest segments (never the open one) until `need` more bytes fit.
@@ -54,6 +55,7 @@ impl Spool {
         self.total_bytes -= seg.bytes;
         self.backlog = self.backlog.saturating_sub(records);
         self.pending_dropped += carried;
+        self.publish_pending_dropped();
         self.counters
             .dropped_total
             .fetch_add(lost, Ordering::Relaxed);

@@ -146,19 +146,27 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 /// `GET /api/v1/admin/stats` (admin token): connections and long-polls held now, their caps,
-/// and the shared sync reads made so far.
+/// the shared sync reads made so far, and the token cache's entries, hits and misses.
 pub async fn stats(
     State(state): State<AppState>,
     Auth(p): Auth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require_admin(&state).await?;
     let a = &state.admission;
+    let (hits, misses) = state.tokens.hits_misses();
     Ok(Json(serde_json::json!({
         "connections": a.open_connections(),
         "max_connections": a.limits.max_connections,
         "long_polls": a.parked_long_polls(),
         "max_long_polls": a.limits.max_long_polls,
         "shared_sync_reads": state.fanout.shared_reads(),
+        "heap": crate::vault::trim::heap_usage()
+            .map(|(in_use, held)| serde_json::json!({"in_use_bytes": in_use, "held_bytes": held})),
+        "token_cache": {
+            "entries": state.tokens.len(),
+            "hits": hits,
+            "misses": misses,
+        },
     })))
 }
 
@@ -412,6 +420,8 @@ pub async fn revoke_token(
         .store
         .revoke_token(&token_id, now_ms(), p.audit())
         .await?;
+    // Other instances forget it through the database's notification.
+    state.tokens.forget(&t.token_id);
     tracing::info!(token_id = %t.token_id, by = %p.actor(), "token revoked");
     Ok(Json(TokenRevoked {
         token_id: t.token_id,

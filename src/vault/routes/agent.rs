@@ -32,17 +32,22 @@ pub struct SyncQuery {
 }
 
 /// The answer to a long-poll over [`crate::vault::limits::Limits::max_long_polls`]: a 503 the
-/// agent backs off from (its retry has full jitter), `Retry-After` spread over 5–30 s so
-/// refused agents do not come back together, and the connection closed so a refused agent
-/// holds nothing while it waits.
-fn too_many_long_polls() -> Response {
+/// agent backs off from (never sooner than `Retry-After`, jittered on top), `Retry-After`
+/// drawn from [`crate::vault::limits::Limits::draw_retry_after`] (5–30 s by default) so refused
+/// agents do not come back together, and the connection closed so a refused agent holds
+/// nothing while it waits.
+fn too_many_long_polls(state: &AppState) -> Response {
     let mut resp = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_long_polls",
         "the vault holds as many long-polls as it admits; retry later",
     )
     .into_response();
-    let retry_after = rand::random_range(5u32..=30);
+    let retry_after = state.admission.limits.draw_retry_after();
+    tracing::debug!(
+        retry_after_s = retry_after,
+        "long-poll refused over the cap"
+    );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     resp.headers_mut()
@@ -118,7 +123,7 @@ pub async fn sync(
         if parked.is_none() {
             match state.admission.long_polls.clone().try_acquire_owned() {
                 Ok(permit) => parked = Some(permit),
-                Err(_) => return Ok(too_many_long_polls()),
+                Err(_) => return Ok(too_many_long_polls(&state)),
             }
         }
         let unchanged = SyncResponse {
@@ -219,6 +224,9 @@ pub async fn ingest(
         }
         if undeliverable && (e.secret.is_none() || e.version.is_none()) {
             return Err(bad_event(i, "undeliverable names a secret and a version"));
+        }
+        if e.action == api::AccessAction::Missing && (e.secret.is_none() || e.version.is_some()) {
+            return Err(bad_event(i, "missing names a secret and no version"));
         }
         events.push((time, e));
     }

@@ -291,7 +291,8 @@ mod tests {
         let t = std::str::from_utf8(t.expose()).unwrap().to_string();
         assert!(crypto::valid_link_token(&t));
         assert!(!crypto::valid_link_token(&t.replace("fvlink_", "fvprov_")));
-        let logged = loggable_path(&format!("/api/v1/connect/{t}"));
+        let path = format!("/api/v1/connect/{t}");
+        let logged = loggable_path(&path);
         assert!(!logged.contains(&t));
         assert_eq!(logged, "/api/v1/connect/…");
         assert_eq!(loggable_path("/api/v1/health"), "/api/v1/health");

@@ -19,6 +19,7 @@ use crate::crypto::TokenKind;
 use crate::vault::clock::fmt_ms;
 
 mod changes;
+pub(crate) mod floors;
 pub mod postgres;
 pub mod sqlite;
 mod users;

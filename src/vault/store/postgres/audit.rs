@@ -6,25 +6,9 @@ use deadpool_postgres::Transaction;
 
 use super::rows::{all, exec};
 use super::{i, u};
-use crate::api::{AccessAction, AccessVia, AuditBatchResponse, AuditRecord};
+use crate::api::{AccessVia, AuditBatchResponse, AuditRecord};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{AgentBatch, AuditFilter, StoreError};
-
-fn via_str(v: AccessVia) -> &'static str {
-    match v {
-        AccessVia::Fuse => "fuse",
-        AccessVia::Socket => "socket",
-    }
-}
-
-fn action_str(a: AccessAction) -> &'static str {
-    match a {
-        AccessAction::Accessed => "accessed",
-        AccessAction::Denied => "denied",
-        AccessAction::Dropped => "dropped",
-        AccessAction::Undeliverable => "undeliverable",
-    }
-}
 
 pub(super) async fn ingest_tx(
     tx: &Transaction<'_>,
@@ -45,11 +29,11 @@ pub(super) async fn ingest_tx(
                 &b.environment,
                 &e.secret,
                 &e.version.map(i),
-                &action_str(e.action),
+                &e.action.as_str(),
                 &b.actor,
                 &b.source_ip,
                 &b.host,
-                &e.via.map(via_str),
+                &e.via.map(AccessVia::as_str),
                 &e.pid.map(i64::from),
                 &e.uid.map(i64::from),
                 &e.gid.map(i64::from),
@@ -115,11 +99,7 @@ pub(super) async fn query_audit_q(
                 actor: r.get(7),
                 source_ip: r.get(8),
                 host: r.get(9),
-                via: via.as_deref().and_then(|v| match v {
-                    "fuse" => Some(AccessVia::Fuse),
-                    "socket" => Some(AccessVia::Socket),
-                    _ => None,
-                }),
+                via: via.as_deref().and_then(AccessVia::parse),
                 pid: small(r.get(11)),
                 uid: small(r.get(12)),
                 gid: small(r.get(13)),

@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Breaker, CHANGES_CHANNEL, PgStore, describe, err_text};
+use super::{Breaker, CHANGES_CHANNEL, PgStore, TOKENS_CHANNEL, describe, err_text};
 use crate::vault::sync::{ChangeFeed, LocalChangeFeed};
+use crate::vault::token_cache::TokenCache;
 
 /// How often the idle LISTEN connection is pinged, and how long a ping may take.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -43,13 +44,19 @@ impl std::fmt::Debug for PgChangeFeed {
 }
 
 impl PgChangeFeed {
-    /// Starts the LISTEN task; notifications are published into `local`.
-    pub fn start(store: &PgStore, local: Arc<LocalChangeFeed>) -> PgChangeFeed {
+    /// Starts the LISTEN task; change notifications are published into `local`, token
+    /// revocations forgotten from `tokens`.
+    pub fn start(
+        store: &PgStore,
+        local: Arc<LocalChangeFeed>,
+        tokens: Arc<TokenCache>,
+    ) -> PgChangeFeed {
         let (tx, rx) = watch::channel(false);
         let listener = Listener {
             config: store.pg_config().clone(),
             tls: store.pg_tls().clone(),
             local: local.clone(),
+            tokens,
             breaker: store.breaker(),
             min: store.options().backoff_min,
             max: store.options().backoff_max,
@@ -115,6 +122,7 @@ struct Listener {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     local: Arc<LocalChangeFeed>,
+    tokens: Arc<TokenCache>,
     breaker: Arc<Breaker>,
     min: Duration,
     max: Duration,
@@ -152,10 +160,15 @@ impl Listener {
             }
         };
         let local = self.local.clone();
+        let tokens = self.tokens.clone();
         let relay = async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
             while let Some(message) = messages.next().await {
                 if let AsyncMessage::Notification(n) = message? {
+                    if n.channel() == TOKENS_CHANNEL {
+                        tokens.forget(n.payload());
+                        continue;
+                    }
                     match parse_payload(n.payload()) {
                         Some((org, env, revision)) => local.publish(org, env, revision),
                         None => tracing::debug!("ignoring a malformed change notification"),
@@ -167,7 +180,9 @@ impl Listener {
         let mut listened = false;
         let work = async {
             client
-                .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                .batch_execute(&format!(
+                    "LISTEN {CHANGES_CHANNEL}; LISTEN {TOKENS_CHANNEL}"
+                ))
                 .await?;
             listened = true;
             self.breaker.succeeded();
@@ -175,6 +190,8 @@ impl Listener {
             // Whatever was notified while no connection listened is lost: every waiter
             // re-reads the store.
             self.local.wake_all();
+            // …and revocations may have been missed: every token is read again.
+            self.tokens.clear();
             tracing::info!(database = %describe(&self.config), "listening for changes");
             loop {
                 tokio::time::sleep(PING_EVERY).await;

@@ -33,6 +33,7 @@ use super::{StoreError, StoreFuture};
 
 mod audit;
 pub mod feed;
+mod floors;
 mod rows;
 mod schema;
 mod secrets;
@@ -45,6 +46,9 @@ pub use tls::TlsChoice;
 
 /// The NOTIFY channel of environment changes.
 pub const CHANGES_CHANNEL: &str = "fyvault_changes";
+/// The channel a token revocation notifies (payload: the token id), so every instance forgets
+/// it from its [`crate::vault::token_cache::TokenCache`].
+pub const TOKENS_CHANNEL: &str = "fyvault_tokens";
 
 /// Tuning of the PostgreSQL store.
 #[derive(Debug, Clone)]

@@ -20,15 +20,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit reason",
         "ALTER TABLE audit ADD COLUMN reason TEXT",
     ),
-    (3, "policies, user values, connect links", V3),
+    (3, "version floors", super::floors::SCHEMA),
+    (4, "policies, user values, connect links", V4),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Policy per secret and environment, per-user values, connect links, the user of an audit
 /// record (issue 14).
-const V3: &str = r#"
+const V4: &str = r#"
 CREATE TABLE IF NOT EXISTS secret_policies (
     org_id      TEXT NOT NULL,
     environment TEXT NOT NULL,

@@ -137,6 +137,7 @@ async fn write_creator(
     .await?
     .map(|r| (r.get(0), r.get(1)));
     let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
+    let plan = super::floors::apply(tx, w, plan).await?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {

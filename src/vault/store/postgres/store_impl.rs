@@ -8,7 +8,7 @@ use super::rows::{
 };
 use super::secrets::{changes_q, revoke_tx, write_version_tx};
 use super::users;
-use super::{PgStore, i, pe, u, unique_as};
+use super::{PgStore, TOKENS_CHANNEL, i, pe, u, unique_as};
 use crate::api::{AuditBatchResponse, AuditRecord};
 use crate::vault::store::{
     AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, LinkRecord, NewAuditRecord, Org,
@@ -312,6 +312,8 @@ impl Store for PgStore {
             )
             .await?;
             insert_audit(&tx, &token_audit(&t, &audit, now_ms, "token_revoked")).await?;
+            // Delivered at commit: every instance drops the token from its cache.
+            exec(&tx, "SELECT pg_notify($1, $2)", &[&TOKENS_CHANNEL, &token_id]).await?;
             TokenRecord {
                 revoked_ms: Some(now_ms),
                 ..t
@@ -385,7 +387,11 @@ impl Store for PgStore {
     }
 
     fn ingest_agent_batch(&self, batch: AgentBatch) -> StoreFuture<'_, AuditBatchResponse> {
-        in_tx!(self, tx => ingest_tx(&tx, &batch).await?)
+        in_tx!(self, tx => {
+            let answer = ingest_tx(&tx, &batch).await?;
+            super::floors::raise(&tx, &batch).await?;
+            answer
+        })
     }
 
     fn query_audit(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>> {

@@ -3,25 +3,9 @@
 use rusqlite::{Connection, params};
 
 use super::{be, i, u};
-use crate::api::{AccessAction, AccessVia, AuditBatchResponse, AuditRecord};
+use crate::api::{AccessVia, AuditBatchResponse, AuditRecord};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{AgentBatch, AuditFilter, StoreError};
-
-pub(super) fn via_str(v: AccessVia) -> &'static str {
-    match v {
-        AccessVia::Fuse => "fuse",
-        AccessVia::Socket => "socket",
-    }
-}
-
-pub(super) fn action_str(a: AccessAction) -> &'static str {
-    match a {
-        AccessAction::Accessed => "accessed",
-        AccessAction::Denied => "denied",
-        AccessAction::Dropped => "dropped",
-        AccessAction::Undeliverable => "undeliverable",
-    }
-}
 
 pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchResponse, StoreError> {
     let mut st = tx
@@ -42,11 +26,11 @@ pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchRes
                 b.environment,
                 e.secret,
                 e.version.map(i),
-                action_str(e.action),
+                e.action.as_str(),
                 b.actor,
                 b.source_ip,
                 b.host,
-                e.via.map(via_str),
+                e.via.map(AccessVia::as_str),
                 e.pid,
                 e.uid,
                 e.gid,
@@ -110,11 +94,7 @@ pub(super) fn query_audit_q(
                     actor: r.get(7)?,
                     source_ip: r.get(8)?,
                     host: r.get(9)?,
-                    via: via.as_deref().and_then(|v| match v {
-                        "fuse" => Some(AccessVia::Fuse),
-                        "socket" => Some(AccessVia::Socket),
-                        _ => None,
-                    }),
+                    via: via.as_deref().and_then(AccessVia::parse),
                     pid: r.get(11)?,
                     uid: r.get(12)?,
                     gid: r.get(13)?,

@@ -22,6 +22,7 @@ use super::{
 use crate::api::{AuditBatchResponse, AuditRecord};
 
 mod audit;
+mod floors;
 mod readers;
 mod rows;
 mod schema;
@@ -138,6 +139,7 @@ impl SqliteStore {
             pending.concat()
         );
         conn.execute_batch(&batch).map_err(be)?;
+        conn.execute_batch(floors::SCHEMA).map_err(be)?;
         let readers = readers::Readers::open(path)?;
         Ok(SqliteStore {
             writer: writer::Writer::start(Arc::new(Mutex::new(conn)))?,
@@ -611,7 +613,11 @@ impl Store for SqliteStore {
     }
 
     fn ingest_agent_batch(&self, batch: AgentBatch) -> StoreFuture<'_, AuditBatchResponse> {
-        self.tx(move |tx| ingest_tx(tx, &batch))
+        self.tx(move |tx| {
+            let answer = ingest_tx(tx, &batch)?;
+            floors::raise(tx, &batch)?;
+            Ok(answer)
+        })
     }
 
     fn query_audit(&self, filter: AuditFilter) -> StoreFuture<'_, Vec<AuditRecord>> {

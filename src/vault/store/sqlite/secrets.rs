@@ -98,6 +98,7 @@ fn write_creator(
     .optional()
     .map_err(be)?;
     let plan = WritePlan::for_write(w, current.as_ref(), default_grace)?;
+    let plan = super::floors::apply(tx, w, plan)?;
     let version = plan.version;
     let mut previous_expires = None;
     if let Some(prev) = plan.replaces {
