@@ -243,8 +243,14 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
             .map(|i| {
                 let (w, http) = (&world, &http);
                 async move {
-                    w.write_user(http, NAME, &format!("user-{i}"), &support::world::value64(i as u64), false)
-                        .await
+                    w.write_user(
+                        http,
+                        NAME,
+                        &format!("user-{i}"),
+                        &support::world::value64(i as u64),
+                        false,
+                    )
+                    .await
                 }
             })
             .buffer_unordered(16)
@@ -252,13 +258,19 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
             .await;
         eprintln!("{n} user values pushed in {}", fmt_dur(t0.elapsed()));
     });
-    let (mut ready, mut fetch, mut rotation, mut floor) =
-        (Samples::new(), Samples::new(), Samples::new(), Samples::new());
+    let (mut ready, mut fetch, mut rotation, mut floor) = (
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+    );
     let (mut rss_ready, mut rss_idle) = (Vec::new(), Vec::new());
     let mut sync_bytes = 0usize;
     for start in 0..STARTS {
         let t = Instant::now();
-        let full = rt.block_on(world.agent_client.sync(&world.org, &world.env, 0, 0)).unwrap();
+        let full = rt
+            .block_on(world.agent_client.sync(&world.org, &world.env, 0, 0))
+            .unwrap();
         fetch.push(t.elapsed());
         assert_eq!(full.user_values.len(), n);
         let dir = open_tempdir("fyvault-bench-fpu-");
@@ -282,25 +294,47 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
                 let user = format!("user-{}", (r * 997) % n);
                 let path = format!("/v1/secrets/{NAME}?user={user}");
                 let value = format!("rotated-{r}-{}", "x".repeat(40));
-                let before = world.agent_client.sync(&world.org, &world.env, 0, 0).await.unwrap().revision;
+                let before = world
+                    .agent_client
+                    .sync(&world.org, &world.env, 0, 0)
+                    .await
+                    .unwrap()
+                    .revision;
                 let t = Instant::now();
-                world.write_user(&http, NAME, &user, value.as_bytes(), true).await;
+                world
+                    .write_user(&http, NAME, &user, value.as_bytes(), true)
+                    .await;
                 floor.push(t.elapsed());
                 loop {
                     let got = body(support::uds::get(&mut tx, &path).await).await;
                     if got == value.as_bytes() {
                         break;
                     }
-                    assert!(t.elapsed() < Duration::from_secs(30), "rotation never arrived");
+                    assert!(
+                        t.elapsed() < Duration::from_secs(30),
+                        "rotation never arrived"
+                    );
                     tokio::time::sleep(Duration::from_micros(200)).await;
                 }
                 rotation.push(t.elapsed());
-                let delta = world.agent_client.sync(&world.org, &world.env, before, 0).await.unwrap();
-                assert_eq!(delta.user_values.len(), 1, "one user's rotation is one change");
+                let delta = world
+                    .agent_client
+                    .sync(&world.org, &world.env, before, 0)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    delta.user_values.len(),
+                    1,
+                    "one user's rotation is one change"
+                );
                 sync_bytes = serde_json::to_vec(&delta).unwrap().len();
             }
         });
-        assert!(agent.stop(), "the agent stops cleanly: {}", agent.log.lock().unwrap());
+        assert!(
+            agent.stop(),
+            "the agent stops cleanly: {}",
+            agent.log.lock().unwrap()
+        );
     }
     rss_ready.sort_unstable();
     rss_idle.sort_unstable();
@@ -347,5 +381,10 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
 
 async fn body(resp: hyper::Response<hyper::body::Incoming>) -> Vec<u8> {
     use http_body_util::BodyExt as _;
-    resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
 }

@@ -348,9 +348,15 @@ fn main() {
             .find(|(down, up)| *t >= *down && *t <= *up + RECOVERY)
             .map_or("outside the restarts".to_owned(), |(down, up)| {
                 if t <= up {
-                    format!("{:.3} s after the vault stopped", (*t - *down).as_secs_f64())
+                    format!(
+                        "{:.3} s after the vault stopped",
+                        (*t - *down).as_secs_f64()
+                    )
                 } else {
-                    format!("{:.3} s after the vault was up again", (*t - *up).as_secs_f64())
+                    format!(
+                        "{:.3} s after the vault was up again",
+                        (*t - *up).as_secs_f64()
+                    )
                 }
             });
         eprintln!("failed read at {:.3} s ({place}): {why}", t.as_secs_f64());

@@ -23,8 +23,8 @@ use crate::crypto::{self, PublicKey};
 use crate::secret::Secret;
 
 mod admin;
-mod users;
 mod error;
+mod users;
 
 pub use error::{ClientError, MAX_RETRY_AFTER};
 use error::{error_from, transport_reason};

@@ -24,7 +24,8 @@ const NAME: &str = "OPENAI_KEY";
 
 /// A user's value pushed (or rotated, with `grace`) by the world's provider.
 async fn user_write(w: &World, method: &str, user: &str, value: &str, grace: Option<u64>) -> u64 {
-    let mut body = json!({"secret_name": NAME, "environment": w.env, "value": value, "user_id": user});
+    let mut body =
+        json!({"secret_name": NAME, "environment": w.env, "value": value, "user_id": user});
     if let Some(g) = grace {
         body["grace_period_seconds"] = json!(g);
     }
@@ -79,12 +80,32 @@ async fn user_values_end_to_end() {
     // The admin declares the secret user-vault with the CLI.
     let admin_file = w.dir.path().join("admin.token");
     let out = Command::new(agent_support::fyvault())
-        .args(["admin", "secret", "policy", "--url", &w.vault.url, "--token-file"])
+        .args([
+            "admin",
+            "secret",
+            "policy",
+            "--url",
+            &w.vault.url,
+            "--token-file",
+        ])
         .arg(&admin_file)
-        .args(["--org", &w.org, "--environment", &w.env, "--name", NAME, "--policy", "user"])
+        .args([
+            "--org",
+            &w.org,
+            "--environment",
+            &w.env,
+            "--name",
+            NAME,
+            "--policy",
+            "user",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("policy user"));
     w.push("SHARED_KEY", b"shared-value").await;
     let canary = "sk-canary-7f3a9e1c5b";
@@ -104,16 +125,34 @@ async fn user_values_end_to_end() {
     let sock = w.socket();
 
     // Reading: per user; the missing case says "connect"; no user is a 400.
-    let a = until(&sock, &format!("/v1/secrets/{NAME}?user=alice"), 200, Some(canary)).await;
+    let a = until(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=alice"),
+        200,
+        Some(canary),
+    )
+    .await;
     assert_eq!(a.headers["fyvault-version"], "1");
-    let j = request(&sock, "GET", &format!("/v1/secrets/{NAME}?user=bob"), Some("application/json")).await;
-    assert_eq!((j.json()["value"].as_str(), j.json()["version"].as_u64()), (Some("sk-bob-1"), Some(1)));
+    let j = request(
+        &sock,
+        "GET",
+        &format!("/v1/secrets/{NAME}?user=bob"),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(
+        (j.json()["value"].as_str(), j.json()["version"].as_u64()),
+        (Some("sk-bob-1"), Some(1))
+    );
     let missing = get(&sock, &format!("/v1/secrets/{NAME}?user=carol")).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error_code(), "user_secret_missing");
     assert_eq!(missing.json()["error"]["connect"], true);
     let required = get(&sock, &format!("/v1/secrets/{NAME}")).await;
-    assert_eq!((required.status, required.error_code().as_str()), (400, "user_required"));
+    assert_eq!(
+        (required.status, required.error_code().as_str()),
+        (400, "user_required")
+    );
     let bad = get(&sock, &format!("/v1/secrets/{NAME}?user=a%2Fb")).await;
     assert_eq!(bad.status, 400);
     // A creator secret read with a user is the one shared value.
@@ -121,7 +160,10 @@ async fn user_values_end_to_end() {
     assert_eq!(shared.text(), "shared-value");
     // Not in the listing, the mount or .env.
     let list = get(&sock, "/v1/secrets").await.text();
-    assert!(!list.contains(NAME) && list.contains("SHARED_KEY"), "{list}");
+    assert!(
+        !list.contains(NAME) && list.contains("SHARED_KEY"),
+        "{list}"
+    );
     if fuse {
         let names: Vec<String> = std::fs::read_dir(&mount)
             .unwrap()
@@ -136,18 +178,49 @@ async fn user_values_end_to_end() {
 
     // Rotation with grace, per user: bob's previous value stays readable; alice is untouched.
     user_write(&w, "PATCH", "bob", "sk-bob-2", Some(300)).await;
-    until(&sock, &format!("/v1/secrets/{NAME}?user=bob"), 200, Some("sk-bob-2")).await;
-    let prev = get(&sock, &format!("/v1/secrets/{NAME}?user=bob&version=previous")).await;
+    until(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=bob"),
+        200,
+        Some("sk-bob-2"),
+    )
+    .await;
+    let prev = get(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=bob&version=previous"),
+    )
+    .await;
     assert_eq!((prev.status, prev.text().as_str()), (200, "sk-bob-1"));
-    assert_eq!(get(&sock, &format!("/v1/secrets/{NAME}?user=alice")).await.text(), canary);
+    assert_eq!(
+        get(&sock, &format!("/v1/secrets/{NAME}?user=alice"))
+            .await
+            .text(),
+        canary
+    );
 
     // Connect links through the socket: the same access rule as reading.
-    let link = post_json(&sock, "/v1/connect", &json!({"secret_name": NAME, "user_id": "carol"})).await;
+    let link = post_json(
+        &sock,
+        "/v1/connect",
+        &json!({"secret_name": NAME, "user_id": "carol"}),
+    )
+    .await;
     assert_eq!(link.status, 200, "{}", link.text());
     let url = link.json()["url"].as_str().unwrap().to_owned();
-    assert!(url.starts_with(&format!("{}/connect/fvlink_", w.vault.url)), "{url}");
-    let not_user = post_json(&sock, "/v1/connect", &json!({"secret_name": "SHARED_KEY", "user_id": "carol"})).await;
-    assert_eq!((not_user.status, not_user.error_code().as_str()), (409, "not_user_vault"));
+    assert!(
+        url.starts_with(&format!("{}/connect/fvlink_", w.vault.url)),
+        "{url}"
+    );
+    let not_user = post_json(
+        &sock,
+        "/v1/connect",
+        &json!({"secret_name": "SHARED_KEY", "user_id": "carol"}),
+    )
+    .await;
+    assert_eq!(
+        (not_user.status, not_user.error_code().as_str()),
+        (409, "not_user_vault")
+    );
     let garbage = post_json(&sock, "/v1/connect", &json!({"secret_name": NAME})).await;
     assert_eq!(garbage.status, 400);
     let s = sock.to_str().unwrap().to_owned();
@@ -155,10 +228,20 @@ async fn user_values_end_to_end() {
         as_nobody(
             Path::new("/usr/bin/curl"),
             &[
-                "-sS", "--max-time", "5", "--unix-socket", &s, "-X", "POST",
-                "-H", "content-type: application/json",
-                "-d", r#"{"secret_name":"OPENAI_KEY","user_id":"mallory"}"#,
-                "-w", "\n%{http_code}", "http://x/v1/connect",
+                "-sS",
+                "--max-time",
+                "5",
+                "--unix-socket",
+                &s,
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"secret_name":"OPENAI_KEY","user_id":"mallory"}"#,
+                "-w",
+                "\n%{http_code}",
+                "http://x/v1/connect",
             ],
             &[],
         )
@@ -177,19 +260,46 @@ async fn user_values_end_to_end() {
     let info: serde_json::Value = http.get(&api).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["user_id"], "carol");
     let pk = fyvault::crypto::PublicKey::from_base64(info["public_key"].as_str().unwrap()).unwrap();
-    let sealed = pk.seal(b"sk-carol-own", &aad(&w.org, &w.env, NAME)).unwrap();
-    let r = http.post(&api).json(&json!({"sealed_value": sealed})).send().await.unwrap();
+    let sealed = pk
+        .seal(b"sk-carol-own", &aad(&w.org, &w.env, NAME))
+        .unwrap();
+    let r = http
+        .post(&api)
+        .json(&json!({"sealed_value": sealed}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    until(&sock, &format!("/v1/secrets/{NAME}?user=carol"), 200, Some("sk-carol-own")).await;
-    let r = http.post(&api).json(&json!({"sealed_value": sealed})).send().await.unwrap();
+    until(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=carol"),
+        200,
+        Some("sk-carol-own"),
+    )
+    .await;
+    let r = http
+        .post(&api)
+        .json(&json!({"sealed_value": sealed}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 410, "single use");
 
     // Revoke one user at once (no grace), then the secret for everyone.
     revoke_user(&w, Some("bob")).await;
     until(&sock, &format!("/v1/secrets/{NAME}?user=bob"), 404, None).await;
-    let gone = get(&sock, &format!("/v1/secrets/{NAME}?user=bob&version=previous")).await;
+    let gone = get(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=bob&version=previous"),
+    )
+    .await;
     assert_eq!(gone.status, 404, "no grace after a revoke");
-    assert_eq!(get(&sock, &format!("/v1/secrets/{NAME}?user=alice")).await.text(), canary);
+    assert_eq!(
+        get(&sock, &format!("/v1/secrets/{NAME}?user=alice"))
+            .await
+            .text(),
+        canary
+    );
 
     // Access events carry the user id: the vault counts distinct users read in 7 days.
     ship_all(&agent).await;
@@ -204,15 +314,22 @@ async fn user_values_end_to_end() {
     assert_eq!(counts.with_value, 2, "alice and carol hold a value");
     let records = w
         .admin
-        .audit(&w.org, &AuditQuery {
-            secret: Some(NAME.into()),
-            action: Some("accessed".into()),
-            ..Default::default()
-        })
+        .audit(
+            &w.org,
+            &AuditQuery {
+                secret: Some(NAME.into()),
+                action: Some("accessed".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .records;
-    assert!(records.iter().any(|r| r.user_id.as_deref() == Some("alice")));
+    assert!(
+        records
+            .iter()
+            .any(|r| r.user_id.as_deref() == Some("alice"))
+    );
     assert!(records.iter().all(|r| r.user_id.is_some()));
 
     revoke_user(&w, None).await;
@@ -235,7 +352,10 @@ async fn user_values_end_to_end() {
     }
     assert!(files >= 1);
     let text = log.lock().unwrap().clone();
-    assert!(text.contains("TRACE") || text.contains("trace"), "the vault logged at trace level");
+    assert!(
+        text.contains("TRACE") || text.contains("trace"),
+        "the vault logged at trace level"
+    );
     assert!(!text.contains(canary), "canary in the vault's log");
     assert!(!text.contains(token), "a link token in the vault's log");
 }
@@ -315,14 +435,27 @@ async fn ten_thousand_users_sync_and_one_rotation_is_one_change() {
         .with_token(fyvault::secret::Secret::new(
             std::fs::read(&w.token_file).unwrap().trim_ascii().to_vec(),
         ));
-    let before = agent_client.sync(&w.org, &w.env, 0, 0).await.unwrap().revision;
+    let before = agent_client
+        .sync(&w.org, &w.env, 0, 0)
+        .await
+        .unwrap()
+        .revision;
     user_write(&w, "PATCH", "user-4321", "sk-user-4321-rotated", Some(60)).await;
     let delta = agent_client.sync(&w.org, &w.env, before, 0).await.unwrap();
     assert!(!delta.full && delta.secrets.is_empty());
     assert_eq!(delta.user_values.len(), 1);
     assert_eq!(delta.user_values[0].user_id, "user-4321");
-    assert!(serde_json::to_vec(&delta).unwrap().len() < 2_000, "a small change");
-    until(&sock, &format!("/v1/secrets/{NAME}?user=user-4321"), 200, Some("sk-user-4321-rotated")).await;
+    assert!(
+        serde_json::to_vec(&delta).unwrap().len() < 2_000,
+        "a small change"
+    );
+    until(
+        &sock,
+        &format!("/v1/secrets/{NAME}?user=user-4321"),
+        200,
+        Some("sk-user-4321-rotated"),
+    )
+    .await;
     let health = get(&sock, "/v1/health").await.json();
     assert_eq!(health["user_values"], USERS);
     agent.shutdown().await.unwrap();

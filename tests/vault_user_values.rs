@@ -132,16 +132,32 @@ async fn policy_route_listing_and_per_user_values() {
             Some(json!({"policy":"user"})),
         )
         .await;
-    assert_eq!((s, j["error"]["code"].as_str()), (404, Some("environment_not_found")));
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (404, Some("environment_not_found"))
+    );
 
     // Per-user pushes, rotations, revokes: same routes, user_id in the body.
     let push = |user: &str, value: &str| json!({"secret_name":"OPENAI_KEY","environment":E,"value":value,"user_id":user});
-    let (s, j) = t.provider("POST", "/push", push("alice", "sk-alice-1")).await;
-    assert_eq!((s, j["version"].as_u64(), j["user_id"].as_str()), (201, Some(1), Some("alice")), "{j}");
+    let (s, j) = t
+        .provider("POST", "/push", push("alice", "sk-alice-1"))
+        .await;
+    assert_eq!(
+        (s, j["version"].as_u64(), j["user_id"].as_str()),
+        (201, Some(1), Some("alice")),
+        "{j}"
+    );
     let (s, j) = t.provider("POST", "/push", push("bob", "sk-bob-1")).await;
-    assert_eq!((s, j["version"].as_u64()), (201, Some(1)), "versions are per user");
+    assert_eq!(
+        (s, j["version"].as_u64()),
+        (201, Some(1)),
+        "versions are per user"
+    );
     let bad = t.provider("POST", "/push", push("al ice", "x")).await;
-    assert_eq!((bad.0, bad.1["error"]["code"].as_str()), (400, Some("invalid_user_id")));
+    assert_eq!(
+        (bad.0, bad.1["error"]["code"].as_str()),
+        (400, Some("invalid_user_id"))
+    );
     let creator = t
         .provider(
             "POST",
@@ -154,7 +170,11 @@ async fn policy_route_listing_and_per_user_values() {
         (409, Some("user_vault_secret"))
     );
     let wrong = t
-        .provider("POST", "/push", json!({"secret_name":"SHARED","environment":E,"value":"v","user_id":"alice"}))
+        .provider(
+            "POST",
+            "/push",
+            json!({"secret_name":"SHARED","environment":E,"value":"v","user_id":"alice"}),
+        )
         .await;
     assert_eq!(
         (wrong.0, wrong.1["error"]["code"].as_str()),
@@ -175,10 +195,18 @@ async fn policy_route_listing_and_per_user_values() {
     );
     let s = t.sync().await;
     let alice = s.user_values.iter().find(|u| u.user_id == "alice").unwrap();
-    assert_eq!(alice.secret.previous.as_ref().map(|p| p.version), Some(1), "alice's v1 in grace");
+    assert_eq!(
+        alice.secret.previous.as_ref().map(|p| p.version),
+        Some(1),
+        "alice's v1 in grace"
+    );
     // Revoke bob only.
     let (st, j) = t
-        .provider("DELETE", "", json!({"secret_name":"OPENAI_KEY","user_id":"bob"}))
+        .provider(
+            "DELETE",
+            "",
+            json!({"secret_name":"OPENAI_KEY","user_id":"bob"}),
+        )
         .await;
     assert_eq!((st, j["user_id"].as_str()), (200, Some("bob")), "{j}");
     assert_eq!(t.user_value("OPENAI_KEY", "bob").await, None);
@@ -186,7 +214,11 @@ async fn policy_route_listing_and_per_user_values() {
 
     // The listing: exactly the contract's fields, never a value.
     t.v.client(&t.f.provider_token)
-        .push(&t.f.org, &t.f.provider, &common::write("SHARED", "creator-value", None))
+        .push(
+            &t.f.org,
+            &t.f.provider,
+            &common::write("SHARED", "creator-value", None),
+        )
         .await
         .unwrap();
     let (s, j) = t.admin("GET", &t.env_url("/secrets"), None).await;
@@ -207,29 +239,49 @@ async fn policy_route_listing_and_per_user_values() {
     assert_eq!(rows[1]["provider_id"], t.f.provider.as_str());
     assert!(rows[1]["updated_at"].is_string());
     assert_eq!(rows[1]["users"], Value::Null);
-    for key in ["secret_name", "policy", "version", "state", "provider_id", "updated_at", "users"] {
+    for key in [
+        "secret_name",
+        "policy",
+        "version",
+        "state",
+        "provider_id",
+        "updated_at",
+        "users",
+    ] {
         assert!(rows[0].get(key).is_some(), "{key} present (null allowed)");
     }
     let (s, _) = t
-        .admin("GET", &format!("{}/api/v1/orgs/{}/environments/nope/secrets", t.v.url, t.f.org), None)
+        .admin(
+            "GET",
+            &format!(
+                "{}/api/v1/orgs/{}/environments/nope/secrets",
+                t.v.url, t.f.org
+            ),
+            None,
+        )
         .await;
     assert_eq!(s, 404);
 
     // The policy change is an audit event; the sync feed carries the policy.
-    let audit = t
-        .v
-        .admin
-        .audit(&t.f.org, &fyvault::api::AuditQuery {
-            action: Some("policy_changed".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let audit =
+        t.v.admin
+            .audit(
+                &t.f.org,
+                &fyvault::api::AuditQuery {
+                    action: Some("policy_changed".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
     assert_eq!(audit.records.len(), 1);
     assert_eq!(audit.records[0].secret.as_deref(), Some("OPENAI_KEY"));
     let feed = t.sync().await;
-    assert!(feed.policies.iter().any(|p| p.name == "OPENAI_KEY"
-        && p.policy == fyvault::api::SecretPolicy::User));
+    assert!(
+        feed.policies
+            .iter()
+            .any(|p| p.name == "OPENAI_KEY" && p.policy == fyvault::api::SecretPolicy::User)
+    );
 
     // A revoke without user_id drops the secret for everyone.
     let (st, _) = t
@@ -260,7 +312,10 @@ async fn connect_links_are_single_use_scoped_and_expire() {
     let (s, link) = t.mint("OPENAI_KEY", "alice").await;
     assert_eq!(s, 200, "{link}");
     let url = link["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("{}/connect/fvlink_", t.v.url)), "{url}");
+    assert!(
+        url.starts_with(&format!("{}/connect/fvlink_", t.v.url)),
+        "{url}"
+    );
     assert!(link["expires_at"].is_string());
     let token = url.rsplit('/').next().unwrap();
     let api = format!("{}/api/v1/connect/{token}", t.v.url);
@@ -279,14 +334,27 @@ async fn connect_links_are_single_use_scoped_and_expire() {
         .seal(b"sk-alice-own", &aad(&t.f.org, E, "OPENAI_KEY"))
         .unwrap();
     // Garbage is refused and leaves the link usable.
-    let (s, _, j) = raw("POST", &api, None, Some(r#"{"sealed_value":"not base64!"}"#), &[]).await;
-    assert_eq!((s, j["error"]["code"].as_str()), (400, Some("invalid_sealed_value")));
+    let (s, _, j) = raw(
+        "POST",
+        &api,
+        None,
+        Some(r#"{"sealed_value":"not base64!"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (400, Some("invalid_sealed_value"))
+    );
     let (s, _, j) = raw("POST", &api, None, Some(r#"{"value":"plain"}"#), &[]).await;
     assert_eq!(s, 400, "plaintext is never accepted here: {j}");
     let body = json!({ "sealed_value": sealed }).to_string();
     let (s, _, stored) = raw("POST", &api, None, Some(&body), &[]).await;
     assert_eq!(s, 200, "{stored}");
-    assert_eq!(stored, json!({"secret_name":"OPENAI_KEY","user_id":"alice","version":1}));
+    assert_eq!(
+        stored,
+        json!({"secret_name":"OPENAI_KEY","user_id":"alice","version":1})
+    );
     assert_eq!(
         t.user_value("OPENAI_KEY", "alice").await,
         Some((1, b"sk-alice-own".to_vec()))
@@ -314,7 +382,9 @@ async fn connect_links_are_single_use_scoped_and_expire() {
         t.v.url,
         bob["url"].as_str().unwrap().rsplit('/').next().unwrap()
     );
-    let sealed = pk.seal(b"sk-from-bob-link", &aad(&t.f.org, E, "OPENAI_KEY")).unwrap();
+    let sealed = pk
+        .seal(b"sk-from-bob-link", &aad(&t.f.org, E, "OPENAI_KEY"))
+        .unwrap();
     let sneaky = json!({"sealed_value": sealed, "user_id": "alice"}).to_string();
     let (s, _, _) = raw("POST", &bob_api, None, Some(&sneaky), &[]).await;
     assert_eq!(s, 400, "no user_id field is accepted");
@@ -329,16 +399,24 @@ async fn connect_links_are_single_use_scoped_and_expire() {
 
     // Expiry: a link past its hour says so (the clock moved by rewriting the stored expiry).
     let (_, carol) = t.mint("OPENAI_KEY", "carol").await;
-    let carol_token = carol["url"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let carol_token = carol["url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
     {
-        let db = rusqlite::Connection::open(
-            t.v.data_dir().join(fyvault::vault::store::sqlite::DB_FILE),
-        )
-        .unwrap();
+        let db =
+            rusqlite::Connection::open(t.v.data_dir().join(fyvault::vault::store::sqlite::DB_FILE))
+                .unwrap();
         db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
         let hash = fyvault::crypto::hash_token(carol_token.as_bytes());
         let n = db
-            .execute("UPDATE connect_links SET expires_ms = 1 WHERE hash = ?1", [hash])
+            .execute(
+                "UPDATE connect_links SET expires_ms = 1 WHERE hash = ?1",
+                [hash],
+            )
             .unwrap();
         assert_eq!(n, 1, "the link is stored by its hash, not its token");
         let plain: i64 = db
@@ -351,20 +429,31 @@ async fn connect_links_are_single_use_scoped_and_expire() {
         assert_eq!(plain, 0);
     }
     let carol_api = format!("{}/api/v1/connect/{carol_token}", t.v.url);
-    assert_error(&raw("GET", &carol_api, None, None, &[]).await, 410, "link_expired");
-    assert_error(&raw("POST", &carol_api, None, Some(&ok), &[]).await, 410, "link_expired");
+    assert_error(
+        &raw("GET", &carol_api, None, None, &[]).await,
+        410,
+        "link_expired",
+    );
+    assert_error(
+        &raw("POST", &carol_api, None, Some(&ok), &[]).await,
+        410,
+        "link_expired",
+    );
 
     // Audit: the link's creation and the value it wrote, by user, never the token.
-    let audit = t
-        .v
-        .admin
-        .audit(&t.f.org, &fyvault::api::AuditQuery::default())
-        .await
-        .unwrap();
+    let audit =
+        t.v.admin
+            .audit(&t.f.org, &fyvault::api::AuditQuery::default())
+            .await
+            .unwrap();
     let text = serde_json::to_string(&audit).unwrap();
     assert!(!text.contains(token) && !text.contains(&carol_token));
-    assert!(audit.records.iter().any(|r| r.action == "link_created"
-        && r.user_id.as_deref() == Some("alice")));
+    assert!(
+        audit
+            .records
+            .iter()
+            .any(|r| r.action == "link_created" && r.user_id.as_deref() == Some("alice"))
+    );
     assert!(audit.records.iter().any(|r| r.action == "issued"
         && r.user_id.as_deref() == Some("alice")
         && r.actor.starts_with("connect:")));

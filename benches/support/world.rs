@@ -320,7 +320,14 @@ impl World {
 
     /// Writes `user`'s value of the user-vault secret `name` (sealed here; `patch`: a rotation
     /// with a 300 s grace, else a push).
-    pub async fn write_user(&self, http: &reqwest::Client, name: &str, user: &str, value: &[u8], patch: bool) {
+    pub async fn write_user(
+        &self,
+        http: &reqwest::Client,
+        name: &str,
+        user: &str,
+        value: &[u8],
+        patch: bool,
+    ) {
         let sealed = self
             .key
             .public_key()
@@ -328,7 +335,10 @@ impl World {
             .unwrap();
         let mut body = serde_json::json!({"secret_name": name, "environment": self.env,
             "sealed_value": sealed, "user_id": user});
-        let base = format!("{}/api/v1/orgs/{}/providers/{}", self.url, self.org, self.provider_id);
+        let base = format!(
+            "{}/api/v1/orgs/{}/providers/{}",
+            self.url, self.org, self.provider_id
+        );
         let req = if patch {
             body["grace_period_seconds"] = serde_json::json!(300);
             http.patch(base)
@@ -337,7 +347,11 @@ impl World {
         };
         let token = std::str::from_utf8(self.provider_token.expose()).unwrap();
         let resp = req.bearer_auth(token).json(&body).send().await.unwrap();
-        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+        assert!(
+            resp.status().is_success(),
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
     }
 
     /// An agent config in `dir` (socket, mount, state), FUSE on or off.

@@ -99,8 +99,8 @@ pub(super) async fn connect(
         );
     }
     let caller = &peer.caller;
-    let read = ReadRequest::new(caller, AccessVia::Socket, &req.secret_name)
-        .user(Some(&req.user_id));
+    let read =
+        ReadRequest::new(caller, AccessVia::Socket, &req.secret_name).user(Some(&req.user_id));
     if ctx.state.gate().authorize(&read).is_err() {
         return error(
             StatusCode::FORBIDDEN,

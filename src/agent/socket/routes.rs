@@ -30,8 +30,9 @@ pub(super) fn router(ctx: Ctx) -> Router {
         .route("/v1/secrets/{name}", get(read))
         .route(
             "/v1/connect",
-            axum::routing::post(super::connect::connect)
-                .layer(axum::extract::DefaultBodyLimit::max(super::connect::MAX_BODY)),
+            axum::routing::post(super::connect::connect).layer(
+                axum::extract::DefaultBodyLimit::max(super::connect::MAX_BODY),
+            ),
         )
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))

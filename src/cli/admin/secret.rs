@@ -52,9 +52,7 @@ pub async fn secret(client: &VaultClient, cmd: SecretCommand, json: bool) -> any
             name,
             policy,
         } => {
-            let r = client
-                .set_policy(&org, &environment, &name, policy)
-                .await?;
+            let r = client.set_policy(&org, &environment, &name, policy).await?;
             if json {
                 return print_json(&r);
             }
@@ -75,11 +73,7 @@ pub async fn secret(client: &VaultClient, cmd: SecretCommand, json: bool) -> any
                 let users = s.users.map_or(String::new(), |u| {
                     format!("  {} users · {} read in 7d", u.with_value, u.read_7d)
                 });
-                println!(
-                    "{}  {}  {version}{users}",
-                    s.secret_name,
-                    s.policy.as_str()
-                );
+                println!("{}  {}  {version}{users}", s.secret_name, s.policy.as_str());
             }
         }
     }

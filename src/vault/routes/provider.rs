@@ -519,7 +519,11 @@ mod tests {
         assert_ne!(a, fingerprint("k1", &r));
         let mut u = w(b"one");
         u.user_id = Some("alice".into());
-        assert_ne!(a, fingerprint("k1", &u), "another user's value is another request");
+        assert_ne!(
+            a,
+            fingerprint("k1", &u),
+            "another user's value is another request"
+        );
         assert!(!a.contains(&hex::encode(b"one")));
         assert_ne!(
             idempotency_key_hash("o", "p1", "k"),

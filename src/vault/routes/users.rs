@@ -17,9 +17,8 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 
 use crate::api::{
-    ConnectLink, ConnectLinkInfo, ConnectLinkRequest, ConnectStored, ConnectSubmit,
-    PolicyResponse, SecretList, SecretListing, SecretPolicy, SecretState, SetPolicyRequest,
-    UserCounts,
+    ConnectLink, ConnectLinkInfo, ConnectLinkRequest, ConnectStored, ConnectSubmit, PolicyResponse,
+    SecretList, SecretListing, SecretPolicy, SecretState, SetPolicyRequest, UserCounts,
 };
 use crate::crypto;
 use crate::vault::AppState;

@@ -289,7 +289,10 @@ pub async fn user_values(store: Arc<dyn Store>) {
     );
     assert!(ai.creator.is_none());
     let later = store.list_secrets("o1", "prod", T0 + 1_000).await.unwrap();
-    assert_eq!(later[0].users_read, 0, "reads before the window do not count");
+    assert_eq!(
+        later[0].users_read, 0,
+        "reads before the window do not count"
+    );
     let records = store
         .query_audit(fyvault::vault::store::AuditFilter {
             org_id: Some("o1".into()),

@@ -11,8 +11,8 @@ use super::users::{policy_changes, policy_of, revoke_users, user_changes, write_
 use super::{i, u};
 use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
-use crate::vault::store::check_policy;
 use crate::vault::store::SyncRow;
+use crate::vault::store::check_policy;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base,

@@ -3,8 +3,8 @@
 //! by every writer of a name, policy changes included), on the `user_secrets` /
 //! `user_secret_versions` tables.
 
-use deadpool_postgres::Transaction;
 use deadpool_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 use super::rows::{all, bump_revision, exec, insert_audit, lock, notify_change, opt};
 use super::secrets::{default_grace_of, remember_answer};
@@ -12,9 +12,9 @@ use super::{i, u};
 use crate::api::{PushResponse, SecretPolicy, SyncPolicy, SyncUserSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    AuditContext, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome, RevokeSecret,
-    LINK_RETENTION_MS, SecretSummary, SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan, WriteVersion,
-    check_policy,
+    AuditContext, LINK_RETENTION_MS, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome,
+    RevokeSecret, SecretSummary, SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan,
+    WriteVersion, check_policy,
 };
 
 /// The policy of a secret name in an environment (creator when none was set).

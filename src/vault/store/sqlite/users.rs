@@ -9,8 +9,9 @@ use super::{be, exec, i, row, u};
 use crate::api::{PushResponse, SecretPolicy, SyncPolicy, SyncUserSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
-    LINK_RETENTION_MS, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome, RevokeSecret, SecretSummary,
-    SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan, WriteVersion, check_policy,
+    LINK_RETENTION_MS, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome, RevokeSecret,
+    SecretSummary, SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan, WriteVersion,
+    check_policy,
 };
 
 /// The policy of a secret name in an environment (creator when none was set).
