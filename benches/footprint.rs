@@ -283,7 +283,7 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
         rss_idle.push(rss_bytes(agent.pid()).expect("VmRSS"));
         rt.block_on(async {
             let mut tx = support::uds::connect(&agent.socket).await;
-            let health = body(support::uds::get(&mut tx, "/v1/health").await).await;
+            let health = support::uds::get_body(&mut tx, "/v1/health").await;
             let h: serde_json::Value = serde_json::from_slice(&health).unwrap();
             assert_eq!(h["user_values"], n, "every user value held at ready");
             if start > 0 {
@@ -306,7 +306,7 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
                     .await;
                 floor.push(t.elapsed());
                 loop {
-                    let got = body(support::uds::get(&mut tx, &path).await).await;
+                    let got = support::uds::get_body(&mut tx, &path).await;
                     if got == value.as_bytes() {
                         break;
                     }
@@ -377,14 +377,4 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
         }),
     );
     report.write();
-}
-
-async fn body(resp: hyper::Response<hyper::body::Incoming>) -> Vec<u8> {
-    use http_body_util::BodyExt as _;
-    resp.into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec()
 }

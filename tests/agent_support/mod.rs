@@ -50,6 +50,7 @@ async fn send(
     method: &str,
     path: &str,
     accept: Option<&str>,
+    json: Option<&serde_json::Value>,
 ) -> hyper::Response<Incoming> {
     let stream = tokio::net::UnixStream::connect(sock)
         .await
@@ -67,13 +68,17 @@ async fn send(
     if let Some(a) = accept {
         req = req.header("accept", a);
     }
-    tx.send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap()
+    let body = match json {
+        Some(j) => {
+            req = req.header("content-type", "application/json");
+            http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(j.to_string())))
+        }
+        None => http_body_util::Either::Right(Empty::<Bytes>::new()),
+    };
+    tx.send_request(req.body(body).unwrap()).await.unwrap()
 }
 
-pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>) -> Answer {
-    let resp = send(sock, method, path, accept).await;
+async fn answer(resp: hyper::Response<Incoming>) -> Answer {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
@@ -88,6 +93,10 @@ pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>
         headers,
         body,
     }
+}
+
+pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>) -> Answer {
+    answer(send(sock, method, path, accept, None).await).await
 }
 
 pub async fn get(sock: &Path, path: &str) -> Answer {
@@ -96,37 +105,7 @@ pub async fn get(sock: &Path, path: &str) -> Answer {
 
 /// `POST path` with a JSON body (the socket's one such route: `/v1/connect`).
 pub async fn post_json(sock: &Path, path: &str, body: &serde_json::Value) -> Answer {
-    let stream = tokio::net::UnixStream::connect(sock)
-        .await
-        .expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", "fyvault")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    answer(send(sock, "POST", path, None, Some(body)).await).await
 }
 
 /// An open `/v1/events` stream.
@@ -137,7 +116,7 @@ pub struct Events {
 
 impl Events {
     pub async fn open(sock: &Path) -> Events {
-        let resp = send(sock, "GET", "/v1/events", None).await;
+        let resp = send(sock, "GET", "/v1/events", None, None).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),
