@@ -8,7 +8,7 @@ mod agent_support;
 use std::process::Command;
 
 use agent_support::agent_bin::*;
-use agent_support::vault::{Log, VaultProc, World};
+use agent_support::vault::{Log, World};
 use agent_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +67,7 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
     assert!(text.contains("serving cache from"), "{text}");
 
     // The vault returns: the agent catches up, and a rotation arrives.
-    w.vault = {
-        let (d, l) = (w.data_dir.clone(), vault_log.clone());
-        tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
-            .await
-            .unwrap()
-    };
+    w.vault = start_vault(&w.data_dir, port, &vault_log).await;
     wait_health(&sock, "the agent to catch up", |h| h["status"] == "ready").await;
     let v2 = w.rotate("API_KEY", canary2, 600).await;
     eventually("the rotation to arrive", || async {
@@ -84,12 +79,7 @@ async fn offline_start_catch_up_and_no_rollback_after_a_restore() {
 
     // Restore the vault's older copy (v1 only) and restart both: the agent never serves v1.
     restore_dir(&backup, &w.data_dir);
-    w.vault = {
-        let (d, l) = (w.data_dir.clone(), vault_log.clone());
-        tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
-            .await
-            .unwrap()
-    };
+    w.vault = start_vault(&w.data_dir, port, &vault_log).await;
     let agent = AgentBin::start(&cfg);
     wait_health(&sock, "the agent to refuse the rollback", |h| {
         h["status"] == "degraded"

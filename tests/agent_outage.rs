@@ -8,20 +8,13 @@ mod agent_support;
 use std::time::{Duration, SystemTime};
 
 use agent_support::agent_bin::*;
-use agent_support::vault::{Log, VaultProc, World};
+use agent_support::vault::{Log, World};
 use agent_support::*;
 use fyvault::client::VaultClient;
 
 async fn previous(sock: &std::path::Path, name: &str) -> (u16, Vec<u8>) {
     let r = get(sock, &format!("/v1/secrets/{name}?version=previous")).await;
     (r.status, r.body)
-}
-
-async fn start_vault(data_dir: &std::path::Path, port: u16, log: &Log) -> VaultProc {
-    let (d, l) = (data_dir.to_owned(), log.clone());
-    tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,15 +7,8 @@
 mod agent_support;
 
 use agent_support::agent_bin::*;
-use agent_support::vault::{Log, VaultProc, World};
+use agent_support::vault::{Log, World};
 use agent_support::*;
-
-async fn start_vault(data_dir: &std::path::Path, port: u16, log: &Log) -> VaultProc {
-    let (d, l) = (data_dir.to_owned(), log.clone());
-    tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_restore_on_a_running_and_on_a_stopped_agent() {
@@ -154,5 +147,26 @@ async fn accept_restore_on_a_running_and_on_a_stopped_agent() {
     wait_health(&sock, "the agent to be ready", |h| h["status"] == "ready").await;
     assert_eq!(value(&sock, "BETA").await, (200, b"beta-1".to_vec()));
     assert_eq!(value(&sock, "ALPHA").await, (200, b"alpha-1".to_vec()));
+    // That start recorded the offline acceptance (every secret: no secret named) once.
+    eventually(
+        "the offline acceptance to reach the audit trail",
+        || async {
+            let records = w.admin.audit(&w.org, &query).await.ok()?.records;
+            records
+                .iter()
+                .any(|r| r.secret.is_none() && r.uid == Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        agent
+            .log
+            .lock()
+            .unwrap()
+            .contains("restore accepted while the agent was stopped"),
+        "{}",
+        agent.log.lock().unwrap()
+    );
     agent.stop();
 }

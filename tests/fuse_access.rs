@@ -7,26 +7,10 @@ mod common_fuse;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common_fuse::{TestMount, errno, fuse_available, logs};
+use common_fuse::{TestMount, as_nobody, errno, fuse_available, logs};
 use fyvault::agent::access::{Glob, Policy, Rule};
-
-/// Runs `args` as uid/gid 65534 with no supplementary groups.
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .args(args)
-        .output()
-        .expect("setpriv")
-}
 
 #[test]
 fn fuse_other_uid_denied_by_default_allowed_by_rule() {

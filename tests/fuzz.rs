@@ -521,7 +521,8 @@ fn socket_input() -> impl Strategy<Value = SocketInput> {
     ];
     let target = prop_oneof![
         4 => (prop::sample::select(vec!["/v1/secrets/", "/v1/secrets", "/v1/health",
-            "/v1/events/", "/", "/v1/secrets/HELD/", "//v1/secrets/"]), name, query)
+            "/v1/events/", "/", "/v1/secrets/HELD/", "//v1/secrets/",
+            "/v1/accept-restore?secret="]), name, query)
             .prop_map(|(p, n, q)| format!("{p}{n}{q}").into_bytes()),
         1 => prop::collection::vec(any::<u8>(), 0..300),
     ];

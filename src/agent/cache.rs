@@ -60,6 +60,22 @@ pub struct Cache {
     /// The highest version seen of every secret, revoked ones included: a feed that offers
     /// less is a rollback.
     pub highest: BTreeMap<String, Seen>,
+    /// A restore accepted while the agent was stopped (`fyvault agent accept-restore`), not yet
+    /// recorded as an access event: the next start records it and clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_restore: Option<AcceptedRestore>,
+}
+
+/// An offline acceptance of a restore, waiting for the agent to record it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedRestore {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The secrets named (None: every secret).
+    pub secrets: Option<Vec<String>>,
+    /// Who ran the command.
+    pub uid: u32,
+    pub pid: u32,
 }
 
 /// The highest version of a secret the agent has seen, and whether it was revoked.
@@ -261,11 +277,14 @@ pub struct Keeper {
 
 impl Keeper {
     pub fn new(dir: &Path, org: &str, env: &str, start: Option<Cache>) -> Keeper {
+        let mut cache = start.unwrap_or_default();
+        // Recorded by the start that read it (`restore::record_offline`): not carried on.
+        cache.accepted_restore = None;
         Keeper {
             dir: dir.to_owned(),
             org: org.to_owned(),
             env: env.to_owned(),
-            cache: start.unwrap_or_default(),
+            cache,
             failing: false,
         }
     }

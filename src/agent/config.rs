@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::agent::access::{Glob, Policy, Rule};
 
+mod delivery;
 mod error;
 
 pub use error::ConfigError;
@@ -61,13 +62,15 @@ pub struct AgentConfig {
     pub audit_spool_max_bytes: Option<u64>,
     /// The access policy (group gid resolved, rules resolved).
     pub policy: Policy,
+    /// `[credentials]`, `[[template]]`, `[[file]]` (see [`crate::agent::delivery`]).
+    pub delivery: crate::agent::delivery::Delivery,
     /// Things worth a warning that do not stop the agent (e.g. the group does not exist).
     pub warnings: Vec<String>,
 }
 
 /// `users = ["www-data", 1001]`: a name or a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Ident {
+pub(super) enum Ident {
     Name(String),
     Id(u32),
 }
@@ -144,6 +147,15 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     audit: RawAudit,
+    /// `[credentials]`: systemd credential id → secret name.
+    #[serde(default)]
+    credentials: std::collections::BTreeMap<String, String>,
+    /// `[[template]]` files in the mount.
+    #[serde(default)]
+    template: Vec<delivery::RawTemplate>,
+    /// `[[file]]` owner/group/mode entries.
+    #[serde(default)]
+    file: Vec<delivery::RawFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,6 +339,7 @@ impl Validator {
             ca_file: raw.ca_file,
             audit_spool_max_bytes,
             policy: Policy::new(group, rules),
+            delivery: self.delivery(raw.credentials, raw.template, raw.file)?,
             warnings: self.warnings,
         })
     }
@@ -427,16 +440,10 @@ impl Validator {
         }
     }
 
-    fn rule(&self, n: usize, r: RawRule) -> Result<Rule, ConfigError> {
-        let key = |k: &str| format!("access.rule[{n}].{k}");
-        if r.secrets.is_empty() {
-            return Err(self.err(
-                key("secrets"),
-                "missing: list the secret names (globs allowed) this rule grants",
-            ));
-        }
+    /// Secret-name globs (A-Z 0-9 _ with `*` and `?`).
+    fn globs(&self, key: &str, list: &[String]) -> Result<Vec<Glob>, ConfigError> {
         let mut secrets = Vec::new();
-        for s in &r.secrets {
+        for s in list {
             let ok = !s.is_empty()
                 && s.len() <= 128
                 && s.bytes().all(|c| {
@@ -448,7 +455,7 @@ impl Validator {
                 });
             if !ok {
                 return Err(self.err(
-                    key("secrets"),
+                    key,
                     format!(
                         "{s:?} can never match a secret name (A-Z 0-9 _, with * and ? as \
                          wildcards)"
@@ -457,40 +464,52 @@ impl Validator {
             }
             secrets.push(Glob::new(s));
         }
-        let mut users = Vec::new();
-        for u in &r.users {
-            users.push(match u {
-                Ident::Id(id) => *id,
-                Ident::Name(name) => match nix::unistd::User::from_name(name) {
-                    Ok(Some(u)) => u.uid.as_raw(),
-                    Ok(None) => {
-                        return Err(self.err(key("users"), format!("no such user {name:?}")));
-                    }
-                    Err(e) => {
-                        return Err(
-                            self.err(key("users"), format!("cannot look up user {name:?}: {e}"))
-                        );
-                    }
-                },
-            });
+        Ok(secrets)
+    }
+
+    /// A user name or uid, resolved to a uid.
+    fn uid(&self, key: &str, u: &Ident) -> Result<u32, ConfigError> {
+        match u {
+            Ident::Id(id) => Ok(*id),
+            Ident::Name(name) => match nix::unistd::User::from_name(name) {
+                Ok(Some(u)) => Ok(u.uid.as_raw()),
+                Ok(None) => Err(self.err(key, format!("no such user {name:?}"))),
+                Err(e) => Err(self.err(key, format!("cannot look up user {name:?}: {e}"))),
+            },
         }
-        let mut groups = Vec::new();
-        for g in &r.groups {
-            groups.push(match g {
-                Ident::Id(id) => *id,
-                Ident::Name(name) => match nix::unistd::Group::from_name(name) {
-                    Ok(Some(g)) => g.gid.as_raw(),
-                    Ok(None) => {
-                        return Err(self.err(key("groups"), format!("no such group {name:?}")));
-                    }
-                    Err(e) => {
-                        return Err(
-                            self.err(key("groups"), format!("cannot look up group {name:?}: {e}"))
-                        );
-                    }
-                },
-            });
+    }
+
+    /// A group name or gid, resolved to a gid.
+    fn gid(&self, key: &str, g: &Ident) -> Result<u32, ConfigError> {
+        match g {
+            Ident::Id(id) => Ok(*id),
+            Ident::Name(name) => match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Ok(g.gid.as_raw()),
+                Ok(None) => Err(self.err(key, format!("no such group {name:?}"))),
+                Err(e) => Err(self.err(key, format!("cannot look up group {name:?}: {e}"))),
+            },
         }
+    }
+
+    fn rule(&self, n: usize, r: RawRule) -> Result<Rule, ConfigError> {
+        let key = |k: &str| format!("access.rule[{n}].{k}");
+        if r.secrets.is_empty() {
+            return Err(self.err(
+                key("secrets"),
+                "missing: list the secret names (globs allowed) this rule grants",
+            ));
+        }
+        let secrets = self.globs(&key("secrets"), &r.secrets)?;
+        let users = r
+            .users
+            .iter()
+            .map(|u| self.uid(&key("users"), u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let groups = r
+            .groups
+            .iter()
+            .map(|g| self.gid(&key("groups"), g))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut executables = Vec::new();
         for e in &r.executables {
             if !e.is_absolute() {

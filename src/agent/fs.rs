@@ -9,6 +9,7 @@
 //! /.previous/NAME   previous value while its grace runs
 //! /.env             KEY=value lines of what the caller may read (see `dotenv`)
 //! /.env.sh          the same as `export KEY='value'` lines for shells
+//! /app.conf         a `[[template]]` rendered at `open` for the caller (lowercase names)
 //! ```
 //!
 //! Access is decided by the policy in `open` and `access` (the mount has no
@@ -107,7 +108,8 @@ impl SecretFs {
     }
 }
 
-/// The gate's refusal as an errno: EACCES for a denial, ENOENT for every kind of absence.
+/// The gate's refusal as an errno: EACCES for a denial, ENOENT for every kind of absence, EIO
+/// for a template that could not be rendered.
 pub(crate) fn errno(r: Refusal) -> Errno {
     match r {
         Refusal::Denied => Errno::EACCES,
@@ -116,7 +118,7 @@ pub(crate) fn errno(r: Refusal) -> Errno {
         | Refusal::NotReady
         | Refusal::UserRequired
         | Refusal::UserMissing => Errno::ENOENT,
-        Refusal::CannotOpen => Errno::EIO,
+        Refusal::CannotOpen | Refusal::Unrenderable => Errno::EIO,
     }
 }
 
@@ -148,6 +150,11 @@ impl Filesystem for SecretFs {
             Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
             Some(Node::DotEnv(form)) => Ok(self.open_dotenv(req, form)),
             Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
+            Some(Node::Template(name)) => self
+                .state
+                .gate()
+                .open_template(&self.caller(req), AccessVia::Fuse, &name)
+                .map_err(errno),
         };
         match opened {
             Ok(fh) => reply.opened(
@@ -274,10 +281,15 @@ impl Filesystem for SecretFs {
             (ino.0, FileType::Directory, "."),
             (ROOT, FileType::Directory, ".."),
         ];
+        let delivery = self.state.delivery();
         if which == Which::Current {
             fixed.push((PREVIOUS_DIR, FileType::Directory, PREVIOUS_DIR_NAME));
             fixed.push((DOTENV, FileType::RegularFile, DOTENV_NAME));
             fixed.push((DOTENV_SH, FileType::RegularFile, DOTENV_SH_NAME));
+            // Templates (a handful) after the fixed entries, before the secrets.
+            for t in delivery.templates.names() {
+                fixed.push((self.inodes.intern(t, which), FileType::RegularFile, t));
+            }
         }
         for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(*fino), i as u64 + 1, *kind, name) {
@@ -309,6 +321,18 @@ impl Filesystem for SecretFs {
             Node::Root | Node::PreviousDir => Ok(()),
             Node::DotEnv(_) if mask.contains(AccessFlags::X_OK) => Err(Errno::EACCES),
             Node::DotEnv(_) => Ok(()),
+            Node::Template(name) => self
+                .state
+                .gate()
+                .check_template(&self.caller(req), AccessVia::Fuse, &name)
+                .map_err(errno)
+                .and_then(|()| {
+                    if mask.contains(AccessFlags::X_OK) {
+                        Err(Errno::EACCES)
+                    } else {
+                        Ok(())
+                    }
+                }),
             Node::Secret(name, which) => {
                 let caller = self.caller(req);
                 match self.state.gate().stat(&Self::ask(&caller, &name, which)) {

@@ -41,9 +41,11 @@
 //! the same as for any read of that name; every event carries the user id. The mount and `.env`
 //! never show user values (the vault does not send a creator value for a user-vault name).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::agent::access::{Caller, Policy};
+use crate::agent::delivery::{Delivery, RenderError};
 use crate::agent::secret_view::{Absent, Listed};
 use crate::agent::state::AgentState;
 use crate::agent::users::UserAbsent;
@@ -111,6 +113,8 @@ pub enum Refusal {
     UserMissing,
     /// The user's value held does not open with this agent's key (503).
     CannotOpen,
+    /// A template could not be rendered (EIO, 422); logged with the reason, never a value.
+    Unrenderable,
 }
 
 /// Does an absent name count as a `missing` read? (A FUSE `getattr`/`access` on a known inode
@@ -267,6 +271,163 @@ impl<'a> Gate<'a> {
         decide(&self.state.policy(), caller, via, name)
     }
 
+    // ---- templates: every secret a template uses goes through the same steps ---------------
+
+    /// Policy, then existence, for every secret template `name` uses: all denied names are
+    /// recorded as `denied` (EACCES); else every absent one is logged and, when `reading`,
+    /// recorded as `missing` (ENOENT). An unknown template is `NotFound` (nothing recorded: a
+    /// template name is not a secret name).
+    fn template_uses(
+        &self,
+        caller: &Caller,
+        via: AccessVia,
+        name: &str,
+        reading: bool,
+    ) -> Result<(Arc<Delivery>, Vec<String>), Refusal> {
+        let delivery = self.state.delivery();
+        let uses = delivery
+            .templates
+            .get(name)
+            .ok_or(Refusal::NotFound)?
+            .uses
+            .clone();
+        let refused = uses
+            .iter()
+            .filter(|n| self.authorize(&ReadRequest::new(caller, via, n)).is_err())
+            .count();
+        if refused > 0 {
+            return Err(Refusal::Denied);
+        }
+        let absent: Vec<&String> = uses
+            .iter()
+            .filter(|n| self.state.view.meta(n, Which::Current).is_none())
+            .collect();
+        if absent.is_empty() {
+            return Ok((delivery, uses));
+        }
+        if self.state.view.summary().revision == 0 {
+            return Err(Refusal::NotReady);
+        }
+        for n in absent {
+            tracing::warn!(
+                template = name,
+                secret = n.as_str(),
+                uid = caller.uid,
+                "template uses a secret that does not exist; the read fails (ENOENT)"
+            );
+            if reading {
+                self.record(
+                    &ReadRequest::new(caller, via, n),
+                    AccessAction::Missing,
+                    None,
+                );
+            }
+        }
+        Err(Refusal::NotFound)
+    }
+
+    /// May `caller` read template `name` now (FUSE `access`)? Nothing recorded but denials.
+    pub fn check_template(
+        &self,
+        caller: &Caller,
+        via: AccessVia,
+        name: &str,
+    ) -> Result<(), Refusal> {
+        self.template_uses(caller, via, name, false).map(|_| ())
+    }
+
+    /// Template `name` rendered for `caller`: (size, newest update time) for `stat`; no event
+    /// but denials.
+    pub fn stat_template(
+        &self,
+        caller: &Caller,
+        via: AccessVia,
+        name: &str,
+    ) -> Result<(usize, SystemTime), Refusal> {
+        let (delivery, uses) = self.template_uses(caller, via, name, false)?;
+        self.state
+            .view
+            .with_current(
+                |n| uses.iter().any(|u| u == n),
+                |entries| {
+                    let values: Vec<(&str, &Secret)> =
+                        entries.iter().map(|(n, _, v)| (*n, *v)).collect();
+                    let newest = entries.iter().map(|(_, m, _)| m.updated_at).max();
+                    delivery
+                        .templates
+                        .render(name, &values)
+                        .map(|out| (out.len(), newest.unwrap_or(SystemTime::UNIX_EPOCH)))
+                },
+            )
+            .map_err(|e| unrenderable(&e))
+    }
+
+    /// Template `name` rendered for `caller` into a snapshot handle pinned to the versions it
+    /// used (FUSE `open`): one `accessed` event per secret.
+    pub fn open_template(
+        &self,
+        caller: &Caller,
+        via: AccessVia,
+        name: &str,
+    ) -> Result<HandleId, Refusal> {
+        let (delivery, uses) = self.template_uses(caller, via, name, true)?;
+        let mut failed = None;
+        let (fh, pins) = self.state.view.open_snapshot(
+            |n| uses.iter().any(|u| u == n),
+            |entries| match delivery.templates.render(name, entries) {
+                Ok(out) => out,
+                Err(e) => {
+                    failed = Some(e);
+                    Secret::new(Vec::new())
+                }
+            },
+        );
+        if let Some(e) = failed {
+            self.state.view.close(fh);
+            return Err(unrenderable(&e));
+        }
+        for (n, version) in pins {
+            self.record(
+                &ReadRequest::new(caller, via, &n),
+                AccessAction::Accessed,
+                Some(version),
+            );
+        }
+        Ok(fh)
+    }
+
+    /// Template `name` rendered for `caller` once (socket `GET /v1/templates/NAME`): one
+    /// `accessed` event per secret.
+    pub fn render_template(
+        &self,
+        caller: &Caller,
+        via: AccessVia,
+        name: &str,
+    ) -> Result<Secret, Refusal> {
+        let (delivery, uses) = self.template_uses(caller, via, name, true)?;
+        let (out, versions) = self.state.view.with_current(
+            |n| uses.iter().any(|u| u == n),
+            |entries| {
+                let values: Vec<(&str, &Secret)> =
+                    entries.iter().map(|(n, _, v)| (*n, *v)).collect();
+                let versions: Vec<(String, u64)> = entries
+                    .iter()
+                    .map(|(n, m, _)| ((*n).to_owned(), m.version))
+                    .collect();
+                (delivery.templates.render(name, &values), versions)
+            },
+        );
+        let out = out.map_err(|e| unrenderable(&e))?;
+        for (n, version) in versions {
+            self.record(
+                &ReadRequest::new(caller, via, &n),
+                AccessAction::Accessed,
+                Some(version),
+            );
+        }
+        Ok(out)
+    }
+
     /// Why an allowed name is absent; records `missing` when asked to and it is.
     fn absent(&self, req: &ReadRequest<'_>, record: Record) -> Refusal {
         let view = &self.state.view;
@@ -287,6 +448,12 @@ impl<'a> Gate<'a> {
             .auditor
             .record_user(req.caller, action, req.name, version, req.via, req.user);
     }
+}
+
+/// Logs a rendering that failed (the reason names no value) and refuses the read.
+fn unrenderable(e: &RenderError) -> Refusal {
+    tracing::warn!("{e}; the read fails");
+    Refusal::Unrenderable
 }
 
 /// The policy decision for one (caller, via, name): for a systemd credential the unit is the

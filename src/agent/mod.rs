@@ -7,6 +7,7 @@ pub mod access;
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod delivery;
 pub mod dotenv;
 pub mod fs;
 pub mod gate;

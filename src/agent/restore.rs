@@ -12,9 +12,10 @@
 //! - **stopped agent**: the same on the offline cache file (`STATE_DIR/cache`), which the next
 //!   start reads.
 //!
-//! Either way one `WARN` line is logged naming who accepted what (the running agent logs the
-//! caller's uid and pid), and the running agent records a `restore_accepted` access event that
-//! it ships to the vault's audit trail like every other.
+//! Either way one `WARN` line is logged naming who accepted what (uid and pid), and a
+//! `restore_accepted` access event is recorded and shipped to the vault's audit trail like
+//! every other: at once by a running agent, at the next start for a stopped one (the cache
+//! carries the acceptance until then).
 
 use std::sync::Mutex;
 
@@ -164,6 +165,23 @@ pub fn accept_offline(
     let path = cache::path(state_dir);
     if let Some(mut c) = cache::read(state_dir, key, org, env)? {
         c.forget(selection.as_deref());
+        // Merged with an acceptance not yet recorded by a start.
+        let secrets = match (c.accepted_restore.take().map(|a| a.secrets), &selection) {
+            (Some(None), _) | (_, None) => None,
+            (Some(Some(mut a)), Some(b)) => {
+                a.extend(b.iter().cloned());
+                a.sort();
+                a.dedup();
+                Some(a)
+            }
+            (None, Some(b)) => Some(b.clone()),
+        };
+        c.accepted_restore = Some(cache::AcceptedRestore {
+            at_ms: cache::now_ms(),
+            secrets,
+            uid: nix::unistd::geteuid().as_raw(),
+            pid: std::process::id(),
+        });
         cache::write(state_dir, key, org, env, &c)?;
     }
     tracing::warn!(
@@ -176,6 +194,32 @@ pub fn accept_offline(
         Vec::new(),
         path.display().to_string(),
     ))
+}
+
+/// At start: a restore accepted while the agent was stopped (marked in the cache it read) is
+/// logged and recorded as `restore_accepted` access events, like one accepted on a running
+/// agent. (The keeper drops the mark from the cache it writes next.)
+pub fn record_offline(state: &AgentState, c: &cache::Cache) {
+    let Some(a) = &c.accepted_restore else {
+        return;
+    };
+    let when =
+        crate::rfc3339::format(std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms));
+    tracing::warn!(
+        "restore accepted while the agent was stopped, at {when} by uid {} (pid {}), for {}: \
+         the rollback floor was forgotten",
+        a.uid,
+        a.pid,
+        describe(&a.secrets)
+    );
+    match &a.secrets {
+        None => state.auditor.restore_accepted(None, a.uid, a.pid),
+        Some(names) => {
+            for n in names {
+                state.auditor.restore_accepted(Some(n), a.uid, a.pid);
+            }
+        }
+    }
 }
 
 fn describe(selection: &Selection) -> String {

@@ -404,6 +404,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
         org: config.org_id.clone(),
         env: config.environment.clone(),
     });
+    state.set_delivery(config.delivery.clone());
     let (stop, stop_rx) = watch::channel(false);
     let expiry = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);
     let mut tasks = Tasks(Vec::new());
@@ -429,6 +430,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
     };
     if let Some(c) = &cached {
         state.view.remember(c.floor());
+        crate::agent::restore::record_offline(&state, c);
     }
     let servable = cached.as_ref().filter(|c| {
         let fresh = config.cache_max_age.is_some_and(|max| c.age() <= max);

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::agent::access::{CallerCache, Policy};
 use crate::agent::audit::Auditor;
+use crate::agent::delivery::Delivery;
 use crate::agent::secret_view::SecretView;
 use crate::agent::users::UserVault;
 
@@ -29,6 +30,8 @@ pub struct AgentState {
     /// Policies and per-user values of user-vault secrets (socket only, sealed until read).
     pub users: UserVault,
     policy: RwLock<Arc<Policy>>,
+    /// `[credentials]`, templates, file modes (see [`crate::agent::delivery`]).
+    delivery: RwLock<Arc<Delivery>>,
     pub callers: CallerCache,
     pub auditor: Auditor,
     health: RwLock<Health>,
@@ -47,6 +50,7 @@ impl AgentState {
             view: SecretView::new(),
             users: UserVault::default(),
             policy: RwLock::new(Arc::new(policy)),
+            delivery: RwLock::default(),
             callers: CallerCache::default(),
             auditor,
             health: RwLock::new(Health::Syncing),
@@ -96,6 +100,18 @@ impl AgentState {
     /// of what is shown (the group of every file) is dropped.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().expect("policy lock") = Arc::new(policy);
+        self.view.invalidate_all();
+    }
+
+    /// The delivery settings in force (cheap clone of an `Arc`).
+    pub fn delivery(&self) -> Arc<Delivery> {
+        self.delivery.read().expect("delivery lock").clone()
+    }
+
+    /// Replaces the delivery settings (start, config reload); every cache of what is shown
+    /// (file modes, template sizes) is dropped.
+    pub fn set_delivery(&self, delivery: Delivery) {
+        *self.delivery.write().expect("delivery lock") = Arc::new(delivery);
         self.view.invalidate_all();
     }
 

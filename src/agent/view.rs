@@ -598,4 +598,27 @@ mod tests {
         v.apply(3, false, vec![active("B", 2)], now);
         assert_eq!(v.meta("B", Which::Current, now).unwrap().version, 2);
     }
+
+    /// Why a soak reader can fail right after a vault restart (docs/performance.md): when one
+    /// answer brings two rotations at once (v1 → v3, previous v2), the vault has already ended
+    /// v1's grace (only the version just replaced keeps one), so a reader pinned to v1 — opened
+    /// while it was current — is stale at once.
+    #[test]
+    fn an_answer_that_skips_a_version_ends_the_held_current_at_once() {
+        let now = Instant::now();
+        let mut v = View::new();
+        v.apply(1, true, vec![active("A", 1)], now);
+        let (fh, _) = v.open("A", Which::Current, now).unwrap();
+        let skipped = update(
+            "A",
+            3,
+            UpdateState::Active {
+                value: Secret::copy_from(b"A3"),
+                previous: Some((2, Secret::copy_from(b"A2"), Duration::from_secs(60))),
+            },
+        );
+        v.apply(3, false, vec![skipped], now);
+        assert_eq!(v.read(fh, now).unwrap_err(), ReadError::Stale);
+        assert_eq!(v.meta("A", Which::Previous, now).unwrap().version, 2);
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use super::vault::{Log, spawn_logged, terminate};
+use super::vault::{Log, VaultProc, spawn_logged, terminate};
 use super::{eventually, fyvault, get};
 
 /// `fyvault agent` (the binary), stopped with SIGTERM by [`AgentBin::stop`] (killed when
@@ -109,4 +109,12 @@ pub fn run_cli(args: &[&str], env: &[(&str, &Path)]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `fyvault server` on `data_dir` at `127.0.0.1:port` (0: any), started off the runtime.
+pub async fn start_vault(data_dir: &Path, port: u16, log: &Log) -> VaultProc {
+    let (d, l) = (data_dir.to_owned(), log.clone());
+    tokio::task::spawn_blocking(move || VaultProc::start(&d, port, "info", &l))
+        .await
+        .unwrap()
 }

@@ -164,6 +164,22 @@ impl Drop for TestMount {
     }
 }
 
+/// Runs `args` as uid/gid 65534 with no supplementary groups (through `setpriv`).
+pub fn as_nobody(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
 /// The errno of an I/O result (panics on success).
 pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
     match r {

@@ -23,6 +23,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
 use super::SecretFs;
 use super::inodes::{self, DOTENV, DOTENV_SH, Node, PREVIOUS_DIR, ROOT};
 use crate::agent::access::Caller;
+use crate::agent::delivery::Shown;
 use crate::agent::dotenv::{self, Form};
 use crate::agent::view::{Meta, Which};
 use crate::api::AccessVia;
@@ -41,7 +42,16 @@ const FILE_MODE: u16 = 0o440;
 const DIR_MODE: u16 = 0o555;
 
 impl SecretFs {
-    fn attr(&self, ino: u64, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
+    /// Attributes with the defaults (0440 root:group for files, 0555 for directories) unless
+    /// `shown` (a `[[file]]` or `[[template]]` entry) says otherwise.
+    fn attr(
+        &self,
+        ino: u64,
+        kind: FileType,
+        size: u64,
+        time: SystemTime,
+        shown: Shown,
+    ) -> FileAttr {
         let dir = kind == FileType::Directory;
         FileAttr {
             ino: INodeNo(ino),
@@ -52,10 +62,16 @@ impl SecretFs {
             ctime: time,
             crtime: time,
             kind,
-            perm: if dir { DIR_MODE } else { FILE_MODE },
+            perm: match (dir, shown.mode) {
+                (true, _) => DIR_MODE,
+                (false, Some(m)) => m,
+                (false, None) => FILE_MODE,
+            },
             nlink: if dir { 2 } else { 1 },
-            uid: 0,
-            gid: self.state.policy().group_gid(),
+            uid: shown.owner.unwrap_or(0),
+            gid: shown
+                .group
+                .unwrap_or_else(|| self.state.policy().group_gid()),
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -63,11 +79,42 @@ impl SecretFs {
     }
 
     pub(super) fn dir_attr(&self, ino: u64) -> FileAttr {
-        self.attr(ino, FileType::Directory, 0, self.mounted_at)
+        self.attr(
+            ino,
+            FileType::Directory,
+            0,
+            self.mounted_at,
+            Shown::default(),
+        )
     }
 
-    pub(super) fn meta_attr(&self, ino: u64, meta: Meta) -> FileAttr {
-        self.attr(ino, FileType::RegularFile, meta.len as u64, meta.updated_at)
+    /// A secret file's attributes (owner, group and mode from the first matching `[[file]]`).
+    pub(super) fn meta_attr(&self, ino: u64, name: &str, meta: Meta) -> FileAttr {
+        let shown = self.state.delivery().shown_for_secret(name);
+        self.attr(
+            ino,
+            FileType::RegularFile,
+            meta.len as u64,
+            meta.updated_at,
+            shown,
+        )
+    }
+
+    /// A template as `caller` would read it now (rendered to know its size).
+    fn template_attr(&self, caller: &Caller, ino: u64, name: &str) -> Result<FileAttr, Errno> {
+        let (len, newest) = self
+            .state
+            .gate()
+            .stat_template(caller, AccessVia::Fuse, name)
+            .map_err(super::errno)?;
+        let shown = self
+            .state
+            .delivery()
+            .templates
+            .get(name)
+            .map(|t| t.shown)
+            .unwrap_or_default();
+        Ok(self.attr(ino, FileType::RegularFile, len as u64, newest, shown))
     }
 
     /// `.env` as `caller` would read it now: (size, newest update time).
@@ -84,7 +131,13 @@ impl SecretFs {
             Form::Dotenv => DOTENV,
             Form::Shell => DOTENV_SH,
         };
-        self.attr(ino, FileType::RegularFile, len as u64, newest)
+        self.attr(
+            ino,
+            FileType::RegularFile,
+            len as u64,
+            newest,
+            Shown::default(),
+        )
     }
 
     /// Attributes of `ino` as `req`'s caller sees them and how long they may be cached, or
@@ -100,8 +153,12 @@ impl SecretFs {
                     .gate()
                     .stat(&Self::ask(&caller, &name, which))
                     .map_err(super::errno)?;
-                Ok((self.meta_attr(ino, meta), FILE_ATTR_TTL))
+                Ok((self.meta_attr(ino, &name, meta), FILE_ATTR_TTL))
             }
+            Node::Template(name) => Ok((
+                self.template_attr(&self.caller(req), ino, &name)?,
+                FILE_ATTR_TTL,
+            )),
         }
     }
 
@@ -126,6 +183,15 @@ impl SecretFs {
             (ROOT | PREVIOUS_DIR, _) => {}
             _ => return Err(Errno::ENOTDIR),
         }
+        if parent == ROOT
+            && let Some(t) = std::str::from_utf8(raw)
+                .ok()
+                .filter(|t| self.state.delivery().templates.get(t).is_some())
+        {
+            let ino = self.inodes.intern(t, Which::Current);
+            let attr = self.template_attr(&self.caller(req), ino, t)?;
+            return Ok((attr, FILE_ATTR_TTL, ENTRY_TTL));
+        }
         let name = inodes::check_name(raw).map_err(|e| match e {
             inodes::BadName::Invalid => Errno::EINVAL,
             inodes::BadName::TooLong => Errno::ENAMETOOLONG,
@@ -147,7 +213,7 @@ impl SecretFs {
             .map_err(super::errno)?;
         let ino = self.inodes.intern(name, which);
         Ok((
-            self.meta_attr(ino, meta),
+            self.meta_attr(ino, name, meta),
             FILE_ATTR_TTL,
             left.min(ENTRY_TTL),
         ))

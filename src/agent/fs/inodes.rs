@@ -1,6 +1,9 @@
 //! The inode scheme: fixed inodes for the root, `.previous`, `.env` and `.env.sh`, and two stable inodes
 //! per secret name (current and previous), allocated from an interned name table.
 //!
+//! Template names (`[[template]]`, never valid secret names) are interned in the same table
+//! and use only the current slot.
+//!
 //! Names are interned only once the view has held them (a lookup of a name the view does not
 //! hold allocates nothing), so the table is bounded by the secrets the agent has ever served.
 //! An inode number never changes meaning while the agent runs.
@@ -30,6 +33,8 @@ pub enum Node {
     /// `.env` or `.env.sh`.
     DotEnv(Form),
     Secret(String, Which),
+    /// A `[[template]]` file (its name is never a secret name; only the current slot is used).
+    Template(String),
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +103,13 @@ impl Inodes {
                 };
                 let t = self.table.read().expect("inode table lock");
                 let name = t.names.get(usize::try_from(rel / 2).ok()?)?;
-                Some(Node::Secret(name.clone(), which))
+                if crate::api::valid_secret_name(name) {
+                    Some(Node::Secret(name.clone(), which))
+                } else if which == Which::Current {
+                    Some(Node::Template(name.clone()))
+                } else {
+                    None
+                }
             }
             _ => None,
         }
@@ -162,6 +173,9 @@ mod tests {
         assert_eq!(t.node(5), None);
         assert_eq!(t.node(b + 2), None);
         assert_eq!(t.get("C", Which::Current), None);
+        let tpl = t.intern("app.conf", Which::Current);
+        assert_eq!(t.node(tpl), Some(Node::Template("app.conf".into())));
+        assert_eq!(t.node(tpl + 1), None);
         assert!(
             [ROOT, PREVIOUS_DIR, DOTENV, DOTENV_SH]
                 .iter()

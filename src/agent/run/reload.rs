@@ -1,5 +1,6 @@
 //! `SIGHUP`: re-read the config file and apply what can change while running — the access
-//! policy (rules and group). Everything else (vault URL, org, environment, files, paths,
+//! policy (rules and group) and the delivery settings (`[credentials]`, `[[template]]`,
+//! `[[file]]`; a template that does not parse makes the whole reload fail). Everything else (vault URL, org, environment, files, paths,
 //! timings) needs a restart: a changed value is reported and the running one kept. A config
 //! that no longer validates is reported and changes nothing. The mount and the socket stay.
 
@@ -15,6 +16,9 @@ pub struct ReloadReport {
     /// One line per change of the access policy that was applied (`+ rule …`, `- rule …`,
     /// `group …`); empty when the policy did not change.
     pub policy_changes: Vec<String>,
+    /// One line per change of the delivery settings applied (`[credentials]`, templates,
+    /// file modes); empty when they did not change.
+    pub delivery_changes: Vec<String>,
     /// Config keys whose new values need a restart (not applied).
     pub needs_restart: Vec<&'static str>,
 }
@@ -27,11 +31,16 @@ pub fn reload(current: &mut AgentConfig, state: &AgentState) -> Result<ReloadRep
     }
     let report = ReloadReport {
         policy_changes: policy_changes(&current.policy, &new.policy),
+        delivery_changes: new.delivery.changes_from(&current.delivery),
         needs_restart: needs_restart(current, &new),
     };
     if !report.policy_changes.is_empty() {
         state.set_policy(new.policy.clone());
         current.policy = new.policy;
+    }
+    if !report.delivery_changes.is_empty() {
+        state.set_delivery(new.delivery.clone());
+        current.delivery = new.delivery;
     }
     Ok(report)
 }
@@ -62,6 +71,13 @@ fn log_report(path: &Path, r: &ReloadReport) {
             "config reloaded from {}: access rules changed: {}",
             path.display(),
             r.policy_changes.join("; ")
+        );
+    }
+    if !r.delivery_changes.is_empty() {
+        tracing::info!(
+            "config reloaded from {}: delivery changed: {}",
+            path.display(),
+            r.delivery_changes.join("; ")
         );
     }
     if !r.needs_restart.is_empty() {

@@ -9,12 +9,17 @@
 //! | `GET /v1/health` | `{status: ready/syncing/degraded, …}` |
 //! | `GET /v1/secrets/NAME?user=ID`, `POST /v1/connect` | user-vault secrets: see [`connect`] |
 //!
+//! A connection whose peer is bound to systemd's abstract address
+//! `\0<hex>/unit/<unit>/<id>` is a credential request (`LoadCredential=ID:/run/fyvault.sock`)
+//! and is answered with the credential protocol instead ([`credential`]).
+//!
 //! The socket is mode 0666: every local user may connect; the caller's identity is taken from
 //! the connection ([`peer`]) at accept time and every read is decided by the one policy check
 //! ([`crate::agent::access::Policy::allows`]); a refusal is a 403 and an audit event. Errors are
 //! `{"error":{"code","message"}}`. The handlers are thin: all logic is in the view and policy.
 
 mod connect;
+pub mod credential;
 mod events;
 pub mod limits;
 pub mod peer;
@@ -223,6 +228,16 @@ pub async fn serve_with(listener: UnixListener, ctx: Ctx, limits: Limits) -> io:
             refused.note(peer.caller.uid);
             continue;
         };
+        // PID 1 asking for a credential (its abstract address says which unit and which id):
+        // the credential protocol instead of HTTP.
+        if let Some(ask) = credential::systemd_ask(&stream) {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                credential::serve(&ctx, &peer, ask, stream).await;
+            });
+            continue;
+        }
         if let Err(e) = nix::sys::socket::setsockopt(
             &stream,
             nix::sys::socket::sockopt::SndBuf,

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use super::wire::{Health, SecretInfo, SecretList, Undeliverable};
 use super::{Ctx, Peer, events};
+use crate::agent::delivery::template::valid_template_name;
 use crate::agent::gate::{ReadRequest, Refusal};
 use crate::agent::secret_view::Summary;
 use crate::agent::state::Health as StateHealth;
@@ -34,6 +35,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
                 axum::extract::DefaultBodyLimit::max(super::connect::MAX_BODY),
             ),
         )
+        .route("/v1/templates/{name}", get(template))
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))
         .route("/v1/accept-restore", axum::routing::post(accept_restore))
@@ -54,7 +56,8 @@ async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such endpoint (try /v1/secrets, /v1/secrets/NAME, /v1/events, /v1/health)",
+        "no such endpoint (try /v1/secrets, /v1/secrets/NAME, /v1/templates/NAME, /v1/events, \
+         /v1/health)",
     )
 }
 
@@ -166,6 +169,50 @@ async fn read(
         );
     }
     read_value(&ctx, &peer, &name, which, q.user.as_deref(), &headers)
+}
+
+/// `GET /v1/templates/NAME`: the template rendered for the caller, through the gate (every
+/// secret it uses must be readable by the caller and exist).
+async fn template(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match name {
+        Ok(Path(n)) if valid_template_name(&n) => n,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                "template names are lowercase letters, digits, '.', '_', '-'",
+            );
+        }
+    };
+    match ctx
+        .state
+        .gate()
+        .render_template(&peer.caller, AccessVia::Socket, &name)
+    {
+        Ok(out) => {
+            let mut r = Response::new(secret_body(out));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(Refusal::NotFound) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no template {name}, or a secret it uses does not exist (see [[template]] in \
+                 agent.toml and the agent's log)"
+            ),
+        ),
+        Err(refusal) => refusal_response(&ctx, peer.caller.uid, &name, refusal),
+    }
 }
 
 /// Does the request carry a body? The API is read-only: none is ever read.
@@ -291,6 +338,11 @@ pub(super) fn refusal_response(ctx: &Ctx, uid: u32, name: &str, refusal: Refusal
                 format!("the agent has no values yet: {why}"),
             )
         }
+        Refusal::Unrenderable => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "template_failed",
+            format!("template {name} could not be rendered (see the agent's log)"),
+        ),
         Refusal::NotFound => error(
             StatusCode::NOT_FOUND,
             "not_found",
