@@ -121,28 +121,31 @@ fn addr_of(url: &str) -> SocketAddr {
         .expect("vault address")
 }
 
-/// `GET /api/v1/admin/stats` of one instance.
-async fn stats(addr: SocketAddr, admin: &str) -> Value {
+/// `GET /api/v1/admin/stats` of one instance (`?heap=true`: with the allocator's counters,
+/// which cost the vault a walk of its heap: only outside the timed phases).
+async fn stats(addr: SocketAddr, admin: &str, heap: bool) -> Value {
     let mut c = Conn::connect(addr).await.expect("stats connect");
-    c.send_get("/api/v1/admin/stats", admin).await.unwrap();
+    let path = format!("/api/v1/admin/stats?heap={heap}");
+    c.send_get(&path, admin).await.unwrap();
     c.read_answer().await.expect("stats").json()
 }
 
-async fn total(instances: &[Instance], admin: &str, field: &str) -> u64 {
+async fn sum(instances: &[Instance], admin: &str, field: &str, heap: bool) -> u64 {
     let mut n = 0;
     for i in instances {
-        n += stats(i.addr, admin)
-            .await
-            .pointer(field)
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let s = stats(i.addr, admin, heap).await;
+        n += s.pointer(field).and_then(Value::as_u64).unwrap_or(0);
     }
     n
 }
 
+async fn total(instances: &[Instance], admin: &str, field: &str) -> u64 {
+    sum(instances, admin, field, false).await
+}
+
 /// Bytes in live heap allocations, summed over the instances (glibc's count; 0 elsewhere).
 async fn heap_in_use(instances: &[Instance], admin: &str) -> u64 {
-    total(instances, admin, "/heap/in_use_bytes").await
+    sum(instances, admin, "/heap/in_use_bytes", true).await
 }
 
 async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {

@@ -11,6 +11,10 @@
 //! Baseline in the same run: a bare client fetching the full state (`sync?since=0`) and opening
 //! every sealed value, in this process — the floor of "synced".
 //!
+//! Listing: `opendir` + `readdir` to the end of the mount with N secrets, by the separate-process
+//! reader (`support/reader.c`), beside a tmpfs directory of N files in the same run.
+//! `FYVAULT_BENCH_QUICK=1`: one start per size instead of three.
+//!
 //! Then (issue 14) one user-vault secret with a value for each of 10,000 users
 //! (`FOOTPRINT_USERS`): ready time and RSS beside the fetch alone, and one user's rotation from
 //! the provider's call to the agent serving it, beside the provider's call alone.
@@ -23,7 +27,10 @@ use std::time::{Duration, Instant};
 use fyvault::crypto::aad;
 use serde_json::json;
 
-use support::report::{fmt_mb, memory_breakdown, print_header, rss_bytes, us};
+use support::reader::Reader;
+use support::report::{
+    SummaryRow, fmt_mb, memory_breakdown, print_header, quick, rss_bytes, summarize, us,
+};
 use support::world::{AgentProc, World, open_tempdir};
 use support::{Report, Samples, Table, cleanup, fmt_dur};
 
@@ -36,6 +43,10 @@ fn sizes() -> Vec<usize> {
     }
 }
 const STARTS: usize = 3;
+
+fn starts() -> usize {
+    if quick() { 1 } else { STARTS }
+}
 
 fn main() {
     support::install_cleanup();
@@ -59,6 +70,9 @@ fn main() {
         ],
     );
     let mut rows = Vec::new();
+    let mut summary = Vec::new();
+    let reader = Reader::build();
+    let list_secs = if quick() { 0.5 } else { 2.0 };
     for n in sizes() {
         let world = rt.block_on(World::new());
         let t0 = Instant::now();
@@ -71,7 +85,8 @@ fn main() {
         let mut rss_ready = Vec::new();
         let mut rss_idle = Vec::new();
         let mut breakdowns = Vec::new();
-        for i in 0..STARTS {
+        let mut listing = None;
+        for i in 0..starts() {
             // Baseline: fetch the full state and open every value.
             let t = Instant::now();
             let opened = rt.block_on(async {
@@ -111,9 +126,26 @@ fn main() {
             let entries = std::fs::read_dir(&agent.mount).unwrap().count();
             assert_eq!(
                 entries,
-                n + 2,
-                "the mount lists every secret (+ .env, .previous)"
+                n + 3,
+                "the mount lists every secret (+ .env, .env.sh, .previous)"
             );
+            if i == 0 {
+                let shm = tempfile::Builder::new()
+                    .prefix("fyvault-bench-ls-")
+                    .tempdir_in("/dev/shm")
+                    .unwrap();
+                for k in 0..n {
+                    std::fs::write(shm.path().join(format!("S{k:05}")), b"x").unwrap();
+                }
+                let fy = reader.list(&agent.mount, list_secs);
+                let tmp = reader.list(shm.path(), list_secs);
+                assert_eq!(
+                    fy.bytes as usize,
+                    n + 5,
+                    "the mount lists every secret (+ . .. .env .env.sh .previous)"
+                );
+                listing = Some((fy, tmp));
+            }
             std::thread::sleep(Duration::from_secs(1));
             let rss1 = rss_bytes(agent.pid()).expect("VmRSS");
             rss_ready.push(rss0);
@@ -134,7 +166,44 @@ fn main() {
         }
         rss_ready.sort_unstable();
         rss_idle.sort_unstable();
-        let (r0, r1) = (rss_ready[STARTS / 2], rss_idle[STARTS / 2]);
+        let (r0, r1) = (rss_ready[starts() / 2], rss_idle[starts() / 2]);
+        let (ls_fy, ls_tmp) = listing.expect("listed once");
+        let ready_target = match n {
+            10 => Some((Duration::from_millis(100), "≤ 100 ms")),
+            1_000 => Some((Duration::from_millis(500), "≤ 500 ms")),
+            10_000 => Some((Duration::from_secs(2), "≤ 2 s")),
+            _ => None,
+        };
+        let mut row = SummaryRow::new(
+            format!("agent ready (READY=1), {n} secrets, p50"),
+            fmt_dur(ready.p50()),
+        )
+        .floor(
+            format!("fetch + open all: {}", fmt_dur(fetch.p50())),
+            ready.p50().as_secs_f64() / fetch.p50().as_secs_f64(),
+        );
+        if let Some((limit, label)) = ready_target {
+            row = row.target(label, ready.p50() <= limit);
+        }
+        summary.push(row);
+        let mut rss_row = SummaryRow::new(
+            format!("agent RSS at ready / after 1 s, {n} secrets"),
+            format!("{} / {}", fmt_mb(r0), fmt_mb(r1)),
+        );
+        if n == 10_000 {
+            rss_row = rss_row.target("≤ 30 MB", r0.max(r1) <= 30 * 1024 * 1024);
+        }
+        summary.push(rss_row);
+        summary.push(
+            SummaryRow::new(
+                format!("`ls` of the mount, {n} secrets (own process), p50"),
+                fmt_dur(ls_fy.p50),
+            )
+            .floor(
+                format!("tmpfs, {n} files: {}", fmt_dur(ls_tmp.p50)),
+                ls_fy.p50.as_secs_f64() / ls_tmp.p50.as_secs_f64(),
+            ),
+        );
         let target = match n {
             10 => "ready ≤ 100 ms; RSS ≤ 12 MB",
             1_000 => "ready ≤ 500 ms",
@@ -163,6 +232,8 @@ fn main() {
             "memory_at_ready": breakdowns,
             "rss_at_ready_mb": (r0 as f64 / 1048576.0 * 10.0).round() / 10.0,
             "rss_after_1s_mb": (r1 as f64 / 1048576.0 * 10.0).round() / 10.0,
+            "ls_p50_us": us(ls_fy.p50),
+            "ls_tmpfs_p50_us": us(ls_tmp.p50),
         }));
         drop(world);
     }
@@ -175,8 +246,9 @@ fn main() {
         user_values(&rt, n);
     }
     let mut report = Report::new("footprint");
-    report.set("starts_per_size", json!(STARTS));
+    report.set("starts_per_size", json!(starts()));
     report.set("results", json!(rows));
+    summarize(&mut report, &summary);
     report.write();
 }
 
@@ -266,7 +338,8 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
     );
     let (mut rss_ready, mut rss_idle) = (Vec::new(), Vec::new());
     let mut sync_bytes = 0usize;
-    for start in 0..STARTS {
+    let starts = starts();
+    for start in 0..starts {
         let t = Instant::now();
         let full = rt
             .block_on(world.agent_client.sync(&world.org, &world.env, 0, 0))
@@ -355,8 +428,8 @@ fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
         format!("{n}"),
         format!("{} ({})", fmt_dur(ready.p50()), fmt_dur(ready.max())),
         fmt_dur(fetch.p50()),
-        fmt_mb(rss_ready[STARTS / 2]),
-        fmt_mb(rss_idle[STARTS / 2]),
+        fmt_mb(rss_ready[starts / 2]),
+        fmt_mb(rss_idle[starts / 2]),
         format!("{} ({})", fmt_dur(rotation.p50()), fmt_dur(rotation.max())),
         fmt_dur(floor.p50()),
         format!("{sync_bytes} B"),

@@ -6,6 +6,10 @@
 //! a Unix socket in a subprocess of its own (this benchmark's binary re-executed), answering
 //! every request with a constant 64-byte body: the floor of HTTP over a Unix socket here.
 //!
+//! Also from the separate-process reader (`support/reader.c`, keep-alive GETs in C, 1 and 16
+//! connections), against the agent and the bare hyper server in interleaved rounds: the
+//! figures `scripts/bench` summarizes. `FYVAULT_BENCH_QUICK=1`: 2 rounds, shorter, no SDKs.
+//!
 //! Then the SDKs (`support::sdk`): one Node and one Python process each doing sequential
 //! `get`s for 3 s through the SDK, beside the same language's raw HTTP client on the same
 //! socket, and the Rust hyper client's p50 from above.
@@ -24,7 +28,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use support::report::{cpu_ns, print_header, us};
+use support::reader::{Reader, Run};
+use support::report::{SummaryRow, cpu_ns, loadavg, print_header, quick, summarize, us};
 use support::uds::{self, Sender, connect};
 use support::world::{AgentProc, World, open_tempdir, value64};
 use support::{Report, Samples, Table, cleanup, fmt_dur, fmt_rate};
@@ -287,12 +292,13 @@ fn main() {
             a.pid(),
         ));
     }
+    let rounds = if quick() { 2 } else { ROUNDS };
     let mut lat: Vec<Samples> = servers.iter().map(|_| Samples::new()).collect();
     let mut rate: Vec<Vec<f64>> = servers.iter().map(|_| Vec::new()).collect();
     // Server CPU per request: (ns, requests) for one client and for 16.
     let mut cpu1: Vec<(u64, u64)> = servers.iter().map(|_| (0, 0)).collect();
     let mut cpu16: Vec<(u64, u64)> = servers.iter().map(|_| (0, 0)).collect();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (i, (_, _, sock, pid)) in servers.iter().enumerate() {
             let c0 = cpu_ns(*pid);
             single.block_on(one_client(
@@ -310,9 +316,77 @@ fn main() {
             cpu16[i].0 += cpu_ns(*pid) - c1;
             cpu16[i].1 += n + MANY as u64;
         }
-        eprint!("\rround {}/{ROUNDS}", round + 1);
+        eprint!("\rround {}/{rounds}", round + 1);
     }
     eprintln!();
+
+    // The separate-process C reader: agent and bare hyper, 1 and 16 connections, interleaved.
+    let reader = Reader::build();
+    let secs = if quick() { 0.5 } else { 1.5 };
+    let load_start = loadavg();
+    let mut c_runs: Vec<[Vec<Run>; 2]> = vec![Default::default(), Default::default()];
+    for _ in 0..rounds {
+        for (i, (_, _, sock, _)) in servers.iter().take(2).enumerate() {
+            for (j, n) in [1usize, MANY].into_iter().enumerate() {
+                let r = reader.http(sock, &secret_path, secs, n);
+                assert_eq!(r.bytes, 64);
+                c_runs[i][j].push(r);
+            }
+        }
+    }
+    let med = |v: &[Run], f: &dyn Fn(&Run) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        x[x.len() / 2]
+    };
+    let p50 = |v: &[Run]| Duration::from_secs_f64(med(v, &|r| r.p50.as_secs_f64()));
+    let p99 = |v: &[Run]| Duration::from_secs_f64(med(v, &|r| r.p99.as_secs_f64()));
+    let ops = |v: &[Run]| med(v, &|r| r.ops_per_s);
+    let mut c_table = Table::new(
+        &format!(
+            "socket: GET /v1/secrets/NAME from the C reader in its own process (median of \
+             {rounds} rounds of {secs} s; load {load_start} → {})",
+            loadavg()
+        ),
+        &[
+            "server",
+            "1 connection p50",
+            "p99",
+            "16 connections",
+            "p50",
+            "p99",
+        ],
+    );
+    for (i, label) in ["fyvault agent", "bare hyper (floor)"].iter().enumerate() {
+        let [one, many] = &c_runs[i];
+        c_table.row(vec![
+            (*label).into(),
+            fmt_dur(p50(one)),
+            fmt_dur(p99(one)),
+            fmt_rate(ops(many)),
+            fmt_dur(p50(many)),
+            fmt_dur(p99(many)),
+        ]);
+    }
+    c_table.print();
+    let ([fy1, fy16], [hy1, hy16]) = (&c_runs[0], &c_runs[1]);
+    let summary = vec![
+        SummaryRow::new(
+            "socket GET, 1 client (own process, keep-alive), p50 (p99)",
+            format!("{} ({})", fmt_dur(p50(fy1)), fmt_dur(p99(fy1))),
+        )
+        .floor(
+            format!("bare hyper {} ({})", fmt_dur(p50(hy1)), fmt_dur(p99(hy1))),
+            p50(fy1).as_secs_f64() / p50(hy1).as_secs_f64(),
+        )
+        .target("p50 ≤ 30 µs", p50(fy1) <= Duration::from_micros(30)),
+        SummaryRow::new("socket GET, 16 clients, requests/s", fmt_rate(ops(fy16)))
+            .floor(
+                format!("bare hyper {}", fmt_rate(ops(hy16))),
+                ops(fy16) / ops(hy16),
+            )
+            .target("≥ 60,000/s", ops(fy16) >= 60_000.0),
+    ];
 
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -363,7 +437,11 @@ fn main() {
         "reference (issue 7): AWS Secrets Manager Agent, TCP loopback: 45 µs p50, 43,000/s with 16"
     );
 
-    let sdk_runs = support::sdk::run_all(&agent.socket, SECRET, SDK_DURATION);
+    let sdk_runs = if quick() {
+        Vec::new()
+    } else {
+        support::sdk::run_all(&agent.socket, SECRET, SDK_DURATION)
+    };
     let mut sdk_table = Table::new(
         "socket: sequential GET /v1/secrets/NAME from SDKs, one client each (3 s)",
         &["client", "requests", "p50", "p99"],
@@ -392,9 +470,17 @@ fn main() {
     sdk_table.print();
 
     let mut report = Report::new("socket");
-    report.set("rounds", json!(ROUNDS));
+    report.set("rounds", json!(rounds));
     report.set("results", json!(rows));
     report.set("sdk", json!(sdk_rows));
+    report.set(
+        "c_reader",
+        json!({
+            "fyvault": {"p50_us": us(p50(fy1)), "p99_us": us(p99(fy1)), "clients_16_per_s": ops(fy16).round()},
+            "bare_hyper": {"p50_us": us(p50(hy1)), "p99_us": us(p99(hy1)), "clients_16_per_s": ops(hy16).round()},
+        }),
+    );
+    summarize(&mut report, &summary);
     report.write();
     drop(ct_base);
     drop(axum_base);

@@ -217,6 +217,13 @@ async fn fuse_and_socket_reads_are_counted_exactly_with_who_read_them() {
     assert_eq!(h["audit"]["dropped_total"], 0, "{h}");
     if fuse {
         assert_eq!(h["mount"]["state"], "mounted", "{h}");
+        // The read path chosen at mount time (passthrough where the kernel offers it; see
+        // tests/fuse_read_paths.rs for the choice itself).
+        let read_path = h["mount"]["read_path"].as_str();
+        assert!(
+            matches!(read_path, Some("passthrough" | "direct_io")),
+            "{h}"
+        );
     }
 
     // `fyvault audit --secret NAME` shows who read it: host, process, uid, unit, count, time.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fyvault::agent::config;
+use fyvault::agent::fs::ReadPathChoice;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -87,6 +88,15 @@ fn valid_config_with_defaults_and_rules() {
     .unwrap();
     assert_eq!(c.socket, Path::new(config::DEFAULT_SOCKET));
     assert_eq!(c.mount, None);
+    assert_eq!(c.fuse_read_path, ReadPathChoice::Auto);
+    assert_eq!(c.fuse_threads, fyvault::agent::mount::FUSE_THREADS);
+    let c = config::load(&f.write(&format!(
+        "{}fuse_read_path = \"direct_io\"\nfuse_threads = 2\n",
+        f.base()
+    )))
+    .unwrap();
+    assert_eq!(c.fuse_read_path, ReadPathChoice::DirectIo);
+    assert_eq!(c.fuse_threads, 2);
     assert_eq!(
         c.sync_wait,
         std::time::Duration::from_secs(config::DEFAULT_SYNC_WAIT_SECONDS)
@@ -126,6 +136,11 @@ fn each_mistake_is_one_line_naming_the_key() {
             ": socket: ",
         ),
         (format!("{base}grace_seconds = \"5\"\n"), "grace_seconds"),
+        (format!("{base}fuse_threads = 0\n"), ": fuse_threads: "),
+        (
+            format!("{base}fuse_read_path = \"cached\"\n"),
+            "fuse_read_path",
+        ),
         (
             format!("{base}sync_wait_seconds = 0\n"),
             ": sync_wait_seconds: ",

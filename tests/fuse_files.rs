@@ -198,56 +198,7 @@ fn fuse_previous_during_and_after_grace() {
     assert_eq!(errno(std::fs::metadata(m.previous("LONG"))), libc::ENOENT);
 }
 
-#[test]
-fn fuse_open_handle_is_pinned_then_stale() {
-    let Some(m) = mount("fuse_open_handle_is_pinned_then_stale") else {
-        return;
-    };
-    m.put("PIN", 1, b"version-one");
-    m.put("GONE", 1, b"to-be-revoked");
-    let mut pinned = std::fs::File::open(m.file("PIN")).unwrap();
-    let mut revoked_fd = std::fs::File::open(m.file("GONE")).unwrap();
-    let mut first = [0u8; 8];
-    pinned.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"version-");
-
-    // Rotate with a short grace: the open fd still reads v1, a new open reads v2.
-    m.apply(vec![active(
-        "PIN",
-        2,
-        b"version-two-longer",
-        Some((1, b"version-one", Duration::from_millis(300))),
-    )]);
-    let mut rest = Vec::new();
-    pinned.read_to_end(&mut rest).unwrap();
-    assert_eq!(rest, b"one");
-    assert_eq!(std::fs::read(m.file("PIN")).unwrap(), b"version-two-longer");
-
-    // After the grace, the old handle is stale.
-    wait_for("grace of PIN v1 over", || {
-        std::fs::metadata(m.previous("PIN")).is_err()
-    });
-    let mut buf = [0u8; 4];
-    let e = std::os::unix::fs::FileExt::read_at(&pinned, &mut buf, 0).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
-
-    // Revoke: the file vanishes at once, the open handle is stale at once.
-    let md_before = std::fs::metadata(m.file("GONE")).unwrap();
-    assert_eq!(md_before.len(), 13);
-    m.apply(vec![revoked("GONE", 2)]);
-    assert_eq!(errno(std::fs::metadata(m.file("GONE"))), libc::ENOENT);
-    assert_eq!(errno(std::fs::File::open(m.file("GONE"))), libc::ENOENT);
-    let mut b = Vec::new();
-    assert_eq!(errno(revoked_fd.read_to_end(&mut b)), libc::ESTALE);
-    let names: Vec<String> = std::fs::read_dir(&m.path)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(!names.contains(&"GONE".to_string()));
-    // A revoked name may come back with a new version.
-    m.put("GONE", 3, b"back");
-    assert_eq!(std::fs::read(m.file("GONE")).unwrap(), b"back");
-}
+// Pinned handles, grace and revoke on each read path: `tests/fuse_read_paths.rs`.
 
 /// `.env` and `.env.sh` through the mount: the bytes `dotenv::render` gives, read by the real
 /// parsers (python-dotenv, Node's dotenv, bash and dash) as docs/fuse.md promises.

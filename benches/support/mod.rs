@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod floor_fs;
 pub mod longpoll;
+pub mod reader;
 pub mod report;
 pub mod sdk;
 pub mod uds;

@@ -89,6 +89,99 @@ impl Samples {
     }
 }
 
+/// `FYVAULT_BENCH_QUICK=1` (`scripts/bench --quick`): fewer and shorter rounds.
+pub fn quick() -> bool {
+    std::env::var("FYVAULT_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// The load average now (1, 5, 15 minutes), as `/proc/loadavg` shows it.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// One row of the table `scripts/bench` prints: what was measured, fyvault's figure, the floor
+/// measured in the same run, their ratio, the target and whether it is met (None: no target).
+#[derive(Debug, Clone)]
+pub struct SummaryRow {
+    pub what: String,
+    pub fyvault: String,
+    pub floor: String,
+    pub ratio: String,
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+impl SummaryRow {
+    pub fn new(what: impl Into<String>, fyvault: impl Into<String>) -> Self {
+        SummaryRow {
+            what: what.into(),
+            fyvault: fyvault.into(),
+            floor: String::new(),
+            ratio: String::new(),
+            target: String::new(),
+            met: None,
+        }
+    }
+
+    pub fn floor(mut self, floor: impl Into<String>, ratio: f64) -> Self {
+        self.floor = floor.into();
+        self.ratio = format!("{ratio:.1}×");
+        self
+    }
+
+    pub fn target(mut self, target: impl Into<String>, met: bool) -> Self {
+        self.target = target.into();
+        self.met = Some(met);
+        self
+    }
+}
+
+/// Prints `rows` as the benchmark's summary and stores them in the report (`summary`), where
+/// `scripts/bench` collects them into one table.
+pub fn summarize(report: &mut Report, rows: &[SummaryRow]) {
+    let mut t = Table::new(
+        &format!("summary (load average at the end: {})", loadavg()),
+        &[
+            "what",
+            "fyvault",
+            "floor, same run",
+            "ratio",
+            "target",
+            "met",
+        ],
+    );
+    for r in rows {
+        t.row(vec![
+            r.what.clone(),
+            r.fyvault.clone(),
+            r.floor.clone(),
+            r.ratio.clone(),
+            r.target.clone(),
+            match r.met {
+                Some(true) => "met".into(),
+                Some(false) => "NOT met".into(),
+                None => String::new(),
+            },
+        ]);
+    }
+    t.print();
+    report.set(
+        "summary",
+        Value::Array(
+            rows.iter()
+                .map(|r| {
+                    json!({"what": r.what, "fyvault": r.fyvault, "floor": r.floor,
+                           "ratio": r.ratio, "target": r.target, "met": r.met})
+                })
+                .collect(),
+        ),
+    );
+    report.set("loadavg_at_end", json!(loadavg()));
+    report.set("quick", json!(quick()));
+}
+
 /// Microseconds with two decimals (for JSON).
 pub fn us(d: Duration) -> f64 {
     (d.as_nanos() as f64 / 10.0).round() / 100.0

@@ -356,10 +356,21 @@ impl World {
 
     /// An agent config in `dir` (socket, mount, state), FUSE on or off.
     pub fn agent_config(&self, dir: &Path, fuse: bool, sync_wait: u64) -> PathBuf {
+        self.agent_config_with(dir, fuse, sync_wait, "")
+    }
+
+    /// [`agent_config`](Self::agent_config) with more top-level `key = value` lines.
+    pub fn agent_config_with(
+        &self,
+        dir: &Path,
+        fuse: bool,
+        sync_wait: u64,
+        extra: &str,
+    ) -> PathBuf {
         let text = format!(
             "vault_url = \"{}\"\norg_id = \"{}\"\nenvironment = \"{}\"\n\
              token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\nmount = \"{}\"\n\
-             fuse = {fuse}\nstate_dir = \"{}\"\nsync_wait_seconds = {sync_wait}\ngroup = \"\"\n",
+             fuse = {fuse}\nstate_dir = \"{}\"\nsync_wait_seconds = {sync_wait}\ngroup = \"\"\n{extra}",
             self.url,
             self.org,
             self.env,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::agent::access::{Glob, Policy, Rule};
+use crate::agent::fs::ReadPathChoice;
 
 mod delivery;
 mod error;
@@ -46,6 +47,11 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// The FUSE mount point; `None` when `fuse = false`.
     pub mount: Option<PathBuf>,
+    /// How secret files' bytes reach readers (`fuse_read_path`: `auto`, `passthrough`,
+    /// `direct_io`; see `fs::passthrough`).
+    pub fuse_read_path: ReadPathChoice,
+    /// FUSE worker threads (`fuse_threads`, 1 to 64; default `mount::FUSE_THREADS`).
+    pub fuse_threads: usize,
     pub state_dir: PathBuf,
     /// Caps how long a previous version stays readable after a rotation (the vault's grace is
     /// used when shorter). `Some(0)`: previous versions are never served.
@@ -131,6 +137,10 @@ struct RawConfig {
     mount: PathBuf,
     #[serde(default = "default_true")]
     fuse: bool,
+    #[serde(default)]
+    fuse_read_path: ReadPathChoice,
+    #[serde(default)]
+    fuse_threads: Option<usize>,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
@@ -318,6 +328,11 @@ impl Validator {
                 ));
             }
         };
+        let fuse_threads = match raw.fuse_threads {
+            None => crate::agent::mount::FUSE_THREADS,
+            Some(n) if (1..=64).contains(&n) => n,
+            Some(n) => return Err(self.err("fuse_threads", format!("{n} is not between 1 and 64"))),
+        };
         let group = self.group(&raw.group)?;
         let mut rules = Vec::new();
         for (i, r) in raw.access.rule.into_iter().enumerate() {
@@ -332,6 +347,8 @@ impl Validator {
             key_file: raw.key_file,
             socket: raw.socket,
             mount: raw.fuse.then_some(raw.mount),
+            fuse_read_path: raw.fuse_read_path,
+            fuse_threads,
             state_dir: raw.state_dir,
             grace_cap,
             sync_wait: Duration::from_secs(sync_wait),

@@ -14,9 +14,12 @@
 //!
 //! Access is decided by the policy in `open` and `access` (the mount has no
 //! `default_permissions`, so the kernel does not judge by mode bits and every refusal reaches
-//! us, is answered EACCES and goes to the audit hook). Open files are pinned view handles served
-//! with `FOPEN_DIRECT_IO`, so no plaintext enters the page cache and every `read` asks the view
-//! (which answers ESTALE once the pinned version's grace ended or the secret was revoked).
+//! us, is answered EACCES and goes to the audit hook). Open files are pinned view handles. A
+//! secret file's bytes reach the reader on the mount's read path (see [`passthrough`]): FUSE
+//! passthrough to a locked memfd of the opened version where the kernel offers it (the kernel
+//! reads it without asking us), else `FOPEN_DIRECT_IO`, where every `read` asks the view (which
+//! answers ESTALE once the pinned version's grace ended or the secret was revoked). `.env` and
+//! `.env.sh` are always direct I/O (their content depends on the caller).
 //!
 //! ## Who learns what
 //! Every lookup, stat, access check and open of a secret asks the read gate
@@ -31,21 +34,23 @@
 //!
 //! ## Requests per read
 //! `open` + `read` + `close` costs OPEN, READ and (asynchronously, after `close` returned)
-//! RELEASE. FLUSH is not wanted: files are opened with `FOPEN_NOFLUSH`, and `flush` answers
+//! RELEASE with direct I/O; OPEN and RELEASE with passthrough. FLUSH is not wanted: files are opened with `FOPEN_NOFLUSH`, and `flush` answers
 //! ENOSYS, which makes kernels without `FOPEN_NOFLUSH` stop sending it.
 
 mod attrs;
 mod inodes;
+mod memfd;
+mod passthrough;
 
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, IoctlFlags, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::agent::access::Caller;
@@ -60,6 +65,7 @@ pub use inodes::{
     DOTENV, DOTENV_NAME, DOTENV_SH, DOTENV_SH_NAME, Inodes, Node, PREVIOUS_DIR, PREVIOUS_DIR_NAME,
     ROOT,
 };
+pub use passthrough::{Backings, ReadPath, ReadPathChoice};
 
 /// The filesystem handed to fuser. Cheap to share: the state and the inode table are `Arc`s.
 #[derive(Debug)]
@@ -68,15 +74,37 @@ pub struct SecretFs {
     inodes: Arc<Inodes>,
     /// Shown as the directories' times.
     mounted_at: SystemTime,
+    read: ReadSetup,
+}
+
+/// What a mount shares with its filesystem about the read path.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSetup {
+    /// What to ask for at the handshake.
+    pub choice: ReadPathChoice,
+    /// The read path in use, set at the handshake.
+    pub in_use: Arc<OnceLock<ReadPath>>,
+    /// Passthrough's memfds (the mount's invalidator wipes those the view stopped serving).
+    pub backings: Arc<Backings>,
 }
 
 impl SecretFs {
-    pub fn new(state: Arc<AgentState>, inodes: Arc<Inodes>) -> Self {
+    pub fn new(state: Arc<AgentState>, inodes: Arc<Inodes>, read: ReadSetup) -> Self {
         SecretFs {
             state,
             inodes,
             mounted_at: SystemTime::now(),
+            read,
         }
+    }
+
+    /// The read path in use (direct I/O until the handshake chose).
+    fn read_path(&self) -> ReadPath {
+        self.read
+            .in_use
+            .get()
+            .copied()
+            .unwrap_or(ReadPath::DirectIo)
     }
 
     fn caller(&self, req: &Request) -> Arc<Caller> {
@@ -88,14 +116,28 @@ impl SecretFs {
         ReadRequest::new(caller, AccessVia::Fuse, name).which(which)
     }
 
-    fn open_secret(&self, req: &Request, name: &str, which: Which) -> Result<u64, Errno> {
+    /// Opens inode `ino` (`name` as `which`): the handle and the version it pins.
+    fn open_secret(
+        &self,
+        req: &Request,
+        ino: u64,
+        name: &str,
+        which: Which,
+    ) -> Result<(u64, u64), Errno> {
         let caller = self.caller(req);
-        let (fh, _meta) = self
+        let (fh, meta) = self
             .state
             .gate()
             .open(&Self::ask(&caller, name, which))
             .map_err(errno)?;
-        Ok(fh)
+        if !Inodes::is_version(ino, meta.version) {
+            // The kernel's entry still named an older version's inode (a rotation raced the
+            // lookup): ESTALE makes it look the name up again and retry the open once. Rare;
+            // the gate has recorded this open, so such a retry counts twice.
+            self.state.view.close(fh);
+            return Err(Errno::ESTALE);
+        }
+        Ok((fh, meta.version))
     }
 
     fn open_dotenv(&self, req: &Request, form: Form) -> u64 {
@@ -123,6 +165,13 @@ pub(crate) fn errno(r: Refusal) -> Errno {
 }
 
 impl Filesystem for SecretFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let path = passthrough::negotiate(self.read.choice, config)?;
+        // Set once per filesystem: the handshake runs once.
+        let _ = self.read.in_use.set(path);
+        Ok(())
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.resolve(req, parent.0, name) {
             Ok((attr, attr_ttl, entry_ttl)) => {
@@ -149,7 +198,12 @@ impl Filesystem for SecretFs {
             None => Err(Errno::ENOENT),
             Some(Node::Root | Node::PreviousDir) => Err(Errno::EISDIR),
             Some(Node::DotEnv(form)) => Ok(self.open_dotenv(req, form)),
-            Some(Node::Secret(name, which)) => self.open_secret(req, &name, which),
+            Some(Node::Secret(name, which)) => match self.open_secret(req, ino.0, &name, which) {
+                Ok((fh, version)) => {
+                    return self.reply_secret_opened(fh, &name, which, version, reply);
+                }
+                Err(e) => Err(e),
+            },
             Some(Node::Template(name)) => self
                 .state
                 .gate()
@@ -195,6 +249,7 @@ impl Filesystem for SecretFs {
         reply: ReplyEmpty,
     ) {
         self.state.view.close(fh.0);
+        self.read.backings.release(fh.0);
         reply.ok();
     }
 
@@ -288,7 +343,9 @@ impl Filesystem for SecretFs {
             fixed.push((DOTENV_SH, FileType::RegularFile, DOTENV_SH_NAME));
             // Templates (a handful) after the fixed entries, before the secrets.
             for t in delivery.templates.names() {
-                fixed.push((self.inodes.intern(t, which), FileType::RegularFile, t));
+                if let Some(ino) = self.inodes.intern(t, which, 0) {
+                    fixed.push((ino, FileType::RegularFile, t));
+                }
             }
         }
         for (i, (fino, kind, name)) in fixed.iter().enumerate().skip(skip) {
@@ -301,8 +358,10 @@ impl Filesystem for SecretFs {
         let mut next = skip.max(first);
         self.state
             .view
-            .each_name(which, skip.saturating_sub(first), |name| {
-                let ino = self.inodes.intern(name, which);
+            .each_name(which, skip.saturating_sub(first), |name, version| {
+                let Some(ino) = self.inodes.intern(name, which, version) else {
+                    return true;
+                };
                 next += 1;
                 reply.add(INodeNo(ino), next as u64, FileType::RegularFile, name)
             });

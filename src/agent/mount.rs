@@ -28,10 +28,12 @@ use std::ffi::OsStr;
 use fuser::{BackgroundSession, Config, INodeNo, Notifier, Session, SessionACL};
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::agent::fs::{Inodes, PREVIOUS_DIR, ROOT, SecretFs};
+use crate::agent::fs::{
+    Backings, Inodes, PREVIOUS_DIR, ROOT, ReadPath, ReadPathChoice, ReadSetup, SecretFs,
+};
 use crate::agent::secret_view::Invalidate;
 use crate::agent::state::AgentState;
-use crate::agent::view::{Change, Which};
+use crate::agent::view::Change;
 
 /// FUSE worker threads serving requests.
 pub const FUSE_THREADS: usize = 4;
@@ -100,13 +102,38 @@ pub struct Mounted {
     /// The state and the id of our cache invalidator in it (removed on detach).
     invalidator: Option<(Arc<AgentState>, u64)>,
     detached: bool,
+    /// How secret files' bytes reach readers (chosen at the handshake).
+    read_path: ReadPath,
+    /// Passthrough's memfds: wiped when the mount is dropped, because a reader's open handle
+    /// keeps its memfd alive (and readable) even after the agent's process is gone.
+    backings: Arc<Backings>,
 }
 
 impl Mounted {
     /// Prepares `path` and mounts the filesystem there, serving `state`. Blocking (a few
     /// syscalls and the FUSE handshake); safe to call from `tokio::task::spawn_blocking`.
     pub fn start(path: impl Into<PathBuf>, state: Arc<AgentState>) -> Result<Mounted, MountError> {
-        Self::start_with_threads(path, state, FUSE_THREADS)
+        Self::start_with_read_path(path, state, ReadPathChoice::Auto)
+    }
+
+    /// [`start`](Self::start) with the read path chosen by `choice` (`fuse_read_path`).
+    pub fn start_with_read_path(
+        path: impl Into<PathBuf>,
+        state: Arc<AgentState>,
+        choice: ReadPathChoice,
+    ) -> Result<Mounted, MountError> {
+        Self::start_configured(path, state, choice, FUSE_THREADS)
+    }
+
+    /// [`start`](Self::start) with the read path `choice` and `threads` FUSE worker threads
+    /// (`fuse_read_path`, `fuse_threads`).
+    pub fn start_configured(
+        path: impl Into<PathBuf>,
+        state: Arc<AgentState>,
+        choice: ReadPathChoice,
+        threads: usize,
+    ) -> Result<Mounted, MountError> {
+        Self::start_inner(path.into(), state, threads, KernelReadOnly::Yes, choice)
     }
 
     /// [`start`](Self::start) with `threads` FUSE worker threads (at least 1; benchmarks).
@@ -115,7 +142,13 @@ impl Mounted {
         state: Arc<AgentState>,
         threads: usize,
     ) -> Result<Mounted, MountError> {
-        Self::start_inner(path.into(), state, threads, KernelReadOnly::Yes)
+        Self::start_inner(
+            path.into(),
+            state,
+            threads,
+            KernelReadOnly::Yes,
+            ReadPathChoice::Auto,
+        )
     }
 
     /// Mounts WITHOUT the kernel's read-only flag: the kernel then forwards every write-type
@@ -126,7 +159,13 @@ impl Mounted {
         path: impl Into<PathBuf>,
         state: Arc<AgentState>,
     ) -> Result<Mounted, MountError> {
-        Self::start_inner(path.into(), state, FUSE_THREADS, KernelReadOnly::No)
+        Self::start_inner(
+            path.into(),
+            state,
+            FUSE_THREADS,
+            KernelReadOnly::No,
+            ReadPathChoice::Auto,
+        )
     }
 
     fn start_inner(
@@ -134,6 +173,7 @@ impl Mounted {
         state: Arc<AgentState>,
         threads: usize,
         read_only: KernelReadOnly,
+        choice: ReadPathChoice,
     ) -> Result<Mounted, MountError> {
         prepare_mountpoint(&path)?;
         let dev_fuse = OpenOptions::new()
@@ -152,13 +192,21 @@ impl Mounted {
             session: None,
             invalidator: None,
             detached: false,
+            read_path: ReadPath::DirectIo,
+            backings: Arc::default(),
         };
         let session_err = |path: &Path| {
             let path = path.to_owned();
             move |source| MountError::Session { path, source }
         };
         let inodes = Arc::new(Inodes::new());
-        let fs = SecretFs::new(state.clone(), inodes.clone());
+        let read = ReadSetup {
+            choice,
+            ..ReadSetup::default()
+        };
+        let (in_use, backings) = (read.in_use.clone(), read.backings.clone());
+        mounted.backings = backings.clone();
+        let fs = SecretFs::new(state.clone(), inodes.clone(), read);
         let mut config = Config::default();
         config.n_threads = Some(threads.max(1));
         config.acl = SessionACL::All;
@@ -166,23 +214,38 @@ impl Mounted {
         let session = Session::from_fd(fs, fd, SessionACL::All, config)
             .map_err(session_err(&mounted.path))?;
         let notifier = session.notifier();
+        mounted.read_path = in_use.get().copied().unwrap_or(ReadPath::DirectIo);
         mounted.session = Some(session.spawn().map_err(session_err(&mounted.path))?);
         mounted.dev = Some(
             std::fs::metadata(&mounted.path)
                 .map_err(session_err(&mounted.path))?
                 .dev(),
         );
-        let id = state
-            .view
-            .add_invalidator(Arc::new(move |what| invalidate(&notifier, &inodes, what)));
+        let view = Arc::downgrade(&state);
+        let id = state.view.add_invalidator(Arc::new(move |what| {
+            invalidate(&notifier, &inodes, what);
+            if let Some(state) = view.upgrade() {
+                wipe_unserved(&backings, &state);
+            }
+        }));
         mounted.invalidator = Some((state, id));
-        tracing::info!(path = %mounted.path.display(), "fuse: mounted");
+        tracing::info!(
+            path = %mounted.path.display(),
+            read_path = mounted.read_path.as_str(),
+            threads,
+            "fuse: mounted"
+        );
         Ok(mounted)
     }
 
     /// Where the filesystem is mounted.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How secret files' bytes reach readers on this mount.
+    pub fn read_path(&self) -> ReadPath {
+        self.read_path
     }
 
     /// Detaches the mount lazily now: the path stops showing the secrets at once (and leaves
@@ -258,9 +321,11 @@ impl Mounted {
 }
 
 impl Drop for Mounted {
-    /// Detaches if not shut down; does not wait for readers.
+    /// Detaches if not shut down; does not wait for readers. Wipes passthrough's memfds: from
+    /// here on no handle reads a value (the agent is about to stop serving).
     fn drop(&mut self) {
         self.detach();
+        self.backings.wipe_all();
     }
 }
 
@@ -408,18 +473,17 @@ pub fn unescape_mountinfo(s: &str) -> String {
 fn invalidate(notifier: &Notifier, inodes: &Inodes, what: Invalidate<'_>) {
     match what {
         Invalidate::All => {
+            // Only the directories' attributes are cached (secret files' never are).
             for ino in [ROOT, PREVIOUS_DIR] {
                 inval_attrs(notifier, ino);
-            }
-            for name in inodes.all_names() {
-                invalidate_name(notifier, inodes, &name, false, false);
             }
         }
         Invalidate::Changes(changes) => {
             for change in changes {
                 let (root_entry, previous_entry) = match change {
                     Change::Added { .. } => (true, false),
-                    Change::Rotated { .. } => (false, true),
+                    // `/NAME` now names the new version's inode.
+                    Change::Rotated { .. } => (true, true),
                     Change::Revoked { .. } => (true, true),
                     Change::PreviousExpired { .. } => (false, true),
                     Change::RefusedRollback { .. } => continue,
@@ -443,20 +507,24 @@ fn invalidate_name(
     root_entry: bool,
     previous_entry: bool,
 ) {
-    // `.env`'s attributes are never cached (FILE_ATTR_TTL of `.env` is 0): nothing to drop.
-    let (Some(cur), Some(prev)) = (
-        inodes.get(name, Which::Current),
-        inodes.get(name, Which::Previous),
-    ) else {
+    // Secret files' attributes are never cached (FILE_ATTR_TTL is 0) and every version has an
+    // inode of its own: only the name entries can hold an old state.
+    if !inodes.known(name) {
         return; // never looked up: the kernel holds nothing for it
-    };
-    inval_attrs(notifier, cur);
-    inval_attrs(notifier, prev);
+    }
     if root_entry {
         let _ = notifier.inval_entry(INodeNo(ROOT), OsStr::new(name));
     }
     if previous_entry {
         let _ = notifier.inval_entry(INodeNo(PREVIOUS_DIR), OsStr::new(name));
+    }
+}
+
+/// Passthrough: wipes the memfd of every version the view stopped serving, before the change
+/// returns (see `fs::passthrough`).
+fn wipe_unserved(backings: &Backings, state: &AgentState) {
+    if !backings.is_empty() {
+        backings.retain_readable(&state.view);
     }
 }
 

@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 use crate::agent::audit::{AuditConfig, AuditError, Auditor};
 use crate::agent::cache;
 use crate::agent::config::AgentConfig;
+use crate::agent::fs::ReadPathChoice;
 use crate::agent::hygiene::{self, MlockStatus};
 use crate::agent::mount::{MountError, Mounted};
 use crate::agent::ship::VaultUplink;
@@ -295,6 +296,7 @@ fn start_auditor(
 /// leaves the agent serving the socket only and says why in the health.
 async fn start_mount(
     path: Option<&Path>,
+    (read_path, threads): (ReadPathChoice, usize),
     state: &Arc<AgentState>,
     info: &RunInfo,
     optional: bool,
@@ -304,18 +306,20 @@ async fn start_mount(
             path: None,
             state: "off".into(),
             reason: None,
+            read_path: None,
         });
         return Ok(None);
     };
     let (p, st) = (path.to_owned(), state.clone());
-    let result = tokio::task::spawn_blocking(move || Mounted::start(p, st))
-        .await
-        .unwrap_or_else(|e| {
-            Err(MountError::Session {
-                path: path.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        });
+    let result =
+        tokio::task::spawn_blocking(move || Mounted::start_configured(p, st, read_path, threads))
+            .await
+            .unwrap_or_else(|e| {
+                Err(MountError::Session {
+                    path: path.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
     let shown = Some(path.display().to_string());
     match result {
         Ok(m) => {
@@ -323,6 +327,7 @@ async fn start_mount(
                 path: shown,
                 state: "mounted".into(),
                 reason: None,
+                read_path: Some(m.read_path().as_str().into()),
             });
             Ok(Some(m))
         }
@@ -342,6 +347,7 @@ async fn start_mount(
                 path: shown,
                 state: "unavailable".into(),
                 reason: Some(reason),
+                read_path: None,
             });
             Ok(None)
         }
@@ -494,6 +500,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let mount = start_mount(
         config.mount.as_deref(),
+        (config.fuse_read_path, config.fuse_threads),
         &state,
         &info,
         options.mount_optional,
@@ -608,6 +615,7 @@ impl Agent {
                 path: Some(path.display().to_string()),
                 state: "detached".into(),
                 reason: None,
+                read_path: Some(m.read_path().as_str().into()),
             });
             match tokio::task::spawn_blocking(move || m.shutdown_timeout(MOUNT_GRACE)).await {
                 Ok(Ok(())) => tracing::info!("{} unmounted", path.display()),

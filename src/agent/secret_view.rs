@@ -298,16 +298,16 @@ impl SecretView {
             .collect()
     }
 
-    /// Calls `f` on each name of the current (or in-grace previous) secrets in name order,
-    /// after skipping `skip`, until `f` returns true (a full directory reply).
-    pub fn each_name(&self, which: Which, skip: usize, mut f: impl FnMut(&str) -> bool) {
+    /// Calls `f` on each (name, version) of the current (or in-grace previous) secrets in name
+    /// order, after skipping `skip`, until `f` returns true (a full directory reply).
+    pub fn each_name(&self, which: Which, skip: usize, mut f: impl FnMut(&str, u64) -> bool) {
         let view = self.read_lock();
-        let names: Box<dyn Iterator<Item = &str>> = match which {
-            Which::Current => Box::new(view.list().map(|(n, _)| n)),
-            Which::Previous => Box::new(view.list_previous(Instant::now()).map(|(n, _)| n)),
+        let names: Box<dyn Iterator<Item = (&str, Meta)>> = match which {
+            Which::Current => Box::new(view.list()),
+            Which::Previous => Box::new(view.list_previous(Instant::now())),
         };
-        for name in names.skip(skip) {
-            if f(name) {
+        for (name, meta) in names.skip(skip) {
+            if f(name, meta.version) {
                 break;
             }
         }

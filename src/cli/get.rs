@@ -255,7 +255,10 @@ fn mount_line(m: &MountHealth) -> String {
     match (m.state.as_str(), &m.reason) {
         ("off", _) => "mount: off (fuse = false)".to_owned(),
         (state, Some(reason)) => format!("mount: {path} {state}: {reason}"),
-        (state, None) => format!("mount: {path} ({state})"),
+        (state, None) => match &m.read_path {
+            Some(read) => format!("mount: {path} ({state}, {read})"),
+            None => format!("mount: {path} ({state})"),
+        },
     }
 }
 
@@ -339,12 +342,19 @@ mod tests {
             path: Some("/run/fyvault".into()),
             state: "mounted".into(),
             reason: None,
+            read_path: None,
         };
         assert_eq!(mount_line(&m), "mount: /run/fyvault (mounted)");
+        let m = MountHealth {
+            read_path: Some("passthrough".into()),
+            ..m
+        };
+        assert_eq!(mount_line(&m), "mount: /run/fyvault (mounted, passthrough)");
         let m = MountHealth {
             path: Some("/x".into()),
             state: "unavailable".into(),
             reason: Some("no /dev/fuse".into()),
+            read_path: None,
         };
         assert_eq!(mount_line(&m), "mount: /x unavailable: no /dev/fuse");
     }

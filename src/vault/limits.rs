@@ -102,6 +102,9 @@ pub struct Admission {
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     pub long_polls: Arc<Semaphore>,
+    /// The most connections open at once since [`Admission::take_peak`] last read it (a fleet
+    /// that comes and goes between two looks of the heap trim is still seen).
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl Admission {
@@ -111,7 +114,24 @@ impl Admission {
             connections: permits(limits.max_connections),
             long_polls: permits(limits.max_long_polls),
             limits,
+            peak: Default::default(),
         }
+    }
+
+    /// Records the connections open now (called as each one is admitted).
+    pub fn note_open(&self) {
+        self.peak.fetch_max(
+            self.open_connections(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The peak since the last call, then restarts it from the connections open now.
+    pub fn take_peak(&self) -> usize {
+        let now = self.open_connections();
+        self.peak
+            .swap(now, std::sync::atomic::Ordering::Relaxed)
+            .max(now)
     }
 
     /// Connections open now.

@@ -188,6 +188,7 @@ pub async fn accept_loop(
             refuse(stream, peer, &refusals);
             continue;
         };
+        admission.note_open();
         let ctx = Conn {
             builder: builder.clone(),
             app: app.clone(),

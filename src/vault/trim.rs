@@ -3,7 +3,9 @@
 //! Thousands of connections leave thousands of small freed blocks spread over the allocator's
 //! arenas; glibc's `free` returns memory to the system only from the top of a heap, so without
 //! help the vault keeps its peak resident size after the agents go. When the open connections
-//! have fallen to half of their peak (and the peak was a fleet, not a handful), the vault asks
+//! have fallen to half of their peak (and the peak was a fleet, not a handful; the peak is
+//! recorded as connections are admitted, so a fleet that came and went between two looks
+//! counts), the vault asks
 //! the allocator to release every free page (`malloc_trim(0)`, which also `madvise`s free pages
 //! inside the arenas). Measured in `benches/fleet.rs` (docs/performance.md).
 
@@ -27,8 +29,9 @@ struct Trigger {
 }
 
 impl Trigger {
-    fn observe(&mut self, open: usize) -> bool {
-        self.peak = self.peak.max(open);
+    /// `open`: connections open now; `peak`: the most open at once since the last look.
+    fn observe(&mut self, open: usize, peak: usize) -> bool {
+        self.peak = self.peak.max(open).max(peak);
         if self.peak >= MIN_PEAK && open <= self.peak / 2 {
             self.peak = open;
             return true;
@@ -75,7 +78,8 @@ pub fn spawn(admission: Arc<Admission>, shutdown: watch::Receiver<bool>) {
                 _ = tick.tick() => {}
                 _ = crate::vault::stopped(shutdown.clone()) => return,
             }
-            if trigger.observe(admission.open_connections()) {
+            let peak = admission.take_peak();
+            if trigger.observe(admission.open_connections(), peak) {
                 let started = std::time::Instant::now();
                 let _ = tokio::task::spawn_blocking(release_free_memory).await;
                 tracing::debug!(
@@ -95,16 +99,20 @@ mod tests {
     fn trims_once_after_a_fleet_halves_not_for_small_numbers() {
         let mut t = Trigger::default();
         assert!(
-            !(0..200).any(|n| t.observe(n)),
+            !(0..200).any(|n| t.observe(n, n)),
             "a handful is never trimmed"
         );
-        assert!(!t.observe(10));
-        assert!(!t.observe(15_000));
-        assert!(!t.observe(8_000));
-        assert!(t.observe(7_000), "half of the peak: trim");
-        assert!(!t.observe(6_000), "once per drop");
-        assert!(!t.observe(4_000));
-        assert!(t.observe(10), "the new peak (7,000) halved again");
+        assert!(!t.observe(10, 10));
+        assert!(!t.observe(15_000, 15_000));
+        assert!(!t.observe(8_000, 8_000));
+        assert!(t.observe(7_000, 7_000), "half of the peak: trim");
+        assert!(!t.observe(6_000, 6_000), "once per drop");
+        assert!(!t.observe(4_000, 4_000));
+        assert!(t.observe(10, 10), "the new peak (7,000) halved again");
+        // A fleet that came and went between two looks is still trimmed after.
+        let mut t = Trigger::default();
+        assert!(!t.observe(3, 3));
+        assert!(t.observe(2, 1_000));
         release_free_memory();
         if let Some((in_use, held)) = heap_usage() {
             assert!(in_use > 0 && held >= in_use, "{in_use} {held}");

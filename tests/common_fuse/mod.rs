@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fyvault::agent::access::Policy;
 use fyvault::agent::audit::Auditor;
+use fyvault::agent::fs::{ReadPath, ReadPathChoice};
 use fyvault::agent::mount::Mounted;
 use fyvault::agent::state::AgentState;
 use fyvault::agent::view::{Update, UpdateState};
@@ -88,6 +89,26 @@ impl TestMount {
         Self::with(policy, |path, state| Mounted::start(path, state))
     }
 
+    /// A mount on the read path `read` (`fuse_read_path`), or None (printing why) when this
+    /// kernel cannot mount it (passthrough before Linux 6.9).
+    pub fn with_read_path(policy: Policy, read: ReadPathChoice) -> Option<TestMount> {
+        let mut failed = None;
+        let m = Self::try_with(policy, |path, state| {
+            Mounted::start_with_read_path(path, state, read)
+                .inspect_err(|e| failed = Some(e.to_string()))
+                .ok()
+        });
+        if let Some(e) = failed {
+            eprintln!("no {read:?} mount on this kernel: {e}");
+        }
+        m
+    }
+
+    /// The read path this mount uses.
+    pub fn read_path(&self) -> ReadPath {
+        self.mounted.as_ref().expect("mounted").read_path()
+    }
+
     /// A mount without the kernel's read-only flag: write-type operations reach the
     /// filesystem, which must refuse them by itself.
     pub fn kernel_writable(policy: Policy) -> TestMount {
@@ -100,6 +121,13 @@ impl TestMount {
         policy: Policy,
         mount: impl FnOnce(&Path, Arc<AgentState>) -> Result<Mounted, fyvault::agent::mount::MountError>,
     ) -> TestMount {
+        Self::try_with(policy, |p, s| Some(mount(p, s).expect("mount"))).expect("mount")
+    }
+
+    fn try_with(
+        policy: Policy,
+        mount: impl FnOnce(&Path, Arc<AgentState>) -> Option<Mounted>,
+    ) -> Option<TestMount> {
         capture_logs();
         let dir = tempfile::Builder::new()
             .prefix("fyvault-fuse-")
@@ -118,15 +146,18 @@ impl TestMount {
             .build()
             .unwrap();
         rt.spawn(state.clone().run_expiry());
-        let mounted = mount(&path, state.clone()).expect("mount");
-        TestMount {
+        let Some(mounted) = mount(&path, state.clone()) else {
+            rt.shutdown_background();
+            return None;
+        };
+        Some(TestMount {
             state,
             path,
             mounted: Some(mounted),
             revision: AtomicU64::new(0),
             rt: Some(rt),
             _dir: dir,
-        }
+        })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -188,7 +188,10 @@ impl SecretFs {
                 .ok()
                 .filter(|t| self.state.delivery().templates.get(t).is_some())
         {
-            let ino = self.inodes.intern(t, Which::Current);
+            let ino = self
+                .inodes
+                .intern(t, Which::Current, 0)
+                .ok_or(Errno::ENOSPC)?;
             let attr = self.template_attr(&self.caller(req), ino, t)?;
             return Ok((attr, FILE_ATTR_TTL, ENTRY_TTL));
         }
@@ -211,7 +214,10 @@ impl SecretFs {
             .gate()
             .lookup(&Self::ask(&caller, name, which))
             .map_err(super::errno)?;
-        let ino = self.inodes.intern(name, which);
+        let ino = self
+            .inodes
+            .intern(name, which, meta.version)
+            .ok_or(Errno::ENOSPC)?;
         Ok((
             self.meta_attr(ino, name, meta),
             FILE_ATTR_TTL,

@@ -103,6 +103,8 @@ fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
     check("ca_file", old.ca_file != new.ca_file);
     check("socket", old.socket != new.socket);
     check("mount/fuse", old.mount != new.mount);
+    check("fuse_read_path", old.fuse_read_path != new.fuse_read_path);
+    check("fuse_threads", old.fuse_threads != new.fuse_threads);
     check("state_dir", old.state_dir != new.state_dir);
     check("grace_seconds", old.grace_cap != new.grace_cap);
     check("sync_wait_seconds", old.sync_wait != new.sync_wait);

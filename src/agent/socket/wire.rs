@@ -106,6 +106,9 @@ pub struct MountHealth {
     /// Why it is `unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How secret files' bytes reach readers while mounted: `passthrough` or `direct_io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_path: Option<String>,
 }
 
 /// The data of every `/v1/events` event (`added`, `updated`, `rotated`, `revoked`, `expired`).

@@ -145,23 +145,41 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Include the allocator's heap counters (costly on a fragmented heap).
+    #[serde(default)]
+    heap: bool,
+}
+
 /// `GET /api/v1/admin/stats` (admin token): connections and long-polls held now, their caps,
 /// the shared sync reads made so far, and the token cache's entries, hits and misses.
 pub async fn stats(
     State(state): State<AppState>,
     Auth(p): Auth,
+    Q(q): Q<StatsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require_admin(&state).await?;
     let a = &state.admission;
     let (hits, misses) = state.tokens.hits_misses();
+    // Only when asked: glibc walks every free block of every arena under the arena's lock.
+    let heap = if q.heap {
+        tokio::task::spawn_blocking(crate::vault::trim::heap_usage)
+            .await
+            .ok()
+            .flatten()
+            .map(|(in_use, held)| serde_json::json!({"in_use_bytes": in_use, "held_bytes": held}))
+    } else {
+        None
+    };
     Ok(Json(serde_json::json!({
         "connections": a.open_connections(),
         "max_connections": a.limits.max_connections,
         "long_polls": a.parked_long_polls(),
         "max_long_polls": a.limits.max_long_polls,
         "shared_sync_reads": state.fanout.shared_reads(),
-        "heap": crate::vault::trim::heap_usage()
-            .map(|(in_use, held)| serde_json::json!({"in_use_bytes": in_use, "held_bytes": held})),
+        "heap": heap,
         "token_cache": {
             "entries": state.tokens.len(),
             "hits": hits,
