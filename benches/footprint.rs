@@ -14,6 +14,10 @@
 //! Listing: `opendir` + `readdir` to the end of the mount with N secrets, by the separate-process
 //! reader (`support/reader.c`), beside a tmpfs directory of N files in the same run.
 //! `FYVAULT_BENCH_QUICK=1`: one start per size instead of three.
+//!
+//! Then (issue 14) one user-vault secret with a value for each of 10,000 users
+//! (`FOOTPRINT_USERS`): ready time and RSS beside the fetch alone, and one user's rotation from
+//! the provider's call to the agent serving it, beside the provider's call alone.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -237,6 +241,10 @@ fn main() {
     println!(
         "reference (issue 7): AWS Secrets Manager Agent 13.5 MB RSS, about 50 ms to first answer"
     );
+    let n = users();
+    if n > 0 {
+        user_values(&rt, n);
+    }
     let mut report = Report::new("footprint");
     report.set("starts_per_size", json!(starts()));
     report.set("results", json!(rows));
@@ -271,4 +279,175 @@ fn print_smaps(pid: u32) {
     for (kb, what) in rows.iter().take(15) {
         eprintln!("  {kb:>7} kB  {what}");
     }
+}
+
+/// `FOOTPRINT_USERS=N` (default 10,000; 0 skips): the user-vault section's number of users.
+fn users() -> usize {
+    std::env::var("FOOTPRINT_USERS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// Issue 14: one user-vault secret with a value for each of `n` users. The agent keeps them
+/// sealed until read, so ready time and memory are measured against the fetch alone (the
+/// floor: `sync?since=0` in this process); then one user's rotation, from the provider's call
+/// to the agent serving it on the socket, beside the provider's call alone.
+fn user_values(rt: &tokio::runtime::Runtime, n: usize) {
+    const NAME: &str = "AI_KEY";
+    const ROTATIONS: usize = 10;
+    let world = rt.block_on(World::new());
+    let http = reqwest::Client::new();
+    rt.block_on(async {
+        world
+            .admin
+            .set_policy(
+                &world.org,
+                &world.env,
+                NAME,
+                fyvault::api::SecretPolicy::User,
+            )
+            .await
+            .unwrap();
+        use futures_util::StreamExt as _;
+        let t0 = Instant::now();
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let (w, http) = (&world, &http);
+                async move {
+                    w.write_user(
+                        http,
+                        NAME,
+                        &format!("user-{i}"),
+                        &support::world::value64(i as u64),
+                        false,
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<()>>()
+            .await;
+        eprintln!("{n} user values pushed in {}", fmt_dur(t0.elapsed()));
+    });
+    let (mut ready, mut fetch, mut rotation, mut floor) = (
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+        Samples::new(),
+    );
+    let (mut rss_ready, mut rss_idle) = (Vec::new(), Vec::new());
+    let mut sync_bytes = 0usize;
+    let starts = starts();
+    for start in 0..starts {
+        let t = Instant::now();
+        let full = rt
+            .block_on(world.agent_client.sync(&world.org, &world.env, 0, 0))
+            .unwrap();
+        fetch.push(t.elapsed());
+        assert_eq!(full.user_values.len(), n);
+        let dir = open_tempdir("fyvault-bench-fpu-");
+        let config = world.agent_config(dir.path(), true, 30);
+        let mut agent = AgentProc::start(dir.path(), &config, "warn");
+        let rss0 = rss_bytes(agent.pid()).expect("VmRSS");
+        ready.push(agent.ready_after);
+        std::thread::sleep(Duration::from_secs(1));
+        rss_ready.push(rss0);
+        rss_idle.push(rss_bytes(agent.pid()).expect("VmRSS"));
+        rt.block_on(async {
+            let mut tx = support::uds::connect(&agent.socket).await;
+            let health = support::uds::get_body(&mut tx, "/v1/health").await;
+            let h: serde_json::Value = serde_json::from_slice(&health).unwrap();
+            assert_eq!(h["user_values"], n, "every user value held at ready");
+            if start > 0 {
+                return;
+            }
+            // One user's rotation among n, ROTATIONS times: provider call → agent serves it.
+            for r in 0..ROTATIONS {
+                let user = format!("user-{}", (r * 997) % n);
+                let path = format!("/v1/secrets/{NAME}?user={user}");
+                let value = format!("rotated-{r}-{}", "x".repeat(40));
+                let before = world
+                    .agent_client
+                    .sync(&world.org, &world.env, 0, 0)
+                    .await
+                    .unwrap()
+                    .revision;
+                let t = Instant::now();
+                world
+                    .write_user(&http, NAME, &user, value.as_bytes(), true)
+                    .await;
+                floor.push(t.elapsed());
+                loop {
+                    let got = support::uds::get_body(&mut tx, &path).await;
+                    if got == value.as_bytes() {
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(30),
+                        "rotation never arrived"
+                    );
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                rotation.push(t.elapsed());
+                let delta = world
+                    .agent_client
+                    .sync(&world.org, &world.env, before, 0)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    delta.user_values.len(),
+                    1,
+                    "one user's rotation is one change"
+                );
+                sync_bytes = serde_json::to_vec(&delta).unwrap().len();
+            }
+        });
+        assert!(
+            agent.stop(),
+            "the agent stops cleanly: {}",
+            agent.log.lock().unwrap()
+        );
+    }
+    rss_ready.sort_unstable();
+    rss_idle.sort_unstable();
+    let mut t = Table::new(
+        "footprint: user-vault secret, one value per user (agent holds them sealed until read)",
+        &[
+            "user values",
+            "ready p50 (max)",
+            "floor: fetch full state",
+            "RSS at ready",
+            "RSS after 1 s",
+            "one user's rotation p50 (max)",
+            "floor: provider PATCH",
+            "delta answer",
+        ],
+    );
+    t.row(vec![
+        format!("{n}"),
+        format!("{} ({})", fmt_dur(ready.p50()), fmt_dur(ready.max())),
+        fmt_dur(fetch.p50()),
+        fmt_mb(rss_ready[starts / 2]),
+        fmt_mb(rss_idle[starts / 2]),
+        format!("{} ({})", fmt_dur(rotation.p50()), fmt_dur(rotation.max())),
+        fmt_dur(floor.p50()),
+        format!("{sync_bytes} B"),
+    ]);
+    t.print();
+    let mut report = Report::new("footprint_users");
+    report.set(
+        "results",
+        json!({
+            "user_values": n,
+            "ready_us": ready.json(),
+            "floor_fetch_us": fetch.json(),
+            "rss_at_ready_bytes": rss_ready,
+            "rss_after_1s_bytes": rss_idle,
+            "rotation_us": rotation.json(),
+            "floor_patch_us": floor.json(),
+            "delta_bytes": sync_bytes,
+        }),
+    );
+    report.write();
 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use support::report::print_header;
@@ -28,13 +27,7 @@ const POLL_EVERY: Duration = Duration::from_micros(100);
 const GIVE_UP: Duration = Duration::from_secs(30);
 
 async fn get(tx: &mut Sender, path: &str) -> Vec<u8> {
-    let resp = uds::get(tx, path).await;
-    resp.into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec()
+    uds::get_body(tx, path).await
 }
 
 /// What the poller is asked: watch for `value`, starting at `since` (the PATCH's return).

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::TokenKind;
 use crate::secret::Secret;
 
+mod users;
+pub use users::*;
+
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest secret value (plaintext bytes).
@@ -77,6 +80,9 @@ pub struct PushRequest {
     #[serde(default)]
     pub sealed_value: Option<String>,
     pub environment: String,
+    /// A user-vault secret: the value of this app user (`^[A-Za-z0-9._@-]{1,128}$`).
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// `PATCH …/providers/:id` body: a rotation.
@@ -91,6 +97,9 @@ pub struct RotateRequest {
     pub environment: String,
     #[serde(default)]
     pub grace_period_seconds: Option<u64>,
+    /// A user-vault secret: rotate this app user's value.
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// `DELETE …/providers/:id` body (or `?secret_name=`).
@@ -98,6 +107,9 @@ pub struct RotateRequest {
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     pub secret_name: String,
+    /// Revoke only this app user's value (without it: the secret, for everyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// 201 answer of push, 200 answer of rotate.
@@ -111,6 +123,9 @@ pub struct PushResponse {
     /// Set on rotations: until when the previous version stays readable (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version_expires_at: Option<String>,
+    /// Set when the value written is this app user's (user-vault secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// 200 answer of revoke.
@@ -119,6 +134,9 @@ pub struct RevokeResponse {
     pub secret_name: String,
     pub revoked_environments: Vec<String>,
     pub revoked_at: String,
+    /// Set when only this user's value was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// `GET …/environments/:env/public-key`
@@ -154,6 +172,13 @@ pub struct SyncResponse {
     /// anything the agent holds that is not listed must be dropped.
     pub full: bool,
     pub secrets: Vec<SyncSecret>,
+    /// Policies changed (all of them when `full`); a name not listed keeps its policy, and a
+    /// full answer's absent names are `creator`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<SyncPolicy>,
+    /// Per-user values of user-vault secrets that changed (all of them when `full`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_values: Vec<SyncUserSecret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -285,6 +310,9 @@ pub struct AccessEvent {
     /// `undeliverable` only: one of [`UNDELIVERABLE_REASONS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A read of a user-vault secret: whose value was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl AccessEvent {
@@ -304,6 +332,7 @@ impl AccessEvent {
             unit: None,
             count,
             reason: None,
+            user_id: None,
         }
     }
 }
@@ -373,6 +402,9 @@ pub struct AuditRecord {
     /// `undeliverable` records: why (see [`UNDELIVERABLE_REASONS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Records about one app user's value (user-vault secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

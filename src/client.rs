@@ -24,6 +24,7 @@ use crate::secret::Secret;
 
 mod admin;
 mod error;
+mod users;
 
 pub use error::{ClientError, MAX_RETRY_AFTER};
 use error::{error_from, transport_reason};
@@ -379,6 +380,7 @@ impl VaultClient {
             &path,
             &crate::api::RevokeRequest {
                 secret_name: secret_name.to_string(),
+                user_id: None,
             },
         )
         .await

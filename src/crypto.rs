@@ -243,9 +243,35 @@ fn crc_suffix(head: &str) -> String {
 
 /// A freshly generated token: shown once, then only its hash is kept.
 pub fn generate_token(kind: TokenKind) -> Secret {
+    token_with_prefix(kind.prefix())
+}
+
+/// Prefix of connect-link tokens (the credential in a connect link's URL).
+pub const LINK_PREFIX: &str = "fvlink_";
+
+/// A fresh connect-link token: the same shape as the other tokens, prefix [`LINK_PREFIX`].
+pub fn generate_link_token() -> Secret {
+    token_with_prefix(LINK_PREFIX)
+}
+
+/// Whether `s` has the shape and checksum of a connect-link token.
+pub fn valid_link_token(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix(LINK_PREFIX) else {
+        return false;
+    };
+    rest.len() == BODY_LEN + CRC_LEN
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        && bool::from(
+            crc_suffix(&s[..s.len() - CRC_LEN])
+                .as_bytes()
+                .ct_eq(&s.as_bytes()[s.len() - CRC_LEN..]),
+        )
+}
+
+fn token_with_prefix(prefix: &str) -> Secret {
     let mut raw = Zeroizing::new([0u8; 32]);
     getrandom_fill(&mut raw[..]);
-    let head = format!("{}{}", kind.prefix(), base62(&raw[..], BODY_LEN));
+    let head = format!("{prefix}{}", base62(&raw[..], BODY_LEN));
     let token = format!("{head}{}", crc_suffix(&head));
     Secret::new(token.into_bytes())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use agent_support::vault::{Log, VaultProc, World, spawn_logged};
 use agent_support::{DEADLINE, as_nobody, eventually, fyvault, get, ship_all};
-use common_fuse::{fuse_available, is_mounted};
+use common_fuse::{MountGuard, fuse_available};
 use fyvault::agent::config;
 use fyvault::agent::run::{self, Agent, AuditTuning, RunOptions};
 use fyvault::agent::sync::SyncTiming;
@@ -39,17 +39,6 @@ fn write_config(w: &World, vault_url: &str, mount: &Path, fuse: bool) -> PathBuf
     let p = d.join("agent.toml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// Detaches the mount if a test fails with the agent still up.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
 }
 
 /// An in-process agent with a mount (when FUSE is here) and quick retries.

@@ -858,6 +858,7 @@ fn fuzz_spool_frames() {
                         unit: None,
                         count: *count,
                         reason: None,
+                        user_id: None,
                     };
                     encode(&serde_json::to_vec(&ev).unwrap(), &mut bytes);
                 }

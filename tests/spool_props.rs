@@ -42,6 +42,7 @@ fn event(count: u64) -> AccessEvent {
         unit: None,
         count,
         reason: None,
+        user_id: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn event(secret: &str, count: u64) -> AccessEvent {
         unit: Some("app.service".into()),
         count,
         reason: None,
+        user_id: None,
     }
 }
 

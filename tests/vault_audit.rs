@@ -40,6 +40,7 @@ fn event(seq: u64, secret: &str) -> AccessEvent {
         unit: Some("billing.service".into()),
         count: 2,
         reason: None,
+        user_id: None,
     }
 }
 

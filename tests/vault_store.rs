@@ -50,7 +50,8 @@ async fn sqlite_files_are_private_and_state_survives_reopen() {
     assert_eq!(store.count_live_admin_tokens(now).await.unwrap(), 1);
 }
 
-/// A database of schema version 1 (before `undeliverable` reasons) is migrated on open.
+/// A database of schema version 1 (before `undeliverable` reasons and user values) is migrated
+/// on open.
 #[test]
 fn a_version_1_database_is_migrated() {
     let root = tempfile::tempdir().unwrap();
@@ -58,18 +59,27 @@ fn a_version_1_database_is_migrated() {
     drop(SqliteStore::open(&dir).unwrap());
     let file = dir.join(fyvault::vault::store::sqlite::DB_FILE);
     {
-        // Back to version 1: the audit table without `reason`.
+        // Back to version 1: the audit table without `reason` (2) nor `user_id` (3), no
+        // policy, user-value or link tables.
         let c = rusqlite::Connection::open(&file).unwrap();
-        c.execute_batch("ALTER TABLE audit DROP COLUMN reason; PRAGMA user_version = 1;")
-            .unwrap();
+        c.execute_batch(
+            "DROP INDEX audit_user_reads; ALTER TABLE audit DROP COLUMN user_id;
+             ALTER TABLE audit DROP COLUMN reason; DROP TABLE secret_policies;
+             DROP TABLE user_secrets; DROP TABLE user_secret_versions; DROP TABLE connect_links;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
     }
     drop(SqliteStore::open(&dir).unwrap());
     let c = rusqlite::Connection::open(&file).unwrap();
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
-    c.execute_batch("SELECT reason FROM audit LIMIT 1").unwrap();
+    assert_eq!(version, 3);
+    c.execute_batch(
+        "SELECT reason, user_id FROM audit LIMIT 1; SELECT policy FROM secret_policies LIMIT 1;",
+    )
+    .unwrap();
     // Opening again changes nothing (no second ALTER).
     drop(c);
     drop(SqliteStore::open(&dir).unwrap());

@@ -104,14 +104,16 @@ export async function secretsPage (el, ctx) {
         rows))
 }
 
+const users = (n) => `${n} ${n === 1 ? 'user' : 'users'}`
+
 function secretRow (ctx, s, lastUsed, names, reload) {
   const revoked = s.state === 'revoked'
   const user = s.policy === 'user'
   // Who pushed it: the provider's name, or the admin (token id) for studio writes.
   const who = !s.provider_id ? '' : s.provider_id.startsWith('admin:') ? 'admin (studio)' : (names.get(s.provider_id) || s.provider_id)
   const value = user
-    ? h('span', { class: 'users', title: s.users ? `${s.users.with_value} users have their own value` : '' },
-      s.users ? `${s.users.read_7d} users · last 7d` : 'each user brings their own')
+    ? h('span', { class: 'users', title: s.users ? `${users(s.users.with_value)} with their own value` : '' },
+      s.users ? `${users(s.users.read_7d)} · last 7d` : 'each user brings their own')
     : revoked
       ? h('span', { class: 'badge revoked' }, 'revoked')
       : isActive(s)

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt as _, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 
@@ -31,4 +31,16 @@ pub async fn get(tx: &mut Sender, path: &str) -> hyper::Response<Incoming> {
         .body(Empty::<Bytes>::new())
         .unwrap();
     tx.send_request(req).await.expect("request")
+}
+
+/// `GET path` on the connection; the whole body.
+pub async fn get_body(tx: &mut Sender, path: &str) -> Vec<u8> {
+    get(tx, path)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec()
 }

@@ -137,6 +137,8 @@ pub struct World {
     pub url: String,
     pub admin: VaultClient,
     pub provider: VaultClient,
+    /// The provider's token (raw calls: per-user values).
+    pub provider_token: Secret,
     pub agent_client: VaultClient,
     pub org: String,
     pub env: String,
@@ -243,6 +245,7 @@ impl World {
             url: url.to_owned(),
             admin,
             provider,
+            provider_token: prov.token.token.clone(),
             agent_client,
             org,
             env,
@@ -313,6 +316,42 @@ impl World {
             .buffer_unordered(concurrency)
             .collect::<Vec<()>>()
             .await;
+    }
+
+    /// Writes `user`'s value of the user-vault secret `name` (sealed here; `patch`: a rotation
+    /// with a 300 s grace, else a push).
+    pub async fn write_user(
+        &self,
+        http: &reqwest::Client,
+        name: &str,
+        user: &str,
+        value: &[u8],
+        patch: bool,
+    ) {
+        let sealed = self
+            .key
+            .public_key()
+            .seal(value, &fyvault::crypto::aad(&self.org, &self.env, name))
+            .unwrap();
+        let mut body = serde_json::json!({"secret_name": name, "environment": self.env,
+            "sealed_value": sealed, "user_id": user});
+        let base = format!(
+            "{}/api/v1/orgs/{}/providers/{}",
+            self.url, self.org, self.provider_id
+        );
+        let req = if patch {
+            body["grace_period_seconds"] = serde_json::json!(300);
+            http.patch(base)
+        } else {
+            http.post(format!("{base}/push"))
+        };
+        let token = std::str::from_utf8(self.provider_token.expose()).unwrap();
+        let resp = req.bearer_auth(token).json(&body).send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
     }
 
     /// An agent config in `dir` (socket, mount, state), FUSE on or off.

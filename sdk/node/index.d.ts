@@ -7,7 +7,16 @@ export type FyvaultErrorCode =
   | "no_previous"
   | "agent_unavailable"
   | "bad_response"
-  | "invalid_name";
+  | "invalid_name"
+  /** A user-vault secret read for a user who has not connected a value (see `connect`). */
+  | "user_secret_missing"
+  /** A user-vault secret read without `{ user }`. */
+  | "user_required"
+  | "invalid_user"
+  /** `connect` for a secret whose one value is shared (creator vault). */
+  | "not_user_vault"
+  /** `connect` while the agent cannot reach the vault. */
+  | "vault_unreachable";
 
 /** Every failure of the SDK. The message never holds a secret's value. */
 export declare class FyvaultError extends Error {
@@ -17,11 +26,22 @@ export declare class FyvaultError extends Error {
   readonly status?: number;
   /** The socket that was asked. */
   readonly socket?: string;
+  /** `user_secret_missing`: true — show the user a "Connect your API key" step. */
+  readonly connect: boolean;
 }
 
 export interface GetOptions {
   /** The previous version, readable during its grace period after a rotation. */
   previous?: boolean;
+  /** For a user-vault secret: whose value (an app-defined user id). */
+  user?: string;
+}
+
+export interface ConnectLink {
+  /** Where the user pastes their key (single use). */
+  url: string;
+  /** RFC 3339; one hour after it was made. */
+  expiresAt: string;
 }
 
 export interface SecretInfo {
@@ -77,6 +97,8 @@ export declare class Client {
   getBuffer(name: string, options?: GetOptions): Promise<Buffer>;
   /** The secrets this process may read; no values. */
   list(): Promise<SecretInfo[]>;
+  /** A single-use link (1 hour) for `user` to supply their own value of `name`. */
+  connect(name: string, user: string): Promise<ConnectLink>;
   /** The agent's events; reconnects by itself (then yields a `resync`). */
   events(options?: EventsOptions): AsyncGenerator<SecretEvent, void, undefined>;
   /** Calls `callback` for every event until `close()`. */
@@ -89,6 +111,7 @@ export declare const DEFAULT_SOCKET: "/run/fyvault.sock";
 export declare function get(name: string, options?: GetOptions): Promise<string>;
 export declare function getBuffer(name: string, options?: GetOptions): Promise<Buffer>;
 export declare function list(): Promise<SecretInfo[]>;
+export declare function connect(name: string, user: string): Promise<ConnectLink>;
 export declare function events(options?: EventsOptions): AsyncGenerator<SecretEvent, void, undefined>;
 export declare function watch(
   callback: (event: SecretEvent) => void | Promise<void>,
@@ -99,6 +122,7 @@ declare const fyvault: {
   get: typeof get;
   getBuffer: typeof getBuffer;
   list: typeof list;
+  connect: typeof connect;
   events: typeof events;
   watch: typeof watch;
   Client: typeof Client;

@@ -16,9 +16,10 @@ const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 class FyvaultError extends Error {
   /**
    * @param {string} code  not_found | denied | no_previous | agent_unavailable | bad_response |
-   *                       invalid_name
+   *                       invalid_name | user_secret_missing | user_required | invalid_user |
+   *                       not_user_vault | vault_unreachable
    * @param {string} message
-   * @param {{status?: number, socket?: string, cause?: unknown}} [extra]
+   * @param {{status?: number, socket?: string, cause?: unknown, connect?: boolean}} [extra]
    */
   constructor(code, message, extra = {}) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
@@ -26,6 +27,8 @@ class FyvaultError extends Error {
     this.code = code;
     this.status = extra.status;
     this.socket = extra.socket;
+    // user_secret_missing: show the "Connect your API key" step (a link from connect()).
+    this.connect = extra.connect === true;
   }
 }
 
@@ -35,6 +38,11 @@ const CODES = {
   no_previous: "no_previous",
   forbidden: "denied",
   invalid_name: "invalid_name",
+  user_secret_missing: "user_secret_missing",
+  user_required: "user_required",
+  invalid_user: "invalid_user",
+  not_user_vault: "not_user_vault",
+  vault_unreachable: "vault_unreachable",
 };
 
 function defaultSocket() {
@@ -56,10 +64,12 @@ function unavailable(socket, err) {
 function answerError(socket, status, body) {
   let code = "";
   let message = "";
+  let connect = false;
   try {
     const parsed = JSON.parse(body.toString("utf8"));
     code = String(parsed.error.code);
     message = String(parsed.error.message);
+    connect = parsed.error.connect === true;
   } catch {
     return new FyvaultError("bad_response", `the fyvault agent answered HTTP ${status}`, {
       status,
@@ -67,7 +77,7 @@ function answerError(socket, status, body) {
     });
   }
   const mapped = CODES[code];
-  if (mapped) return new FyvaultError(mapped, message, { status, socket });
+  if (mapped) return new FyvaultError(mapped, message, { status, socket, connect });
   return new FyvaultError("bad_response", `the fyvault agent answered HTTP ${status} ${code}: ${message}`, {
     status,
     socket,
@@ -137,17 +147,21 @@ class Client {
     this._agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
   }
 
-  /** `GET path`; resolves to {status, body: Buffer, headers}. Retries once on a stale reused
-   * keep-alive connection. */
-  _request(path, headers = {}, retried = false) {
+  /** `GET path` (or `POST path` with a JSON `body`); resolves to {status, body: Buffer,
+   * headers}. Retries once on a stale reused keep-alive connection. */
+  _request(path, headers = {}, retried = false, body = undefined) {
     return new Promise((resolve, reject) => {
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const extra = payload
+        ? { "content-type": "application/json", "content-length": String(payload.length) }
+        : {};
       const req = http.request(
         {
           socketPath: this.socket,
           path,
-          method: "GET",
+          method: payload ? "POST" : "GET",
           agent: this._agent,
-          headers: { host: "fyvault", ...headers },
+          headers: { host: "fyvault", ...extra, ...headers },
         },
         (res) => {
           const chunks = [];
@@ -165,12 +179,12 @@ class Client {
       );
       req.on("error", (e) => {
         if (!retried && req.reusedSocket && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
-          this._request(path, headers, true).then(resolve, reject);
+          this._request(path, headers, true, body).then(resolve, reject);
         } else {
           reject(unavailable(this.socket, e));
         }
       });
-      req.end();
+      req.end(payload);
     });
   }
 
@@ -179,8 +193,15 @@ class Client {
       throw new TypeError("fyvault: a secret name is a non-empty string");
     }
     const previous = options && options.previous;
+    const user = options && options.user;
+    if (user !== undefined && (typeof user !== "string" || user === "")) {
+      throw new TypeError("fyvault: a user id is a non-empty string");
+    }
+    const query = [];
+    if (previous) query.push("version=previous");
+    if (user !== undefined) query.push(`user=${encodeURIComponent(user)}`);
     const path =
-      `/v1/secrets/${encodeURIComponent(name)}` + (previous ? "?version=previous" : "");
+      `/v1/secrets/${encodeURIComponent(name)}` + (query.length ? `?${query.join("&")}` : "");
     const res = await this._request(path);
     if (res.status === 200) return res.body;
     const err = answerError(this.socket, res.status, res.body);
@@ -189,9 +210,11 @@ class Client {
   }
 
   /**
-   * The secret's value as a string (UTF-8).
+   * The secret's value as a string (UTF-8). For a user-vault secret pass `{ user }`: that
+   * user's value; a user without one rejects with code `user_secret_missing` (`err.connect`
+   * is true: send them to a link from `connect()`).
    * @param {string} name
-   * @param {{previous?: boolean}} [options]
+   * @param {{previous?: boolean, user?: string}} [options]
    */
   async get(name, options) {
     const buf = await this._value(name, options);
@@ -209,6 +232,33 @@ class Client {
   /** The secret's exact bytes. */
   async getBuffer(name, options) {
     return this._value(name, options);
+  }
+
+  /**
+   * A connect link for `user` to supply their own value of the user-vault secret `name`:
+   * `{url, expiresAt}`, single use, valid one hour. Same access rule as reading `name`.
+   * @param {string} name
+   * @param {string} user
+   */
+  async connect(name, user) {
+    if (typeof name !== "string" || name === "" || typeof user !== "string" || user === "") {
+      throw new TypeError("fyvault: connect takes a secret name and a user id");
+    }
+    const res = await this._request("/v1/connect", {}, false, { secret_name: name, user_id: user });
+    if (res.status !== 200) throw answerError(this.socket, res.status, res.body);
+    let parsed = null;
+    try {
+      parsed = JSON.parse(res.body.toString("utf8"));
+    } catch {
+      parsed = null;
+    }
+    if (!parsed || typeof parsed.url !== "string") {
+      throw new FyvaultError("bad_response", "the fyvault agent's connect answer is not JSON", {
+        status: res.status,
+        socket: this.socket,
+      });
+    }
+    return { url: parsed.url, expiresAt: parsed.expires_at };
   }
 
   /** The secrets this process may read (names and versions, no values). */
@@ -341,6 +391,7 @@ const fyvault = {
   get: (name, options) => client().get(name, options),
   getBuffer: (name, options) => client().getBuffer(name, options),
   list: () => client().list(),
+  connect: (name, user) => client().connect(name, user),
   events: (options) => client().events(options),
   watch: (callback, options) => client().watch(callback, options),
   Client,

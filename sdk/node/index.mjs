@@ -2,4 +2,5 @@
 import fyvault from "./index.js";
 
 export default fyvault;
-export const { get, getBuffer, list, events, watch, Client, FyvaultError, DEFAULT_SOCKET } = fyvault;
+export const { get, getBuffer, list, connect, events, watch, Client, FyvaultError, DEFAULT_SOCKET } =
+  fyvault;

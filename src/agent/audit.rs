@@ -285,11 +285,27 @@ impl Auditor {
         version: Option<u64>,
         via: AccessVia,
     ) {
+        self.record_user(caller, action, secret, version, via, None);
+    }
+
+    /// [`record`](Self::record) for a read of one app user's value (`user`: its user id).
+    pub fn record_user(
+        &self,
+        caller: &Caller,
+        action: AccessAction,
+        secret: &str,
+        version: Option<u64>,
+        via: AccessVia,
+        user: Option<&str>,
+    ) {
         if self.inner.is_none() {
             return;
         }
         // Built before the lock is taken: the lock covers a map update only.
-        self.add(Key::of(caller, action, secret, version, via), caller);
+        self.add(
+            Key::of(caller, action, secret, version, via).for_user(user),
+            caller,
+        );
     }
 
     /// Reports that this agent cannot deliver `version` of `secret` (`reason`: one of

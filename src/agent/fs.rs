@@ -155,8 +155,12 @@ impl SecretFs {
 pub(crate) fn errno(r: Refusal) -> Errno {
     match r {
         Refusal::Denied => Errno::EACCES,
-        Refusal::NotFound | Refusal::NoPrevious | Refusal::NotReady => Errno::ENOENT,
-        Refusal::Unrenderable => Errno::EIO,
+        Refusal::NotFound
+        | Refusal::NoPrevious
+        | Refusal::NotReady
+        | Refusal::UserRequired
+        | Refusal::UserMissing => Errno::ENOENT,
+        Refusal::CannotOpen | Refusal::Unrenderable => Errno::EIO,
     }
 }
 

@@ -32,6 +32,14 @@
 //! [`ReadRequest`] is built with [`ReadRequest::new`] and adjusted with builder methods, so a
 //! later dimension (issue 14's optional per-user value: `.user(…)`) is one more field with a
 //! default, not a new signature at every call site.
+//!
+//! # User-vault secrets (issue 14)
+//! A name whose policy is `user` has one value per app user, held sealed in
+//! [`crate::agent::users`]. Only [`Gate::read`] serves them, and only with
+//! [`ReadRequest::user`]: without one the answer is [`Refusal::UserRequired`], for a user with
+//! no value [`Refusal::UserMissing`] (recorded as `missing` with the user id). The policy step is
+//! the same as for any read of that name; every event carries the user id. The mount and `.env`
+//! never show user values (the vault does not send a creator value for a user-vault name).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,6 +48,7 @@ use crate::agent::access::{Caller, Policy};
 use crate::agent::delivery::{Delivery, RenderError};
 use crate::agent::secret_view::{Absent, Listed};
 use crate::agent::state::AgentState;
+use crate::agent::users::UserAbsent;
 use crate::agent::view::{HandleId, Meta, Which};
 use crate::api::{AccessAction, AccessVia};
 use crate::secret::Secret;
@@ -55,6 +64,9 @@ pub struct ReadRequest<'a> {
     pub name: &'a str,
     /// The current version, or the previous one while its grace period runs.
     pub which: Which,
+    /// The app user whose value of a user-vault secret is asked for (issue 14; only the socket
+    /// asks with one). Ignored for creator-vault secrets: their one value is every user's.
+    pub user: Option<&'a str>,
 }
 
 impl<'a> ReadRequest<'a> {
@@ -65,7 +77,14 @@ impl<'a> ReadRequest<'a> {
             via,
             name,
             which: Which::Current,
+            user: None,
         }
+    }
+
+    /// The same read of `user`'s value (user-vault secrets).
+    pub fn user(mut self, user: Option<&'a str>) -> Self {
+        self.user = user;
+        self
     }
 
     /// The same read of the current or previous version.
@@ -86,6 +105,14 @@ pub enum Refusal {
     NoPrevious,
     /// Nothing synced yet (ENOENT, 503): absence means nothing yet.
     NotReady,
+    /// A user-vault secret asked for without a user (400 `user_required`; ENOENT in the mount,
+    /// where user values never appear).
+    UserRequired,
+    /// That user has no value of this user-vault secret (404 `user_secret_missing`, with
+    /// `"connect": true`). Recorded as `missing` with the user id.
+    UserMissing,
+    /// The user's value held does not open with this agent's key (503).
+    CannotOpen,
     /// A template could not be rendered (EIO, 422); logged with the reason, never a value.
     Unrenderable,
 }
@@ -154,6 +181,9 @@ impl<'a> Gate<'a> {
     /// A one-shot read (socket `GET`, systemd credential): a copy of the value.
     pub fn read(&self, req: &ReadRequest<'_>) -> Result<(Meta, Secret), Refusal> {
         self.authorize(req)?;
+        if self.state.users.is_user_policy(req.name) {
+            return self.read_user(req);
+        }
         match self.state.view.get(req.name, req.which) {
             Ok((meta, value)) => {
                 self.record(req, AccessAction::Accessed, Some(meta.version));
@@ -161,6 +191,24 @@ impl<'a> Gate<'a> {
             }
             Err(Absent::NoPrevious) => Err(Refusal::NoPrevious),
             Err(Absent::NoSecret) => Err(self.absent(req, Record::Missing)),
+        }
+    }
+
+    /// A read of a user-vault secret: one user's value, opened for this read only (never a
+    /// file, never in `.env`: only [`read`](Self::read) reaches here).
+    fn read_user(&self, req: &ReadRequest<'_>) -> Result<(Meta, Secret), Refusal> {
+        let user = req.user.ok_or(Refusal::UserRequired)?;
+        match self.state.users.get(req.name, user, req.which) {
+            Ok((meta, value)) => {
+                self.record(req, AccessAction::Accessed, Some(meta.version));
+                Ok((meta, value))
+            }
+            Err(UserAbsent::Missing) => {
+                self.record(req, AccessAction::Missing, None);
+                Err(Refusal::UserMissing)
+            }
+            Err(UserAbsent::NoPrevious) => Err(Refusal::NoPrevious),
+            Err(UserAbsent::CannotOpen) => Err(Refusal::CannotOpen),
         }
     }
 
@@ -398,7 +446,7 @@ impl<'a> Gate<'a> {
     fn record(&self, req: &ReadRequest<'_>, action: AccessAction, version: Option<u64>) {
         self.state
             .auditor
-            .record(req.caller, action, req.name, version, req.via);
+            .record_user(req.caller, action, req.name, version, req.via, req.user);
     }
 }
 

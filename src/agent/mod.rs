@@ -22,4 +22,5 @@ pub mod spool;
 pub mod state;
 pub mod sync;
 pub mod tokenfile;
+pub mod users;
 pub mod view;

@@ -398,6 +398,18 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let auditor = start_auditor(&config, &client, &options.audit)?;
     let state = AgentState::new(config.policy.clone(), auditor);
+    // User values stay sealed until read: the user table opens them with its own copy of the
+    // key (zeroized with it).
+    if let Ok(k) = PrivateKey::from_file_contents(key.to_file_contents().expose()) {
+        state
+            .users
+            .set_opener(k, &config.org_id, &config.environment);
+    }
+    state.users.set_connector(crate::agent::users::Connector {
+        client: client.clone(),
+        org: config.org_id.clone(),
+        env: config.environment.clone(),
+    });
     state.set_delivery(config.delivery.clone());
     let (stop, stop_rx) = watch::channel(false);
     let expiry = Tasks(vec![tokio::spawn(state.clone().run_expiry())]);

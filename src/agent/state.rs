@@ -9,6 +9,7 @@ use crate::agent::access::{CallerCache, Policy};
 use crate::agent::audit::Auditor;
 use crate::agent::delivery::Delivery;
 use crate::agent::secret_view::SecretView;
+use crate::agent::users::UserVault;
 
 /// How the agent stands with the vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub enum Health {
 pub struct AgentState {
     /// Every read and change of the secrets goes through its methods.
     pub view: SecretView,
+    /// Policies and per-user values of user-vault secrets (socket only, sealed until read).
+    pub users: UserVault,
     policy: RwLock<Arc<Policy>>,
     /// `[credentials]`, templates, file modes (see [`crate::agent::delivery`]).
     delivery: RwLock<Arc<Delivery>>,
@@ -45,6 +48,7 @@ impl AgentState {
     pub fn new(policy: Policy, auditor: Auditor) -> Arc<Self> {
         Arc::new(AgentState {
             view: SecretView::new(),
+            users: UserVault::default(),
             policy: RwLock::new(Arc::new(policy)),
             delivery: RwLock::default(),
             callers: CallerCache::default(),

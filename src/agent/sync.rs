@@ -129,6 +129,10 @@ impl Syncer {
         // for it, and a full answer drops only what it does not list (the view's rule).
         let updates = self.open_all(&resp.secrets);
         let changes = self.state.view.apply(revision, full, updates);
+        let user_changes =
+            self.state
+                .users
+                .apply(full, &resp.policies, &resp.user_values, self.grace_cap);
         let refused: Vec<(String, u64, u64)> = changes
             .iter()
             .filter_map(|c| match c {
@@ -162,6 +166,7 @@ impl Syncer {
             revision,
             full,
             changed = changes.len(),
+            user_values_changed = user_changes,
             "sync answer applied"
         );
     }

@@ -4,6 +4,8 @@
 //!
 //! Also holds the small helpers the other vault-client commands share.
 
+mod secret;
+
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -207,6 +209,9 @@ pub enum AdminCommand {
     /// Agent and admin tokens; list and revoke any token.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A secret's policy (creator vault or user vault) and the secrets of an environment.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,6 +371,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             AdminCommand::Env(c) => env(&client, c, json).await,
             AdminCommand::Provider(c) => provider(&client, c, json).await,
             AdminCommand::Token(c) => token(&client, c, json).await,
+            AdminCommand::Secret(c) => secret::secret(&client, c, json).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)

@@ -193,6 +193,7 @@ mod tests {
             unit: None,
             count: Some(7),
             reason: None,
+            user_id: None,
         };
         let t = table(&[r]);
         let lines: Vec<&str> = t.lines().collect();

@@ -54,6 +54,10 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub trusted_proxy: Vec<IpAddr>,
+    /// The vault's address as end users' browsers reach it (`https://vault.example.com`):
+    /// the base of connect links. Default: this server's own URL.
+    #[arg(long, value_name = "URL", env = "FYVAULT_PUBLIC_URL")]
+    pub public_url: Option<String>,
     #[command(flatten)]
     pub db: DatabaseArg,
     #[command(flatten)]
@@ -178,6 +182,7 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         trusted_proxies: a.trusted_proxy,
         database: a.db.url()?,
         limits: Limits::default(),
+        public_url: a.public_url,
     };
     config.check()?;
     let nofile = raise_nofile_logged();

@@ -335,6 +335,7 @@ async fn first_run(
                 sealed_value: sealed,
                 grace_seconds: None,
                 idempotency: None,
+                user_id: None,
                 now_ms: now,
                 audit: AuditContext {
                     actor: format!("provider:{provider_id}"),

@@ -84,6 +84,25 @@ impl From<StoreError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used for a different request; use a new key",
             ),
+            StoreError::PolicyMismatch(crate::api::SecretPolicy::User) => ApiError::conflict(
+                "user_vault_secret",
+                "this secret's policy is user: each value belongs to one user, send user_id",
+            ),
+            StoreError::PolicyMismatch(crate::api::SecretPolicy::Creator) => ApiError::conflict(
+                "creator_vault_secret",
+                "this secret's policy is creator: one shared value, send no user_id (or set its \
+                 policy to user first)",
+            ),
+            StoreError::LinkUsed => ApiError::new(
+                StatusCode::GONE,
+                "link_used",
+                "this connect link was already used; ask the app for a new one",
+            ),
+            StoreError::LinkExpired => ApiError::new(
+                StatusCode::GONE,
+                "link_expired",
+                "this connect link expired (links are valid for one hour); ask the app for a new one",
+            ),
             StoreError::Backend(msg) => {
                 tracing::error!(error = %msg, "storage failure");
                 ApiError::internal()

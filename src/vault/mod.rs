@@ -50,6 +50,8 @@ pub struct AppState {
     pub admission: Arc<limits::Admission>,
     /// The vault speaks TLS (the studio's cookie is then `Secure`).
     pub tls: bool,
+    /// Base of connect links, without a trailing `/`.
+    pub public_url: Arc<str>,
     /// Verified tokens, so a re-poll reads no store ([`token_cache::TokenCache`]).
     pub tokens: Arc<token_cache::TokenCache>,
 }

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub database: Option<DatabaseUrl>,
     /// Connection caps, timeouts and the listen backlog.
     pub limits: Limits,
+    /// Base of connect links (`<public_url>/connect/<token>`); `None`: this server's own URL.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -55,6 +57,7 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             database: None,
             limits: Limits::default(),
+            public_url: None,
         }
     }
 }
@@ -213,7 +216,18 @@ async fn start_inner(
     let admission = Arc::new(Admission::new(config.limits.clone()));
     crate::vault::trim::spawn(admission.clone(), rx.clone());
     let fanout = Arc::new(Fanout::new(store.clone(), app_feed.clone(), rx.clone()));
+    let own_url = format!(
+        "{}://{addr}",
+        if acceptor.is_some() { "https" } else { "http" }
+    );
+    let public_url = config
+        .public_url
+        .as_deref()
+        .unwrap_or(&own_url)
+        .trim_end_matches('/')
+        .to_string();
     let state = AppState {
+        public_url: Arc::from(public_url),
         store: store.clone(),
         feed: app_feed,
         fanout: fanout.clone(),

@@ -50,6 +50,7 @@ async fn send(
     method: &str,
     path: &str,
     accept: Option<&str>,
+    json: Option<&serde_json::Value>,
 ) -> hyper::Response<Incoming> {
     let stream = tokio::net::UnixStream::connect(sock)
         .await
@@ -67,13 +68,17 @@ async fn send(
     if let Some(a) = accept {
         req = req.header("accept", a);
     }
-    tx.send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap()
+    let body = match json {
+        Some(j) => {
+            req = req.header("content-type", "application/json");
+            http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(j.to_string())))
+        }
+        None => http_body_util::Either::Right(Empty::<Bytes>::new()),
+    };
+    tx.send_request(req.body(body).unwrap()).await.unwrap()
 }
 
-pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>) -> Answer {
-    let resp = send(sock, method, path, accept).await;
+async fn answer(resp: hyper::Response<Incoming>) -> Answer {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
@@ -90,8 +95,17 @@ pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>
     }
 }
 
+pub async fn request(sock: &Path, method: &str, path: &str, accept: Option<&str>) -> Answer {
+    answer(send(sock, method, path, accept, None).await).await
+}
+
 pub async fn get(sock: &Path, path: &str) -> Answer {
     request(sock, "GET", path, None).await
+}
+
+/// `POST path` with a JSON body (the socket's one such route: `/v1/connect`).
+pub async fn post_json(sock: &Path, path: &str, body: &serde_json::Value) -> Answer {
+    answer(send(sock, "POST", path, None, Some(body)).await).await
 }
 
 /// An open `/v1/events` stream.
@@ -102,7 +116,7 @@ pub struct Events {
 
 impl Events {
     pub async fn open(sock: &Path) -> Events {
-        let resp = send(sock, "GET", "/v1/events", None).await;
+        let resp = send(sock, "GET", "/v1/events", None, None).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),

@@ -296,9 +296,14 @@ impl World {
         } else {
             "sync_wait_seconds = 2\n"
         };
+        let fuse = if extra.contains("fuse =") {
+            ""
+        } else {
+            "fuse = false\n"
+        };
         let text = format!(
             "vault_url = \"{}\"\norg_id = \"{}\"\nenvironment = \"{}\"\n\
-             token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\nfuse = false\n\
+             token_file = \"{}\"\nkey_file = \"{}\"\nsocket = \"{}\"\n{fuse}\
              state_dir = \"{}\"\n{wait}group = \"\"\n{extra}",
             self.vault.url,
             self.org,

@@ -126,6 +126,7 @@ fn event(seq: u64) -> AccessEvent {
         unit: None,
         count: 1,
         reason: None,
+        user_id: None,
     }
 }
 

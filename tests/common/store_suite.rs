@@ -16,6 +16,7 @@ use fyvault::vault::store::{
 
 mod concurrent;
 mod floors;
+mod users;
 
 pub use concurrent::{concurrent_audit_batches, concurrent_idempotent_retries, concurrent_writes};
 use concurrent::{
@@ -131,6 +132,7 @@ fn write(
         sealed_value: sealed.into(),
         grace_seconds: None,
         idempotency: None,
+        user_id: None,
         now_ms: now,
         audit: ctx(&format!("provider:{provider}")),
     }
@@ -150,6 +152,9 @@ where
     sync_feed(factory().await).await;
     audit_trail(factory().await).await;
     floors::version_floors(factory().await).await;
+    users::policies(factory().await).await;
+    users::user_values(factory().await).await;
+    users::connect_links(factory().await).await;
     concurrent_writes(factory().await).await;
     let store = factory().await;
     concurrent_idempotent_retries(&[store.clone(), store]).await;
@@ -416,6 +421,7 @@ pub async fn revoke_everywhere(store: Arc<dyn Store>) {
         org_id: "o1".into(),
         secret_name: name.into(),
         provider_id: provider.into(),
+        user_id: None,
         now_ms: T0 + 10,
         audit: ctx(&format!("provider:{provider}")),
     };
@@ -540,6 +546,7 @@ fn event(seq: u64, action: AccessAction) -> (i64, AccessEvent) {
             unit: Some("app.service".into()),
             count: 3,
             reason: None,
+            user_id: None,
         },
     )
 }
@@ -559,6 +566,7 @@ pub async fn audit_trail(store: Arc<dyn Store>) {
             org_id: "o1".into(),
             secret_name: "K".into(),
             provider_id: "p1".into(),
+            user_id: None,
             now_ms: T0 + 300,
             audit: ctx("provider:p1"),
         })

@@ -227,6 +227,17 @@ pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
 }
 
 /// Is `path` listed as a mount point in `/proc/self/mounts`?
+/// Detaches the mount at its path if a test fails with the agent still up.
+pub struct MountGuard(pub std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mounts")

@@ -2,10 +2,9 @@
 // a real `fyvault dev` (vault + agent + FUSE mount) that tests/studio_browser.rs starts and
 // describes in the environment:
 //   STUDIO_URL ADMIN_TOKEN ORG ENVIRONMENT PROVIDER MOUNT CHROMIUM OUT_DIR SKIP_FILE
-// Every step asserts; a step whose vault feature is not there yet (another issue's API) is
-// written to SKIP_FILE as `step<TAB>reason` and reported by the Rust test as a skip.
+// Every step asserts; none may skip (SKIP_FILE stays for a future step that needs one).
 import assert from 'node:assert/strict'
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
@@ -34,10 +33,6 @@ const V = {
   byok: `sk-user-${rand}-own-key`
 }
 const log = (...a) => console.log('studio:', ...a)
-const skip = (step, reason) => {
-  log(`SKIP ${step}: ${reason}`)
-  appendFileSync(env('SKIP_FILE'), `${step}\t${reason}\n`)
-}
 
 async function until (what, fn, ms = DEADLINE_MS) {
   const end = Date.now() + ms
@@ -148,19 +143,11 @@ try {
 
   // --- an app asks for a name that does not exist: the missing bar; adding it clears it
   assert.equal(read('STUDIO_LATE'), null, 'STUDIO_LATE does not exist yet')
-  let bar = false
-  try {
-    bar = await until('the missing bar for STUDIO_LATE', async () => {
-      await reloadSecrets()
-      return page.locator('.missing-bar[data-secret="STUDIO_LATE"]').count()
-    }, 20_000)
-  } catch (e) {
-    const m = await admin('GET', `/orgs/${ORG}/audit?action=missing&limit=10`)
-    if (m.status === 200 && m.json.records.length === 0) {
-      skip('missing_bar', 'the agent records no `missing` access events yet (issue 16, delivery)')
-    } else throw e
-  }
-  if (bar) {
+  await until('the missing bar for STUDIO_LATE', async () => {
+    await reloadSecrets()
+    return page.locator('.missing-bar[data-secret="STUDIO_LATE"]').count()
+  }, 20_000)
+  {
     assert.match(await page.locator('#missing-count').textContent(), /^[1-9]\d* missing$/)
     await page.click('.missing-bar[data-secret="STUDIO_LATE"] button')
     assert.equal(await page.inputValue('#add-name'), 'STUDIO_LATE')
@@ -177,10 +164,7 @@ try {
   const put = page.waitForResponse((r) => r.request().method() === 'PUT' && r.url().includes('/secrets/STUDIO_BETA/policy'))
   await row('STUDIO_BETA').locator('button[data-policy="user"]').click()
   const answer = await put
-  const policies = !(answer.status() === 404 && (await answer.json()).error.code === 'no_such_route')
-  if (!policies) {
-    skip('policy_toggle', 'the vault has no per-secret policy API yet (issue 14, uservault)')
-  } else {
+  {
     assert.equal(answer.status(), 200)
     await reloadSecrets()
     assert.equal(await row('STUDIO_BETA').locator('button[data-policy="user"]').getAttribute('aria-pressed'), 'true')
@@ -296,7 +280,7 @@ try {
 
   // --- the connect page, end to end: an app asks its agent for a link, the user pastes their
   // key in the browser (sealed there), the agent serves it for that user; the link is single use
-  if (policies) {
+  {
     const byok = await admin('PUT', `/orgs/${ORG}/environments/${ENVIRONMENT}/secrets/STUDIO_BYOK/policy`, { policy: 'user' })
     assert.equal(byok.status, 200, JSON.stringify(byok.json))
     const link = await until('a connect link from the agent', async () => {
@@ -317,8 +301,11 @@ try {
     await page.waitForSelector('#link-state')
     assert.equal(await page.locator('#link-state').getAttribute('data-code'), 'link_used')
     assert.equal(await page.locator('#link-state h1').textContent(), 'This link has already been used')
-    await reloadSecrets()
-    assert.match(await row('STUDIO_BYOK').locator('.users').textContent(), /^\d+ users · last 7d$/)
+    // alice's read reaches the vault as an access event with her user id: one user in 7 days
+    await until('the users count to show alice', async () => {
+      await reloadSecrets()
+      return /^1 user · last 7d$/.test(await row('STUDIO_BYOK').locator('.users').textContent())
+    })
     log('connect page: sealed in the browser, served by the agent, single use')
   }
 
@@ -327,19 +314,15 @@ try {
   await page.waitForSelector('#link-state')
   const code = await page.locator('#link-state').getAttribute('data-code')
   const title = await page.locator('#link-state h1').textContent()
-  if (code === 'link_unknown') assert.equal(title, 'This link is not valid')
-  else {
-    assert.ok(!policies, 'a vault with connect links says the link is unknown')
-    assert.equal(title, 'This link cannot be used')
-    skip('connect_page', 'the vault has no connect link API yet (issue 14, uservault): only the error state is checked')
-  }
+  assert.equal(code, 'link_unknown')
+  assert.equal(title, 'This link is not valid')
 
   // --- screenshots of the Secrets page, desktop and phone (an app has just asked for a key
   // nobody set, so the missing bar shows when the agent reports `missing` reads)
   assert.equal(read('OPENAI_API_KEY'), null)
   await page.goto(`${URL}/studio/#/secrets`)
   await page.waitForSelector('.table.secrets')
-  if (bar) {
+  {
     await until('the OPENAI_API_KEY bar', async () => {
       await reloadSecrets()
       return page.locator('.missing-bar[data-secret="OPENAI_API_KEY"]').count()

@@ -126,8 +126,29 @@ class Dev {
     return this.provider("PATCH", "", body);
   }
 
-  revoke(name) {
-    return this.provider("DELETE", "", { secret_name: name });
+  revoke(name, userId) {
+    const body = { secret_name: name };
+    if (userId !== undefined) body.user_id = userId;
+    return this.provider("DELETE", "", body);
+  }
+
+  /** Pushes `user`'s value of a user-vault secret. */
+  pushUser(name, user, value) {
+    return this.provider("POST", "/push", {
+      secret_name: name, value, environment: this.facts.environment, user_id: user,
+    });
+  }
+
+  /** Sets a secret's policy (`creator` or `user`) with the admin token. */
+  async policy(name, policy) {
+    const f = this.facts;
+    const url = `${f.url}/api/v1/orgs/${f.org_id}/environments/${f.environment}/secrets/${name}/policy`;
+    const res = await fetch(url, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${f.admin_token}`, "content-type": "application/json" },
+      body: JSON.stringify({ policy }),
+    });
+    if (!res.ok) throw new Error(`policy ${name}: ${res.status} ${await res.text()}`);
   }
 
   /** What `fyvault get NAME` prints now (undefined when it fails). */

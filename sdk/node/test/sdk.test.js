@@ -236,3 +236,60 @@ test("events reconnect by themselves after the agent restarts, with a resync", a
     await own.stop();
   }
 });
+
+test("user-vault secrets: { user } reads, user_secret_missing with connect, user_required, connect()", async () => {
+  await dev.policy("NODE_BYOK", "user");
+  await dev.pushUser("NODE_BYOK", "alice", "sk-alice-node");
+  const alice = await eventually("alice's value", async () => {
+    try {
+      return await client.get("NODE_BYOK", { user: "alice" });
+    } catch (e) {
+      if (e.code === "user_secret_missing" || e.code === "not_found") return undefined;
+      throw e;
+    }
+  });
+  assert.equal(alice, "sk-alice-node");
+  assert.equal((await client.getBuffer("NODE_BYOK", { user: "alice" })).toString(), "sk-alice-node");
+  const missing = await failure(client.get("NODE_BYOK", { user: "bob" }));
+  assert.equal(missing.code, "user_secret_missing");
+  assert.equal(missing.connect, true);
+  assert.equal(missing.status, 404);
+  const required = await failure(client.get("NODE_BYOK"));
+  assert.equal(required.code, "user_required");
+  assert.equal(required.connect, false);
+  await assert.rejects(client.get("NODE_BYOK", { user: "" }), TypeError);
+  const link = await client.connect("NODE_BYOK", "bob");
+  assert.match(link.url, /\/connect\/fvlink_[A-Za-z0-9]+$/);
+  assert.ok(Date.parse(link.expiresAt) > Date.now());
+  const notUser = await failure(client.connect("NODE_GET", "bob"));
+  assert.equal(notUser.code, "not_user_vault");
+  // The link's page API: bob's key arrives sealed (the studio page seals in the browser).
+  const info = await (await fetch(link.url.replace("/connect/", "/api/v1/connect/"))).json();
+  assert.equal(info.user_id, "bob");
+  // A creator secret read with a user is the shared value (the policy decides).
+  await dev.push("NODE_SHARED", "shared-node");
+  await dev.waitFor("NODE_SHARED", "shared-node");
+  assert.equal(await client.get("NODE_SHARED", { user: "alice" }), "shared-node");
+  // Revoking alice's value: her reads say "connect" again.
+  await dev.revoke("NODE_BYOK", "alice");
+  const gone = await eventually("alice's value revoked", async () => {
+    try {
+      await client.get("NODE_BYOK", { user: "alice" });
+      return undefined;
+    } catch (e) {
+      return e;
+    }
+  });
+  assert.equal(gone.code, "user_secret_missing");
+  // The module-level API takes the same options.
+  const saved = process.env.FYVAULT_SOCKET;
+  process.env.FYVAULT_SOCKET = dev.socket;
+  try {
+    const err = await failure(fyvault.get("NODE_BYOK", { user: "carol" }));
+    assert.equal(err.code, "user_secret_missing");
+    assert.equal(typeof fyvault.connect, "function");
+  } finally {
+    if (saved === undefined) delete process.env.FYVAULT_SOCKET;
+    else process.env.FYVAULT_SOCKET = saved;
+  }
+});

@@ -14,13 +14,16 @@ import threading
 from typing import Iterator, Optional
 
 from ._client import Client
-from ._common import (DEFAULT_SOCKET, AgentUnavailable, BadResponse, Denied, Event,
-                      FyvaultError, InvalidName, NoPrevious, NotFound, SecretInfo, default_socket)
+from ._common import (DEFAULT_SOCKET, AgentUnavailable, BadResponse, ConnectLink, Denied, Event,
+                      FyvaultError, InvalidName, InvalidUser, NoPrevious, NotFound, NotUserVault,
+                      SecretInfo, UserRequired, UserSecretMissing, VaultUnreachable,
+                      default_socket)
 
 __all__ = [
-    "get", "get_bytes", "list", "events", "Client", "FyvaultError", "NotFound", "Denied",
-    "NoPrevious", "AgentUnavailable", "BadResponse", "InvalidName", "SecretInfo", "Event",
-    "DEFAULT_SOCKET",
+    "get", "get_bytes", "list", "connect", "events", "Client", "FyvaultError", "NotFound",
+    "Denied", "NoPrevious", "AgentUnavailable", "BadResponse", "InvalidName", "SecretInfo",
+    "Event", "DEFAULT_SOCKET", "UserSecretMissing", "UserRequired", "InvalidUser",
+    "NotUserVault", "VaultUnreachable", "ConnectLink",
 ]
 __version__ = "0.1.0"
 
@@ -39,14 +42,20 @@ def _client() -> Client:
         return _shared
 
 
-def get(name: str, previous: bool = False) -> str:
-    """The secret's value as text (UTF-8)."""
-    return _client().get(name, previous)
+def get(name: str, previous: bool = False, *, user: Optional[str] = None) -> str:
+    """The secret's value as text (UTF-8); ``user=`` for a user-vault secret (a user without a
+    value raises ``UserSecretMissing``)."""
+    return _client().get(name, previous, user=user)
 
 
-def get_bytes(name: str, previous: bool = False) -> bytes:
+def get_bytes(name: str, previous: bool = False, *, user: Optional[str] = None) -> bytes:
     """The secret's exact bytes."""
-    return _client().get_bytes(name, previous)
+    return _client().get_bytes(name, previous, user=user)
+
+
+def connect(name: str, user: str) -> ConnectLink:
+    """A single-use link (valid one hour) for ``user`` to supply their own value of ``name``."""
+    return _client().connect(name, user)
 
 
 def _list() -> "builtins.list[SecretInfo]":

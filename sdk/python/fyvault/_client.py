@@ -7,8 +7,9 @@ import threading
 import time
 from typing import Iterator, List, Optional, Tuple
 
-from ._common import (RETRY_MAX, RETRY_MIN, BadResponse, Event, FyvaultError, SecretInfo, SSEParser,
-                      answer_error, decode, default_socket, parse_list, unavailable, value_path)
+from ._common import (RETRY_MAX, RETRY_MIN, BadResponse, ConnectLink, Event, FyvaultError,
+                      SecretInfo, SSEParser, answer_error, connect_body, decode, default_socket,
+                      parse_link, parse_list, unavailable, value_path)
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
           http.client.CannotSendRequest, http.client.ResponseNotReady)
@@ -43,7 +44,7 @@ class Client:
         self._conn: Optional[_UnixConnection] = None
         self._lock = threading.Lock()
 
-    def _request(self, path: str) -> Tuple[int, bytes]:
+    def _request(self, path: str, body: Optional[bytes] = None) -> Tuple[int, bytes]:
         with self._lock:
             for attempt in (0, 1):
                 reused = self._conn is not None
@@ -51,7 +52,11 @@ class Client:
                     self._conn = _UnixConnection(self.socket, self.timeout)
                 conn = self._conn
                 try:
-                    conn.request("GET", path, headers={"Host": "fyvault"})
+                    if body is None:
+                        conn.request("GET", path, headers={"Host": "fyvault"})
+                    else:
+                        conn.request("POST", path, body=body, headers={
+                            "Host": "fyvault", "Content-Type": "application/json"})
                     resp = conn.getresponse()
                     body = resp.read()
                     if resp.will_close:
@@ -87,17 +92,26 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def get_bytes(self, name: str, previous: bool = False) -> bytes:
+    def get_bytes(self, name: str, previous: bool = False, *, user: Optional[str] = None) -> bytes:
         """The secret's exact bytes (``previous=True``: the version a rotation replaced, while
-        its grace period runs)."""
-        status, body = self._request(value_path(name, previous))
+        its grace period runs; ``user=``: that app user's value of a user-vault secret)."""
+        status, body = self._request(value_path(name, previous, user))
         if status == 200:
             return body
         raise answer_error(self.socket, status, body)
 
-    def get(self, name: str, previous: bool = False) -> str:
-        """The secret's value as text (UTF-8)."""
-        return decode(name, self.get_bytes(name, previous), self.socket)
+    def get(self, name: str, previous: bool = False, *, user: Optional[str] = None) -> str:
+        """The secret's value as text (UTF-8). For a user-vault secret pass ``user=``; a user
+        without a value raises ``UserSecretMissing`` (``connect`` is True)."""
+        return decode(name, self.get_bytes(name, previous, user=user), self.socket)
+
+    def connect(self, name: str, user: str) -> ConnectLink:
+        """A single-use link (valid one hour) for ``user`` to supply their own value of the
+        user-vault secret ``name``. Same access rule as reading ``name``."""
+        status, body = self._request("/v1/connect", connect_body(name, user))
+        if status != 200:
+            raise answer_error(self.socket, status, body)
+        return parse_link(body, self.socket)
 
     def list(self) -> List[SecretInfo]:
         """The secrets this process may read: names and versions, no values."""

@@ -21,9 +21,12 @@ def default_socket() -> str:
 
 class FyvaultError(Exception):
     """Every failure of the SDK. ``code`` is stable: not_found, denied, no_previous,
-    agent_unavailable, bad_response, invalid_name."""
+    agent_unavailable, bad_response, invalid_name, user_secret_missing, user_required,
+    invalid_user, not_user_vault, vault_unreachable. ``connect`` is True for
+    ``user_secret_missing`` (show the user a "Connect your API key" step)."""
 
     code = "bad_response"
+    connect = False
 
     def __init__(self, message: str, *, status: Optional[int] = None,
                  socket: Optional[str] = None, code: Optional[str] = None):
@@ -64,11 +67,43 @@ class InvalidName(FyvaultError):
     code = "invalid_name"
 
 
+class UserSecretMissing(FyvaultError):
+    """A user-vault secret read for a user who has not connected their value yet: get them a
+    link with ``connect(name, user)``."""
+    code = "user_secret_missing"
+    connect = True
+
+
+class UserRequired(FyvaultError):
+    """A user-vault secret read without ``user=``: each app user has their own value."""
+    code = "user_required"
+
+
+class InvalidUser(FyvaultError):
+    """Not a user id (``^[A-Za-z0-9._@-]{1,128}$``)."""
+    code = "invalid_user"
+
+
+class NotUserVault(FyvaultError):
+    """``connect`` for a secret whose one value is shared (creator vault)."""
+    code = "not_user_vault"
+
+
+class VaultUnreachable(FyvaultError):
+    """``connect`` while the agent cannot reach the vault."""
+    code = "vault_unreachable"
+
+
 _BY_AGENT_CODE = {
     "not_found": NotFound,
     "no_previous": NoPrevious,
     "forbidden": Denied,
     "invalid_name": InvalidName,
+    "user_secret_missing": UserSecretMissing,
+    "user_required": UserRequired,
+    "invalid_user": InvalidUser,
+    "not_user_vault": NotUserVault,
+    "vault_unreachable": VaultUnreachable,
 }
 
 
@@ -100,10 +135,39 @@ def check_name(name: str) -> None:
         raise TypeError("fyvault: a secret name is a non-empty str")
 
 
-def value_path(name: str, previous: bool) -> str:
+def value_path(name: str, previous: bool, user: Optional[str] = None) -> str:
     check_name(name)
     path = "/v1/secrets/" + quote(name, safe="")
-    return path + "?version=previous" if previous else path
+    query = []
+    if previous:
+        query.append("version=previous")
+    if user is not None:
+        if not isinstance(user, str) or not user:
+            raise TypeError("fyvault: a user id is a non-empty str")
+        query.append("user=" + quote(user, safe=""))
+    return path + ("?" + "&".join(query) if query else "")
+
+
+class ConnectLink(NamedTuple):
+    """A single-use link (valid one hour) where a user supplies their own value."""
+    url: str
+    expires_at: str
+
+
+def connect_body(name: str, user: str) -> bytes:
+    check_name(name)
+    if not isinstance(user, str) or not user:
+        raise TypeError("fyvault: a user id is a non-empty str")
+    return json.dumps({"secret_name": name, "user_id": user}).encode("utf-8")
+
+
+def parse_link(body: bytes, socket: str) -> ConnectLink:
+    try:
+        j = json.loads(body.decode("utf-8"))
+        return ConnectLink(str(j["url"]), str(j["expires_at"]))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BadResponse("the fyvault agent's connect answer is not JSON",
+                          socket=socket) from None
 
 
 def decode(name: str, value: bytes, socket: str) -> str:

@@ -12,14 +12,16 @@ import random
 from typing import AsyncIterator, List, Optional, Tuple
 
 from ._common import (DEFAULT_SOCKET, RETRY_MAX, RETRY_MIN, AgentUnavailable, BadResponse,
-                      Denied, Event, FyvaultError, InvalidName, NoPrevious, NotFound, SecretInfo,
-                      SSEParser, answer_error, decode, default_socket, parse_list, unavailable,
-                      value_path)
+                      ConnectLink, Denied, Event, FyvaultError, InvalidName, InvalidUser,
+                      NoPrevious, NotFound, NotUserVault, SecretInfo, SSEParser, UserRequired,
+                      UserSecretMissing, VaultUnreachable, answer_error, connect_body, decode,
+                      default_socket, parse_link, parse_list, unavailable, value_path)
 
 __all__ = [
-    "get", "get_bytes", "list", "events", "Client", "FyvaultError", "NotFound", "Denied",
-    "NoPrevious", "AgentUnavailable", "BadResponse", "InvalidName", "SecretInfo", "Event",
-    "DEFAULT_SOCKET",
+    "get", "get_bytes", "list", "connect", "events", "Client", "FyvaultError", "NotFound",
+    "Denied", "NoPrevious", "AgentUnavailable", "BadResponse", "InvalidName", "SecretInfo",
+    "Event", "DEFAULT_SOCKET", "UserSecretMissing", "UserRequired", "InvalidUser",
+    "NotUserVault", "VaultUnreachable", "ConnectLink",
 ]
 
 _MAX_HEAD = 64 * 1024
@@ -77,11 +79,14 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict) -> bytes:
     return await reader.readexactly(length)
 
 
-def _request_bytes(path: str, accept: Optional[str] = None) -> bytes:
-    head = f"GET {path} HTTP/1.1\r\nHost: fyvault\r\n"
+def _request_bytes(path: str, accept: Optional[str] = None, body: Optional[bytes] = None) -> bytes:
+    method = "GET" if body is None else "POST"
+    head = f"{method} {path} HTTP/1.1\r\nHost: fyvault\r\n"
     if accept:
         head += f"Accept: {accept}\r\n"
-    return (head + "\r\n").encode("latin-1")
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode("latin-1") + (body or b"")
 
 
 class Client:
@@ -100,7 +105,7 @@ class Client:
         except OSError as e:
             raise unavailable(self.socket, e) from None
 
-    async def _request(self, path: str) -> Tuple[int, bytes]:
+    async def _request(self, path: str, body: Optional[bytes] = None) -> Tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # A connection (and lock) of an earlier event loop cannot be used in this one.
@@ -118,7 +123,7 @@ class Client:
                     self._conn = await self._connect()
                 reader, writer = self._conn
                 try:
-                    writer.write(_request_bytes(path))
+                    writer.write(_request_bytes(path, body=body))
                     await writer.drain()
                     status, headers = await _read_head(reader)
                     body = await _read_body(reader, headers)
@@ -156,16 +161,25 @@ class Client:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def get_bytes(self, name: str, previous: bool = False) -> bytes:
-        """The secret's exact bytes."""
-        status, body = await self._request(value_path(name, previous))
+    async def get_bytes(self, name: str, previous: bool = False, *,
+                        user: Optional[str] = None) -> bytes:
+        """The secret's exact bytes (``user=``: that app user's value of a user-vault
+        secret)."""
+        status, body = await self._request(value_path(name, previous, user))
         if status == 200:
             return body
         raise answer_error(self.socket, status, body)
 
-    async def get(self, name: str, previous: bool = False) -> str:
+    async def get(self, name: str, previous: bool = False, *, user: Optional[str] = None) -> str:
         """The secret's value as text (UTF-8)."""
-        return decode(name, await self.get_bytes(name, previous), self.socket)
+        return decode(name, await self.get_bytes(name, previous, user=user), self.socket)
+
+    async def connect(self, name: str, user: str) -> ConnectLink:
+        """A single-use link (valid one hour) for ``user`` to supply their own value."""
+        status, body = await self._request("/v1/connect", connect_body(name, user))
+        if status != 200:
+            raise answer_error(self.socket, status, body)
+        return parse_link(body, self.socket)
 
     async def list(self) -> List[SecretInfo]:
         """The secrets this process may read: names and versions, no values."""
@@ -227,14 +241,19 @@ def _client() -> Client:
     return _shared
 
 
-async def get(name: str, previous: bool = False) -> str:
-    """The secret's value as text (UTF-8)."""
-    return await _client().get(name, previous)
+async def get(name: str, previous: bool = False, *, user: Optional[str] = None) -> str:
+    """The secret's value as text (UTF-8); ``user=`` for a user-vault secret."""
+    return await _client().get(name, previous, user=user)
 
 
-async def get_bytes(name: str, previous: bool = False) -> bytes:
+async def get_bytes(name: str, previous: bool = False, *, user: Optional[str] = None) -> bytes:
     """The secret's exact bytes."""
-    return await _client().get_bytes(name, previous)
+    return await _client().get_bytes(name, previous, user=user)
+
+
+async def connect(name: str, user: str) -> ConnectLink:
+    """A single-use link for ``user`` to supply their own value of ``name``."""
+    return await _client().connect(name, user)
 
 
 async def _list() -> List[SecretInfo]:

@@ -108,8 +108,28 @@ class Dev:
             body["grace_period_seconds"] = grace
         return self._provider("PATCH", "", body)
 
-    def revoke(self, name):
-        return self._provider("DELETE", "", {"secret_name": name})
+    def revoke(self, name, user_id=None):
+        body = {"secret_name": name}
+        if user_id is not None:
+            body["user_id"] = user_id
+        return self._provider("DELETE", "", body)
+
+    def push_user(self, name, user, value):
+        """Pushes ``user``'s value of a user-vault secret."""
+        return self._provider("POST", "/push", {
+            "secret_name": name, "value": value, "environment": self.facts["environment"],
+            "user_id": user})
+
+    def policy(self, name, policy):
+        """Sets a secret's policy (``creator`` or ``user``) with the admin token."""
+        f = self.facts
+        url = (f"{f['url']}/api/v1/orgs/{f['org_id']}/environments/{f['environment']}"
+               f"/secrets/{name}/policy")
+        req = urllib.request.Request(url, method="PUT", data=json.dumps({"policy": policy}).encode(),
+                                     headers={"Authorization": f"Bearer {f['admin_token']}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
 
     def cli_get(self, name):
         """What ``fyvault get NAME`` prints now (None when it fails)."""

@@ -212,6 +212,66 @@ def wait_streaming(d, canary, got):
     eventually("the event stream to deliver", delivered)
 
 
+    def test_user_vault_secrets(self):
+        dev.policy("PY_BYOK", "user")
+        dev.push_user("PY_BYOK", "alice", "sk-alice-py")
+
+        def alice():
+            try:
+                return self.client.get("PY_BYOK", user="alice")
+            except (fyvault.UserSecretMissing, fyvault.NotFound):
+                return None
+        self.assertEqual(eventually("alice's value", alice), "sk-alice-py")
+        self.assertEqual(self.client.get_bytes("PY_BYOK", user="alice"), b"sk-alice-py")
+        with self.assertRaises(fyvault.UserSecretMissing) as missing:
+            self.client.get("PY_BYOK", user="bob")
+        self.assertEqual((missing.exception.code, missing.exception.connect), ("user_secret_missing", True))
+        self.assertEqual(missing.exception.status, 404)
+        with self.assertRaises(fyvault.UserRequired) as required:
+            self.client.get("PY_BYOK")
+        self.assertEqual((required.exception.code, required.exception.connect), ("user_required", False))
+        with self.assertRaises(TypeError):
+            self.client.get("PY_BYOK", user="")
+        link = self.client.connect("PY_BYOK", "bob")
+        self.assertRegex(link.url, r"/connect/fvlink_[A-Za-z0-9]+$")
+        self.assertTrue(link.expires_at)
+        dev.push("PY_SHARED", "shared-py")
+        dev.wait_for("PY_SHARED", "shared-py")
+        self.assertEqual(self.client.get("PY_SHARED", user="alice"), "shared-py")
+        with self.assertRaises(fyvault.NotUserVault):
+            self.client.connect("PY_SHARED", "bob")
+        dev.revoke("PY_BYOK", "alice")
+
+        def revoked():
+            try:
+                self.client.get("PY_BYOK", user="alice")
+                return None
+            except fyvault.UserSecretMissing:
+                return True
+        eventually("alice's value revoked", revoked)
+        saved = os.environ.get("FYVAULT_SOCKET")
+        os.environ["FYVAULT_SOCKET"] = dev.socket
+        try:
+            with self.assertRaises(fyvault.UserSecretMissing):
+                fyvault.get("PY_BYOK", user="carol")
+            self.assertTrue(fyvault.connect("PY_BYOK", "carol").url)
+
+            async def aio():
+                with self.assertRaises(fyvault.aio.UserSecretMissing):
+                    await fyvault.aio.get("PY_BYOK", user="carol")
+                self.assertEqual(await fyvault.aio.get("PY_SHARED"), "shared-py")
+                link = await fyvault.aio.connect("PY_BYOK", "carol")
+                self.assertIn("/connect/fvlink_", link.url)
+                with self.assertRaises(fyvault.aio.UserRequired):
+                    await fyvault.aio.get("PY_BYOK")
+            asyncio.run(aio())
+        finally:
+            if saved is None:
+                del os.environ["FYVAULT_SOCKET"]
+            else:
+                os.environ["FYVAULT_SOCKET"] = saved
+
+
 class Asyncio(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self):
         self.client = fyvault.aio.Client(socket=dev.socket)

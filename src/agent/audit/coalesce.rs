@@ -32,6 +32,8 @@ pub(super) struct Key {
     unit: Option<String>,
     /// `undeliverable` only.
     reason: Option<&'static str>,
+    /// A read of one app user's value (user-vault secrets).
+    user: Option<String>,
 }
 
 impl Key {
@@ -55,6 +57,7 @@ impl Key {
                 .map(|p| printable(&p.to_string_lossy(), MAX_EXE_BYTES)),
             unit: caller.unit.as_deref().map(|u| printable(u, MAX_NAME_BYTES)),
             reason: None,
+            user: None,
         }
     }
 
@@ -69,6 +72,15 @@ impl Key {
             exe: None,
             unit: None,
             reason: Some(reason),
+            user: None,
+        }
+    }
+
+    /// This key for a read of `user`'s value (an app user id, already checked by the reader).
+    pub(super) fn for_user(self, user: Option<&str>) -> Key {
+        Key {
+            user: user.map(str::to_owned),
+            ..self
         }
     }
 }
@@ -86,6 +98,7 @@ impl Key {
             exe: None,
             unit: None,
             reason: None,
+            user: None,
         }
     }
 }
@@ -193,6 +206,7 @@ fn to_event(k: Key, a: Agg) -> AccessEvent {
         unit: k.unit,
         count: a.count,
         reason: k.reason.map(str::to_owned),
+        user_id: k.user,
     }
 }
 

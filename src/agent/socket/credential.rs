@@ -146,6 +146,10 @@ fn decide(
         Err(Refusal::NotFound | Refusal::NoPrevious) => Err("no such secret"),
         Err(Refusal::NotReady) => Err("the agent has no values yet"),
         Err(Refusal::Unrenderable) => Err("cannot be rendered"),
+        // A user-vault secret has one value per app user: never a unit's credential.
+        Err(Refusal::UserRequired | Refusal::UserMissing | Refusal::CannotOpen) => {
+            Err("a user-vault secret (values per app user) is not a credential")
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! | `GET /v1/secrets/NAME?version=previous` | the previous version while its grace period runs; 404 after |
 //! | `GET /v1/events` | server-sent events `added`, `updated`, `rotated`, `revoked`, `expired` (data `{name, version, …}`), for readable secrets only |
 //! | `GET /v1/health` | `{status: ready/syncing/degraded, …}` |
+//! | `GET /v1/secrets/NAME?user=ID`, `POST /v1/connect` | user-vault secrets: see [`connect`] |
 //!
 //! A connection whose peer is bound to systemd's abstract address
 //! `\0<hex>/unit/<unit>/<id>` is a credential request (`LoadCredential=ID:/run/fyvault.sock`)
@@ -17,6 +18,7 @@
 //! ([`crate::agent::access::Policy::allows`]); a refusal is a 403 and an audit event. Errors are
 //! `{"error":{"code","message"}}`. The handlers are thin: all logic is in the view and policy.
 
+mod connect;
 pub mod credential;
 mod events;
 pub mod limits;
@@ -252,7 +254,7 @@ pub async fn serve_with(listener: UnixListener, ctx: Ctx, limits: Limits) -> io:
         let (ctx, app) = (ctx.clone(), app.clone());
         let uid = peer.caller.uid;
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            let early = if routes::has_body(&req) {
+            let early = if routes::has_body(&req) && !routes::takes_body(&req) {
                 Some(routes::body_refused())
             } else {
                 routes::fast_read(&ctx, &peer, &req)

@@ -29,6 +29,12 @@ pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(read))
+        .route(
+            "/v1/connect",
+            axum::routing::post(super::connect::connect).layer(
+                axum::extract::DefaultBodyLimit::max(super::connect::MAX_BODY),
+            ),
+        )
         .route("/v1/templates/{name}", get(template))
         .route("/v1/events", get(events::events))
         .route("/v1/health", get(health))
@@ -59,7 +65,7 @@ async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "the agent's API is read-only: use GET",
+        "the agent's API is read-only: use GET (POST only for /v1/connect)",
     )
 }
 
@@ -112,6 +118,9 @@ async fn accept_restore(
 struct ReadQuery {
     #[serde(default)]
     version: Option<String>,
+    /// The app user whose value of a user-vault secret is asked for.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 async fn read(
@@ -135,18 +144,31 @@ async fn read(
             "secret names match ^[A-Z_][A-Z0-9_]{0,127}$",
         );
     }
-    let which = match query.as_ref().map(|q| q.version.as_deref()) {
-        Ok(None | Some("current")) => Which::Current,
-        Ok(Some("previous")) => Which::Previous,
-        Ok(Some(_)) | Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "the only query parameter is version=current or version=previous",
-            );
-        }
+    let bad_query = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query parameters are version=current|previous and user=ID",
+        )
     };
-    read_value(&ctx, &peer, &name, which, &headers)
+    let Ok(Query(q)) = query else {
+        return bad_query();
+    };
+    let which = match q.version.as_deref() {
+        None | Some("current") => Which::Current,
+        Some("previous") => Which::Previous,
+        Some(_) => return bad_query(),
+    };
+    if let Some(user) = &q.user
+        && !crate::api::valid_user_id(user)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_user",
+            "user ids match ^[A-Za-z0-9._@-]{1,128}$",
+        );
+    }
+    read_value(&ctx, &peer, &name, which, q.user.as_deref(), &headers)
 }
 
 /// `GET /v1/templates/NAME`: the template rendered for the caller, through the gate (every
@@ -201,6 +223,11 @@ pub(super) fn has_body<B>(req: &axum::http::Request<B>) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// The one request with a body: `POST /v1/connect` (read up to [`super::connect::MAX_BODY`]).
+pub(super) fn takes_body<B>(req: &axum::http::Request<B>) -> bool {
+    req.method() == axum::http::Method::POST && req.uri().path() == "/v1/connect"
+}
+
 /// 413 for a request with a body; the connection is closed without reading it.
 pub(super) fn body_refused() -> Response {
     let mut r = error(
@@ -234,25 +261,42 @@ pub(super) fn fast_read<B>(
         Some("version=previous") => Which::Previous,
         Some(_) => return None,
     };
-    Some(read_value(ctx, peer, name, which, req.headers()))
+    Some(read_value(ctx, peer, name, which, None, req.headers()))
 }
 
-/// The gate's answer, translated: 403 denied, 404 not found / no previous, 503 not ready.
-fn read_value(ctx: &Ctx, peer: &Peer, name: &str, which: Which, headers: &HeaderMap) -> Response {
+/// The gate's answer, translated: 403 denied, 404 not found / no previous, 503 not ready; for
+/// user-vault secrets 400 `user_required` and 404 `user_secret_missing` (see
+/// [`super::connect`]). `user`: the app user whose value is read (ignored for creator-vault
+/// secrets: the one shared value is every user's).
+fn read_value(
+    ctx: &Ctx,
+    peer: &Peer,
+    name: &str,
+    which: Which,
+    user: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
     let caller = &peer.caller;
-    let req = ReadRequest::new(caller, AccessVia::Socket, name).which(which);
+    let req = ReadRequest::new(caller, AccessVia::Socket, name)
+        .which(which)
+        .user(user);
     // A copy of the value (a zeroizing Secret); the answer goes after the lock is released.
     let (meta, value) = match ctx.state.gate().read(&req) {
         Ok(v) => v,
         Err(refusal) => return refusal_response(ctx, caller.uid, name, refusal),
     };
+    value_answer(name, &meta, value, headers)
+}
+
+/// The answer carrying a value: its bytes as they are (or JSON when asked), its version.
+fn value_answer(name: &str, meta: &Meta, value: Secret, headers: &HeaderMap) -> Response {
     let wants_json = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/json"));
     let (content_type, body) = if wants_json {
-        ("application/json", json_body(name, &meta, &value))
+        ("application/json", json_body(name, meta, &value))
     } else if std::str::from_utf8(value.expose()).is_ok() {
         ("text/plain; charset=utf-8", value)
     } else {
@@ -307,6 +351,9 @@ pub(super) fn refusal_response(ctx: &Ctx, uid: u32, name: &str, refusal: Refusal
                 ctx.info.environment
             ),
         ),
+        Refusal::UserRequired | Refusal::UserMissing | Refusal::CannotOpen => {
+            super::connect::user_refusal(name, refusal)
+        }
     }
 }
 
@@ -401,6 +448,7 @@ async fn health(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) ->
         environment: ctx.info.environment.clone(),
         revision,
         secrets,
+        user_values: ctx.state.users.counts().1,
         last_sync_at: ctx
             .info
             .last_sync

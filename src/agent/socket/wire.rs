@@ -42,6 +42,9 @@ pub struct Health {
     pub revision: u64,
     /// Number of secrets held.
     pub secrets: usize,
+    /// Per-user values of user-vault secrets held (sealed until read; not in `secrets`).
+    #[serde(default)]
+    pub user_values: usize,
     /// When the last sync answer was applied (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_at: Option<String>,

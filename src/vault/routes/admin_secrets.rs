@@ -84,6 +84,7 @@ pub async fn push(
         value: req.value,
         sealed_value: req.sealed_value,
         grace: None,
+        user_id: None,
     };
     provider::write_as(&state, &p, &org, &owner(&p), &headers, w).await
 }
@@ -104,6 +105,7 @@ pub async fn rotate(
         value: req.value,
         sealed_value: req.sealed_value,
         grace: req.grace_period_seconds,
+        user_id: None,
     };
     provider::write_as(&state, &p, &org, &owner(&p), &headers, w).await
 }
@@ -115,5 +117,5 @@ pub async fn revoke(
     P((org, name)): P<(String, String)>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     p.require_admin(&state).await?;
-    provider::revoke_as(&state, &p, &org, &owner(&p), name).await
+    provider::revoke_as(&state, &p, &org, &owner(&p), name, None).await
 }

@@ -130,6 +130,8 @@ pub async fn sync(
             revision: q.since,
             full,
             secrets: Vec::new(),
+            policies: Vec::new(),
+            user_values: Vec::new(),
         };
         tokio::select! {
             d = waiter.delivery() => match d {
@@ -204,6 +206,9 @@ pub async fn ingest(
         }
         if e.unit.as_deref().is_some_and(|s| !clean(s, MAX_FIELD)) {
             return Err(bad_event(i, "unit is too long or holds control characters"));
+        }
+        if e.user_id.as_deref().is_some_and(|u| !api::valid_user_id(u)) {
+            return Err(bad_event(i, "user_id must match ^[A-Za-z0-9._@-]{1,128}$"));
         }
         let undeliverable = e.action == api::AccessAction::Undeliverable;
         let reason_ok = match e.reason.as_deref() {

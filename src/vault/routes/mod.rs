@@ -11,6 +11,10 @@
 //! | `GET  /orgs/:org/environments/:env/sync` | agent | [`agent::sync`] |
 //! | `POST /orgs/:org/audit/events` | agent | [`agent::ingest`] |
 //! | `GET  /orgs/:org/audit` | admin | [`admin::query_audit`] |
+//! | `PUT  /orgs/:org/environments/:env/secrets/:name/policy` | admin | [`users::set_policy`] |
+//! | `GET  /orgs/:org/environments/:env/secrets` | admin | [`users::list_secrets`] |
+//! | `POST /orgs/:org/environments/:env/connect-links` | agent | [`users::mint_link`] |
+//! | `GET/POST /connect/:token` | the link token | [`users::link_info`], [`users::link_submit`] |
 //! | `GET  /admin/stats` | admin | connections and long-polls held, caps, shared reads |
 //! | `/admin/…` | admin | orgs, environments, providers, tokens, audit, secrets ([`admin_secrets`]) |
 //!
@@ -24,7 +28,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 
 use crate::vault::AppState;
 use crate::vault::error::ApiError;
@@ -33,6 +37,7 @@ pub mod admin;
 pub mod admin_secrets;
 pub mod agent;
 pub mod provider;
+pub mod users;
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no_such_route", "no such API route")
@@ -64,6 +69,22 @@ fn api() -> Router<AppState> {
             get(provider::public_key),
         )
         .route("/orgs/{org}/environments/{env}/sync", get(agent::sync))
+        .route(
+            "/orgs/{org}/environments/{env}/secrets",
+            get(users::list_secrets),
+        )
+        .route(
+            "/orgs/{org}/environments/{env}/secrets/{name}/policy",
+            put(users::set_policy),
+        )
+        .route(
+            "/orgs/{org}/environments/{env}/connect-links",
+            post(users::mint_link),
+        )
+        .route(
+            "/connect/{token}",
+            get(users::link_info).post(users::link_submit),
+        )
         .route("/orgs/{org}/audit/events", post(agent::ingest))
         .route("/orgs/{org}/audit", get(admin::query_audit))
         .route("/admin/orgs", post(admin::create_org).get(admin::list_orgs))
@@ -116,7 +137,7 @@ fn api() -> Router<AppState> {
 /// headers or tokens.
 async fn log_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = users::loggable_path(req.uri().path()).into_owned();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

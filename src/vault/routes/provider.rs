@@ -36,6 +36,52 @@ pub fn check_secret_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+pub fn check_user_id(user: &str) -> Result<(), ApiError> {
+    if api::valid_user_id(user) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_user_id",
+            "user_id must match ^[A-Za-z0-9._@-]{1,128}$",
+        ))
+    }
+}
+
+/// The size and shape rules of a value (plaintext or sealed), the same for every writer.
+pub fn check_value(value: Option<&Secret>, sealed_value: Option<&str>) -> Result<(), ApiError> {
+    let plain_len = match (value, sealed_value) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "ambiguous_value",
+                "send either value or sealed_value, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_value",
+                "send value (plaintext, sealed on arrival) or sealed_value",
+            ));
+        }
+        (Some(v), None) => v.len(),
+        (None, Some(s)) => crypto::check_sealed_shape(s).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_sealed_value",
+                "sealed_value must be base64 of enc || ciphertext (HPKE, see the public-key endpoint)",
+            )
+        })?,
+    };
+    if plain_len == 0 {
+        return Err(ApiError::bad_request("empty_value", "the value is empty"));
+    }
+    if plain_len > MAX_VALUE_BYTES {
+        return Err(ApiError::bad_request(
+            "value_too_large",
+            format!("the value exceeds {MAX_VALUE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_environment(env: &str) -> Result<(), ApiError> {
     if api::valid_environment(env) {
         Ok(())
@@ -55,6 +101,7 @@ pub(crate) struct Write {
     pub value: Option<Secret>,
     pub sealed_value: Option<String>,
     pub grace: Option<u64>,
+    pub user_id: Option<String>,
 }
 
 fn length_prefixed(h: &mut Sha256, part: &[u8]) {
@@ -86,6 +133,10 @@ fn fingerprint(key: &str, w: &Write) -> String {
     length_prefixed(&mut h, w.environment.as_bytes());
     length_prefixed(&mut h, w.secret_name.as_bytes());
     length_prefixed(&mut h, &w.grace.map(|g| g + 1).unwrap_or(0).to_be_bytes());
+    if let Some(user) = &w.user_id {
+        length_prefixed(&mut h, b"user");
+        length_prefixed(&mut h, user.as_bytes());
+    }
     match (&w.value, &w.sealed_value) {
         (Some(v), _) => {
             length_prefixed(&mut h, b"value");
@@ -150,36 +201,10 @@ pub(crate) async fn write_as(
             format!("grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
         ));
     }
-    let plain_len = match (&w.value, &w.sealed_value) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "ambiguous_value",
-                "send either value or sealed_value, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "missing_value",
-                "send value (plaintext, sealed on arrival) or sealed_value",
-            ));
-        }
-        (Some(v), None) => v.len(),
-        (None, Some(s)) => crypto::check_sealed_shape(s).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_sealed_value",
-                "sealed_value must be base64 of enc || ciphertext (HPKE, see the public-key endpoint)",
-            )
-        })?,
-    };
-    if plain_len == 0 {
-        return Err(ApiError::bad_request("empty_value", "the value is empty"));
+    if let Some(user) = &w.user_id {
+        check_user_id(user)?;
     }
-    if plain_len > MAX_VALUE_BYTES {
-        return Err(ApiError::bad_request(
-            "value_too_large",
-            format!("the value exceeds {MAX_VALUE_BYTES} bytes"),
-        ));
-    }
+    check_value(w.value.as_ref(), w.sealed_value.as_deref())?;
     let env = state
         .store
         .get_environment(org, &w.environment)
@@ -223,6 +248,7 @@ pub(crate) async fn write_as(
             sealed_value,
             grace_seconds: w.grace,
             idempotency,
+            user_id: w.user_id.clone(),
             now_ms: now_ms(),
             audit: p.audit(),
         })
@@ -237,6 +263,7 @@ pub(crate) async fn write_as(
         provider,
         env = %w.environment,
         secret = %w.secret_name,
+        user = w.user_id.as_deref(),
         version = outcome.response.version,
         replayed = outcome.replayed,
         "secret written"
@@ -288,6 +315,7 @@ pub async fn push(
         value: req.value,
         sealed_value: req.sealed_value,
         grace: None,
+        user_id: req.user_id,
     };
     write(&state, &p, &org, &provider, &headers, w).await
 }
@@ -307,6 +335,7 @@ pub async fn rotate(
         value: req.value,
         sealed_value: req.sealed_value,
         grace: req.grace_period_seconds,
+        user_id: req.user_id,
     };
     write(&state, &p, &org, &provider, &headers, w).await
 }
@@ -316,6 +345,8 @@ pub async fn rotate(
 pub struct RevokeQuery {
     #[serde(default)]
     secret_name: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 /// The body of a revoke: `secret_name` may be left to `?secret_name=`, so `{}` (what many HTTP
@@ -325,6 +356,9 @@ pub struct RevokeQuery {
 pub struct RevokeBody {
     #[serde(default)]
     secret_name: Option<String>,
+    /// Only this app user's value of a user-vault secret.
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 /// `DELETE …/orgs/:org_id/providers/:id` with `{"secret_name"}` or `?secret_name=` (and then
@@ -337,7 +371,21 @@ pub async fn revoke(
     OptJsonBody(body): OptJsonBody<RevokeBody>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     p.require_provider(&state, &org, &provider).await?;
-    let name = match (body.and_then(|b| b.secret_name), query.secret_name) {
+    let (body_name, body_user) = body.map_or((None, None), |b| (b.secret_name, b.user_id));
+    let user_id = match (body_user, query.user_id) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "ambiguous_user_id",
+                "the body and ?user_id= name different users",
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => None,
+    };
+    if let Some(user) = &user_id {
+        check_user_id(user)?;
+    }
+    let name = match (body_name, query.secret_name) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
                 "ambiguous_secret_name",
@@ -352,7 +400,7 @@ pub async fn revoke(
             ));
         }
     };
-    revoke_as(&state, &p, &org, &provider, name).await
+    revoke_as(&state, &p, &org, &provider, name, user_id).await
 }
 
 /// A revoke by `p` as `owner` (see [`write_as`]), after the caller's scope check.
@@ -362,6 +410,7 @@ pub(crate) async fn revoke_as(
     org: &str,
     provider: &str,
     name: String,
+    user_id: Option<String>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     check_secret_name(&name)?;
     let now = now_ms();
@@ -371,6 +420,7 @@ pub(crate) async fn revoke_as(
             org_id: org.to_string(),
             secret_name: name.clone(),
             provider_id: provider.to_string(),
+            user_id: user_id.clone(),
             now_ms: now,
             audit: p.audit(),
         })
@@ -379,11 +429,12 @@ pub(crate) async fn revoke_as(
     for (env, rev) in &outcome.changed {
         state.feed.publish(org, env, *rev);
     }
-    tracing::info!(org, provider, secret = %name, environments = ?outcome.environments, "secret revoked");
+    tracing::info!(org, provider, secret = %name, user = user_id.as_deref(), environments = ?outcome.environments, "secret revoked");
     Ok(Json(RevokeResponse {
         secret_name: name,
         revoked_environments: outcome.environments,
         revoked_at: fmt_ms(now),
+        user_id,
     }))
 }
 
@@ -478,6 +529,7 @@ mod tests {
             value: Some(Secret::copy_from(value)),
             sealed_value: None,
             grace: None,
+            user_id: None,
         }
     }
 
@@ -490,6 +542,13 @@ mod tests {
         let mut r = w(b"one");
         r.kind = WriteKind::Rotate;
         assert_ne!(a, fingerprint("k1", &r));
+        let mut u = w(b"one");
+        u.user_id = Some("alice".into());
+        assert_ne!(
+            a,
+            fingerprint("k1", &u),
+            "another user's value is another request"
+        );
         assert!(!a.contains(&hex::encode(b"one")));
         assert_ne!(
             idempotency_key_hash("o", "p1", "k"),

@@ -3,7 +3,7 @@
 //! long-poll whose `since` is at or after `from` ([`ChangeSet::answer`]), so a change that
 //! wakes a thousand polls is read once (docs/vault.md, "One read per change").
 
-use crate::api::{SyncResponse, SyncSecret};
+use crate::api::{SyncPolicy, SyncResponse, SyncSecret, SyncUserSecret};
 
 /// Secrets changed after `from`, as of `revision`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,10 @@ pub struct ChangeSet {
     pub from: u64,
     /// `(changed_rev, secret)`, ordered by name.
     pub rows: Vec<(u64, SyncSecret)>,
+    /// `(changed_rev, policy)`, ordered by name.
+    pub policies: Vec<(u64, SyncPolicy)>,
+    /// `(changed_rev, one user's value)`, ordered by name and user.
+    pub users: Vec<(u64, SyncUserSecret)>,
 }
 
 /// The revision after which an answer to `since` lists changes: 0 (the full state) when
@@ -32,12 +36,17 @@ impl ChangeSet {
         Some(SyncResponse {
             revision: self.revision,
             full: base == 0,
-            secrets: self
-                .rows
-                .iter()
-                .filter(|(rev, _)| *rev > base)
-                .map(|(_, s)| s.clone())
-                .collect(),
+            secrets: after(&self.rows, base),
+            policies: after(&self.policies, base),
+            user_values: after(&self.users, base),
         })
     }
+}
+
+/// The items of `rows` changed after `base`.
+fn after<T: Clone>(rows: &[(u64, T)], base: u64) -> Vec<T> {
+    rows.iter()
+        .filter(|(rev, _)| *rev > base)
+        .map(|(_, t)| t.clone())
+        .collect()
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 
 use crate::api::{
     AccessEvent, AuditBatchResponse, AuditRecord, PushResponse, SecretState, SyncPrevious,
-    SyncResponse, SyncSecret,
+    SyncResponse, SyncSecret, SyncUserSecret,
 };
 use crate::crypto::TokenKind;
 use crate::vault::clock::fmt_ms;
@@ -22,8 +22,11 @@ mod changes;
 pub(crate) mod floors;
 pub mod postgres;
 pub mod sqlite;
+mod users;
 
 pub use changes::{ChangeSet, delta_base};
+pub(crate) use users::{LINK_RETENTION_MS, check_policy};
+pub use users::{LinkRecord, PolicyOutcome, SecretSummary, SetPolicy};
 
 /// How long an `Idempotency-Key` is remembered (24 h): a retry later than that is a new request.
 pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -57,6 +60,16 @@ pub enum StoreError {
     /// may have landed, so writers retry with the same `Idempotency-Key`.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A write that does not fit the secret's policy: a creator value for a user-vault secret
+    /// (the policy given) or a user's value for a creator-vault one.
+    #[error("the secret's policy is {}", .0.as_str())]
+    PolicyMismatch(crate::api::SecretPolicy),
+    /// A connect link already used.
+    #[error("the link was used")]
+    LinkUsed,
+    /// A connect link past its expiry.
+    #[error("the link expired")]
+    LinkExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +196,11 @@ pub struct NewAuditRecord {
     pub action: String,
     pub actor: String,
     pub source_ip: Option<String>,
+    /// Why (`undeliverable`), or what (`policy_changed`: the new policy; `link_created`: the
+    /// link id).
+    pub reason: Option<String>,
+    /// The app user whose value this is about (user-vault secrets).
+    pub user_id: Option<String>,
 }
 
 /// Push (POST, creates or overwrites) or rotation (PATCH, the secret must exist).
@@ -262,6 +280,7 @@ impl WritePlan {
             environment: Some(w.environment.clone()),
             secret: Some(w.secret_name.clone()),
             version: Some(u(self.version)),
+            user_id: w.user_id.clone(),
             ..w.audit.record(w.now_ms, action)
         }
     }
@@ -278,6 +297,7 @@ impl WritePlan {
             version: u(self.version),
             created_at: fmt_ms(w.now_ms),
             previous_version_expires_at: previous_expires,
+            user_id: w.user_id.clone(),
         }
     }
 }
@@ -330,6 +350,14 @@ impl SyncRow {
             previous,
         }
     }
+
+    /// [`into_secret`](Self::into_secret) for one user's value.
+    pub(crate) fn into_user_secret(self, user_id: String, now_ms: i64) -> SyncUserSecret {
+        SyncUserSecret {
+            user_id,
+            secret: self.into_secret(now_ms),
+        }
+    }
 }
 
 /// An `Idempotency-Key` as the store keeps it: both parts are hashes (see `vault::idempotency`).
@@ -373,6 +401,8 @@ pub struct WriteVersion {
     /// Grace of the replaced version; `None` = the environment's default.
     pub grace_seconds: Option<u64>,
     pub idempotency: Option<Idempotency>,
+    /// A user-vault secret: the value of this app user (`None`: the creator value).
+    pub user_id: Option<String>,
     pub now_ms: i64,
     pub audit: AuditContext,
 }
@@ -391,6 +421,8 @@ pub struct RevokeSecret {
     pub org_id: String,
     pub secret_name: String,
     pub provider_id: String,
+    /// Only this app user's value (`None`: the secret, creator and every user's value).
+    pub user_id: Option<String>,
     pub now_ms: i64,
     pub audit: AuditContext,
 }
@@ -401,6 +433,30 @@ pub struct RevokeOutcome {
     pub environments: Vec<String>,
     /// `(environment, new revision)` of the environments this call changed.
     pub changed: Vec<(String, u64)>,
+}
+
+impl RevokeOutcome {
+    /// Both outcomes in one: environments once each, an environment's newest revision.
+    pub(crate) fn merge(mut self, other: RevokeOutcome) -> RevokeOutcome {
+        self.environments.extend(other.environments);
+        self.environments.sort();
+        self.environments.dedup();
+        self.changed.extend(other.changed);
+        self.changed.sort();
+        self.changed.reverse();
+        self.changed.dedup_by(|a, b| a.0 == b.0);
+        self.changed.reverse();
+        self
+    }
+
+    /// `NotFound` when nothing of that name (or user) was ever there.
+    pub(crate) fn found(self) -> Result<RevokeOutcome, StoreError> {
+        if self.environments.is_empty() {
+            Err(StoreError::NotFound("secret"))
+        } else {
+            Ok(self)
+        }
+    }
 }
 
 /// A batch of agent access events, as the route has validated it.
@@ -516,6 +572,26 @@ pub trait Store: Send + Sync + 'static {
             })
         })
     }
+
+    // --- policy, user values, connect links (issue 14)
+    /// Sets a secret's policy in one environment (declaring the name if need be), with its
+    /// `policy_changed` audit record and a new revision when it changed.
+    fn set_policy(&self, set: SetPolicy) -> StoreFuture<'_, PolicyOutcome>;
+    /// Every secret name of an environment (pushed, declared by a policy, or with user
+    /// values), by name, counting users whose value was read at or after `reads_since_ms`.
+    fn list_secrets(
+        &self,
+        org_id: &str,
+        env: &str,
+        reads_since_ms: i64,
+    ) -> StoreFuture<'_, Vec<SecretSummary>>;
+    /// Stores a connect link (its hash) and its `link_created` audit record.
+    fn create_link(&self, link: LinkRecord, audit: AuditContext) -> StoreFuture<'_, ()>;
+    /// Looks a connect link up by the hash of its token.
+    fn find_link(&self, hash: &str) -> StoreFuture<'_, Option<LinkRecord>>;
+    /// Uses a connect link: in one transaction, checks it is unused and unexpired at
+    /// `write.now_ms`, marks it used and writes `write` (a user's value, no owner check).
+    fn use_link(&self, hash: &str, write: WriteVersion) -> StoreFuture<'_, WriteOutcome>;
 
     // --- audit
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()>;

@@ -158,6 +158,7 @@ pub(super) async fn mixed_writers_never_deadlock(stores: &[Arc<dyn Store>]) {
                         org_id: "o1".into(),
                         secret_name: name.into(),
                         provider_id: "p1".into(),
+                        user_id: None,
                         now_ms: T0,
                         audit: ctx("provider:p1"),
                     })

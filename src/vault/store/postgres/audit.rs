@@ -19,8 +19,9 @@ pub(super) async fn ingest_tx(
         let n = exec(
             tx,
             "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor,
-                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason,
+                user_id)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)
              ON CONFLICT (org_id, environment, agent_id, seq) DO NOTHING",
             &[
                 time_ms,
@@ -42,6 +43,7 @@ pub(super) async fn ingest_tx(
                 &b.agent_id,
                 &i(e.seq),
                 &e.reason,
+                &e.user_id,
             ],
         )
         .await?;
@@ -60,7 +62,7 @@ pub(super) async fn query_audit_q(
     let rows = all(
         tx,
         "SELECT id, time_ms, org_id, environment, secret, version, action, actor, source_ip,
-                host, via, pid, uid, gid, exe, unit, count, reason
+                host, via, pid, uid, gid, exe, unit, count, reason, user_id
          FROM audit
          WHERE ($1::text IS NULL OR org_id = $1)
            AND ($2::text IS NULL OR secret = $2)
@@ -105,6 +107,7 @@ pub(super) async fn query_audit_q(
                 unit: r.get(15),
                 count: r.get::<_, Option<i64>>(16).map(u),
                 reason: r.get(17),
+                user_id: r.get(18),
             }
         })
         .collect())

@@ -38,6 +38,7 @@ mod rows;
 mod schema;
 mod secrets;
 pub mod tls;
+mod users;
 
 pub use feed::PgChangeFeed;
 pub use schema::SCHEMA_VERSION;

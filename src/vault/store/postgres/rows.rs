@@ -76,8 +76,9 @@ pub(super) async fn insert_audit<C: GenericClient>(
 ) -> Result<(), StoreError> {
     exec(
         c,
-        "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip,
+                            reason, user_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &rec.time_ms,
             &rec.org_id,
@@ -87,6 +88,8 @@ pub(super) async fn insert_audit<C: GenericClient>(
             &rec.action,
             &rec.actor,
             &rec.source_ip,
+            &rec.reason,
+            &rec.user_id,
         ],
     )
     .await?;
@@ -131,7 +134,8 @@ pub(super) async fn insert_token<C: GenericClient>(
 
 pub(super) use crate::vault::store::token_audit;
 
-/// Owner of a secret name in an org (the provider that first pushed it), if any.
+/// Owner of a secret name in an org (the provider that first pushed it, a creator value or a
+/// user's), if any.
 pub(super) async fn owner_of<C: GenericClient>(
     c: &C,
     org_id: &str,
@@ -139,7 +143,11 @@ pub(super) async fn owner_of<C: GenericClient>(
 ) -> Result<Option<String>, StoreError> {
     Ok(opt(
         c,
-        "SELECT owner_provider FROM secrets WHERE org_id = $1 AND name = $2 LIMIT 1",
+        "SELECT owner_provider FROM secrets WHERE org_id = $1 AND name = $2
+         UNION ALL
+         SELECT owner_provider FROM user_secrets
+         WHERE org_id = $1 AND name = $2 AND owner_provider IS NOT NULL
+         LIMIT 1",
         &[&org_id, &name],
     )
     .await?

@@ -21,10 +21,66 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ALTER TABLE audit ADD COLUMN reason TEXT",
     ),
     (3, "version floors", super::floors::SCHEMA),
+    (4, "policies, user values, connect links", V4),
 ];
 
 /// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
+
+/// Policy per secret and environment, per-user values, connect links, the user of an audit
+/// record (issue 14).
+const V4: &str = r#"
+CREATE TABLE IF NOT EXISTS secret_policies (
+    org_id      TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    policy      TEXT NOT NULL,
+    changed_rev BIGINT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (org_id, environment, name)
+);
+CREATE INDEX IF NOT EXISTS secret_policies_by_rev ON secret_policies(org_id, environment, changed_rev);
+CREATE TABLE IF NOT EXISTS user_secrets (
+    org_id          TEXT NOT NULL,
+    environment     TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    owner_provider  TEXT,
+    current_version BIGINT NOT NULL,
+    state           TEXT NOT NULL,
+    changed_rev     BIGINT NOT NULL,
+    updated_ms      BIGINT NOT NULL,
+    PRIMARY KEY (org_id, environment, name, user_id)
+);
+CREATE INDEX IF NOT EXISTS user_secrets_by_name ON user_secrets(org_id, name);
+CREATE INDEX IF NOT EXISTS user_secrets_by_rev ON user_secrets(org_id, environment, changed_rev);
+CREATE TABLE IF NOT EXISTS user_secret_versions (
+    org_id         TEXT NOT NULL,
+    environment    TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    user_id        TEXT NOT NULL,
+    version        BIGINT NOT NULL,
+    sealed         TEXT NOT NULL,
+    writer         TEXT NOT NULL,
+    created_ms     BIGINT NOT NULL,
+    grace_until_ms BIGINT,
+    PRIMARY KEY (org_id, environment, name, user_id, version)
+);
+CREATE TABLE IF NOT EXISTS connect_links (
+    hash        TEXT PRIMARY KEY,
+    link_id     TEXT NOT NULL,
+    org_id      TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    used_ms     BIGINT
+);
+CREATE INDEX IF NOT EXISTS connect_links_by_expiry ON connect_links(expires_ms);
+ALTER TABLE audit ADD COLUMN user_id TEXT;
+CREATE INDEX IF NOT EXISTS audit_user_reads ON audit(org_id, environment, secret, action, time_ms) WHERE user_id IS NOT NULL;
+"#;
 
 const V1: &str = r#"
 CREATE TABLE orgs (

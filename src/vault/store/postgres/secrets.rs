@@ -7,9 +7,12 @@
 use deadpool_postgres::Transaction;
 
 use super::rows::{bump_revision, exec, insert_audit, lock, notify_change, opt, owner_of};
+use super::users::{policy_changes, policy_of, revoke_users, user_changes, write_user};
 use super::{i, u};
+use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::SyncRow;
+use crate::vault::store::check_policy;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base, may_write,
@@ -53,19 +56,78 @@ pub(super) async fn write_version_tx(
         }
     }
     lock(tx, &["secret", &w.org_id, &w.secret_name]).await?;
-    let default_grace: i64 = opt(
-        tx,
-        "SELECT default_grace_s FROM environments WHERE org_id = $1 AND name = $2",
-        &[&w.org_id, &w.environment],
-    )
-    .await?
-    .ok_or(StoreError::NotFound("environment"))?
-    .get(0);
+    let default_grace = default_grace_of(tx, &w.org_id, &w.environment).await?;
+    check_policy(
+        policy_of(tx, &w.org_id, &w.environment, &w.secret_name).await?,
+        w.user_id.as_deref(),
+    )?;
     if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name).await?
         && !may_write(&owner, &w.provider_id)
     {
         return Err(StoreError::NotOwner);
     }
+    let (response, revision) = match &w.user_id {
+        None => write_creator(tx, w, default_grace).await?,
+        Some(user) => write_user(tx, w, user, default_grace, Some(&w.provider_id)).await?,
+    };
+    Ok(WriteOutcome {
+        response,
+        replayed: false,
+        revision: Some(revision),
+    })
+}
+
+/// The environment's default grace period (seconds); `NotFound` without the environment.
+pub(super) async fn default_grace_of(
+    tx: &Transaction<'_>,
+    org: &str,
+    env: &str,
+) -> Result<i64, StoreError> {
+    Ok(opt(
+        tx,
+        "SELECT default_grace_s FROM environments WHERE org_id = $1 AND name = $2",
+        &[&org, &env],
+    )
+    .await?
+    .ok_or(StoreError::NotFound("environment"))?
+    .get(0))
+}
+
+/// The stored answer of an idempotent write, written in its transaction.
+pub(super) async fn remember_answer(
+    tx: &Transaction<'_>,
+    w: &WriteVersion,
+    response: &PushResponse,
+) -> Result<(), StoreError> {
+    let Some(idem) = &w.idempotency else {
+        return Ok(());
+    };
+    let json = serde_json::to_string(response)
+        .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
+    exec(
+        tx,
+        "INSERT INTO idempotency
+             (org_id, provider_id, key_hash, fingerprint, response, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &w.org_id,
+            &w.provider_id,
+            &idem.key_hash,
+            &idem.fingerprint,
+            &json,
+            &w.now_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A new creator version of `w`: (answer, new revision).
+async fn write_creator(
+    tx: &Transaction<'_>,
+    w: &WriteVersion,
+    default_grace: i64,
+) -> Result<(PushResponse, u64), StoreError> {
     let current: Option<(i64, String)> = opt(
         tx,
         "SELECT current_version, state FROM secrets
@@ -117,25 +179,7 @@ pub(super) async fn write_version_tx(
     .await?;
     insert_audit(tx, &plan.audit_record(w)).await?;
     let response = plan.response(w, previous_expires);
-    if let Some(idem) = &w.idempotency {
-        let json = serde_json::to_string(&response)
-            .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
-        exec(
-            tx,
-            "INSERT INTO idempotency
-                 (org_id, provider_id, key_hash, fingerprint, response, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &w.org_id,
-                &w.provider_id,
-                &idem.key_hash,
-                &idem.fingerprint,
-                &json,
-                &w.now_ms,
-            ],
-        )
-        .await?;
-    }
+    remember_answer(tx, w, &response).await?;
     // Last: from the revision bump to the commit, the environment row is locked and every
     // other writer of the environment waits, so keep that span short.
     let revision = bump_revision(tx, &w.org_id, &w.environment).await?;
@@ -159,11 +203,7 @@ pub(super) async fn write_version_tx(
     )
     .await?;
     notify_change(tx, &w.org_id, &w.environment, revision).await?;
-    Ok(WriteOutcome {
-        response,
-        replayed: false,
-        revision: Some(revision),
-    })
+    Ok((response, revision))
 }
 
 pub(super) async fn revoke_tx(
@@ -176,6 +216,9 @@ pub(super) async fn revoke_tx(
     {
         return Err(StoreError::NotOwner);
     }
+    if let Some(user) = &r.user_id {
+        return revoke_users(tx, r, Some(user)).await?.found();
+    }
     let rows: Vec<(String, i64, String)> = super::rows::all(
         tx,
         "SELECT environment, current_version, state FROM secrets
@@ -186,9 +229,6 @@ pub(super) async fn revoke_tx(
     .iter()
     .map(|row| (row.get(0), row.get(1), row.get(2)))
     .collect();
-    if rows.is_empty() {
-        return Err(StoreError::NotFound("secret"));
-    }
     let mut changed = Vec::new();
     // Environments in name order, so two revocations lock environment rows in one order.
     for (env, version, state) in &rows {
@@ -224,10 +264,12 @@ pub(super) async fn revoke_tx(
         notify_change(tx, &r.org_id, env, revision).await?;
         changed.push((env.clone(), revision));
     }
-    Ok(RevokeOutcome {
+    RevokeOutcome {
         environments: rows.into_iter().map(|(e, _, _)| e).collect(),
         changed,
-    })
+    }
+    .merge(revoke_users(tx, r, None).await?)
+    .found()
 }
 
 /// Runs on one repeatable-read snapshot, so the revision and the rows agree.
@@ -249,8 +291,10 @@ pub(super) async fn changes_q(
     let from = delta_base(since, revision);
     let rows = super::rows::all(
         tx,
-        "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                p.version, p.sealed, p.grace_until_ms, s.changed_rev
+        "SELECT s.name, s.current_version,
+                CASE WHEN pol.policy = 'user' THEN 'revoked' ELSE s.state END,
+                s.updated_ms, v.sealed, p.version, p.sealed, p.grace_until_ms,
+                GREATEST(s.changed_rev, COALESCE(pol.changed_rev, 0))
          FROM secrets s
          JOIN secret_versions v
            ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -258,7 +302,10 @@ pub(super) async fn changes_q(
          LEFT JOIN secret_versions p
            ON p.org_id = s.org_id AND p.environment = s.environment AND p.name = s.name
           AND p.version = s.current_version - 1 AND p.grace_until_ms > $4
-         WHERE s.org_id = $1 AND s.environment = $2 AND s.changed_rev > $3
+         LEFT JOIN secret_policies pol
+           ON pol.org_id = s.org_id AND pol.environment = s.environment AND pol.name = s.name
+         WHERE s.org_id = $1 AND s.environment = $2
+           AND (s.changed_rev > $3 OR pol.changed_rev > $3)
          ORDER BY s.name COLLATE \"C\"",
         &[&org_id, &env, &i(from), &now_ms],
     )
@@ -284,5 +331,7 @@ pub(super) async fn changes_q(
         revision,
         from,
         rows: secrets,
+        policies: policy_changes(tx, org_id, env, from).await?,
+        users: user_changes(tx, org_id, env, from, now_ms).await?,
     })
 }

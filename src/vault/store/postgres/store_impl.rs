@@ -7,12 +7,13 @@ use super::rows::{
     token_audit, token_row,
 };
 use super::secrets::{changes_q, revoke_tx, write_version_tx};
+use super::users;
 use super::{PgStore, TOKENS_CHANNEL, i, pe, u, unique_as};
 use crate::api::{AuditBatchResponse, AuditRecord};
 use crate::vault::store::{
-    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, NewAuditRecord, Org, Provider,
-    RevokeOutcome, RevokeSecret, Store, StoreError, StoreFuture, TokenFilter, TokenRecord,
-    WriteOutcome, WriteVersion,
+    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, LinkRecord, NewAuditRecord, Org,
+    PolicyOutcome, Provider, RevokeOutcome, RevokeSecret, SecretSummary, SetPolicy, Store,
+    StoreError, StoreFuture, TokenFilter, TokenRecord, WriteOutcome, WriteVersion,
 };
 
 fn org_row(r: &tokio_postgres::Row) -> Org {
@@ -351,6 +352,34 @@ impl Store for PgStore {
     ) -> StoreFuture<'_, ChangeSet> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
         in_snapshot!(self, tx => changes_q(&tx, &org_id, &env, since, now_ms).await?)
+    }
+
+    fn set_policy(&self, set: SetPolicy) -> StoreFuture<'_, PolicyOutcome> {
+        in_tx!(self, tx => users::set_policy_tx(&tx, &set).await?)
+    }
+
+    fn list_secrets(
+        &self,
+        org_id: &str,
+        env: &str,
+        reads_since_ms: i64,
+    ) -> StoreFuture<'_, Vec<SecretSummary>> {
+        let (org_id, env) = (org_id.to_string(), env.to_string());
+        in_snapshot!(self, tx => users::list_secrets_q(&tx, &org_id, &env, reads_since_ms).await?)
+    }
+
+    fn create_link(&self, link: LinkRecord, audit: AuditContext) -> StoreFuture<'_, ()> {
+        in_tx!(self, tx => users::create_link_tx(&tx, &link, &audit).await?)
+    }
+
+    fn find_link(&self, hash: &str) -> StoreFuture<'_, Option<LinkRecord>> {
+        let hash = hash.to_string();
+        on_conn!(self, c => users::find_link_q(&c, &hash, false).await?)
+    }
+
+    fn use_link(&self, hash: &str, write: WriteVersion) -> StoreFuture<'_, WriteOutcome> {
+        let hash = hash.to_string();
+        in_tx!(self, tx => users::use_link_tx(&tx, &hash, &write).await?)
     }
 
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()> {

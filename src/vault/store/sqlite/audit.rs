@@ -11,8 +11,9 @@ pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchRes
     let mut st = tx
         .prepare_cached(
             "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor,
-                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+                source_ip, host, via, pid, uid, gid, exe, unit, count, agent_id, seq, reason,
+                user_id)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)
              ON CONFLICT (org_id, environment, agent_id, seq) DO NOTHING",
         )
         .map_err(be)?;
@@ -39,6 +40,7 @@ pub(super) fn ingest_tx(tx: &Connection, b: &AgentBatch) -> Result<AuditBatchRes
                 b.agent_id,
                 i(e.seq),
                 e.reason,
+                e.user_id,
             ])
             .map_err(be)?;
         accepted += n as u64;
@@ -56,7 +58,7 @@ pub(super) fn query_audit_q(
     let mut st = conn
         .prepare_cached(
             "SELECT id, time_ms, org_id, environment, secret, version, action, actor, source_ip,
-                    host, via, pid, uid, gid, exe, unit, count, reason
+                    host, via, pid, uid, gid, exe, unit, count, reason, user_id
              FROM audit
              WHERE (?1 IS NULL OR org_id = ?1)
                AND (?2 IS NULL OR secret = ?2)
@@ -100,6 +102,7 @@ pub(super) fn query_audit_q(
                     unit: r.get(15)?,
                     count: r.get::<_, Option<i64>>(16)?.map(u),
                     reason: r.get(17)?,
+                    user_id: r.get(18)?,
                 })
             },
         )

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, NewAuditRecord, Org, Provider,
-    RevokeOutcome, RevokeSecret, Store, StoreError, StoreFuture, TokenFilter, TokenRecord,
-    WriteOutcome, WriteVersion,
+    AgentBatch, AuditContext, AuditFilter, ChangeSet, Environment, LinkRecord, NewAuditRecord, Org,
+    PolicyOutcome, Provider, RevokeOutcome, RevokeSecret, SecretSummary, SetPolicy, Store,
+    StoreError, StoreFuture, TokenFilter, TokenRecord, WriteOutcome, WriteVersion,
 };
 use crate::api::{AuditBatchResponse, AuditRecord};
 
@@ -27,6 +27,7 @@ mod readers;
 mod rows;
 mod schema;
 mod secrets;
+mod users;
 mod writer;
 
 use audit::{ingest_tx, query_audit_q};
@@ -34,7 +35,7 @@ use rows::{
     ENV_COLS, TOKEN_COLS, env_row, insert_audit, insert_token, kind_str, org_exists, token_audit,
     token_row,
 };
-use schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+use schema::{MIGRATIONS, SCHEMA, SCHEMA_BASE, SCHEMA_VERSION};
 use secrets::{changes_q, revoke_tx, write_version_tx};
 
 /// File name of the database inside the data dir.
@@ -126,10 +127,11 @@ impl SqliteStore {
                 "the database schema is version {version}, newer than this fyvault ({SCHEMA_VERSION})"
             )));
         }
-        // One transaction: what is missing is created (a fresh database gets the newest schema
-        // at once), an older one is migrated step by step, and the version is set with it.
+        // One transaction: what is missing is created (a fresh database gets [`SCHEMA`], at
+        // version [`SCHEMA_BASE`], and the migrations after it), an older one is migrated step
+        // by step, and the version is set with it.
         let pending = match version {
-            0 => &[][..],
+            0 => &MIGRATIONS[usize::try_from(SCHEMA_BASE - 1).unwrap_or(0)..],
             v => &MIGRATIONS[usize::try_from(v - 1).unwrap_or(0)..],
         };
         let batch = format!(
@@ -576,6 +578,34 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, ChangeSet> {
         let (org_id, env) = (org_id.to_string(), env.to_string());
         self.run(move |c| changes_q(c, &org_id, &env, since, now_ms))
+    }
+
+    fn set_policy(&self, set: SetPolicy) -> StoreFuture<'_, PolicyOutcome> {
+        self.tx(move |tx| users::set_policy_tx(tx, &set))
+    }
+
+    fn list_secrets(
+        &self,
+        org_id: &str,
+        env: &str,
+        reads_since_ms: i64,
+    ) -> StoreFuture<'_, Vec<SecretSummary>> {
+        let (org_id, env) = (org_id.to_string(), env.to_string());
+        self.run(move |c| users::list_secrets_q(c, &org_id, &env, reads_since_ms))
+    }
+
+    fn create_link(&self, link: LinkRecord, audit: AuditContext) -> StoreFuture<'_, ()> {
+        self.tx(move |tx| users::create_link_tx(tx, &link, &audit))
+    }
+
+    fn find_link(&self, hash: &str) -> StoreFuture<'_, Option<LinkRecord>> {
+        let hash = hash.to_string();
+        self.run(move |c| users::find_link_q(c, &hash))
+    }
+
+    fn use_link(&self, hash: &str, write: WriteVersion) -> StoreFuture<'_, WriteOutcome> {
+        let hash = hash.to_string();
+        self.tx(move |tx| users::use_link_tx(tx, &hash, &write))
     }
 
     fn append_audit(&self, record: NewAuditRecord) -> StoreFuture<'_, ()> {

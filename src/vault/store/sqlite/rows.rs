@@ -43,8 +43,9 @@ pub(super) fn env_row(r: &Row<'_>) -> rusqlite::Result<Environment> {
 
 pub(super) fn insert_audit(tx: &Connection, rec: &NewAuditRecord) -> Result<(), StoreError> {
     exec(tx,
-        "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO audit (time_ms, org_id, environment, secret, version, action, actor, source_ip,
+                            reason, user_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             rec.time_ms,
             rec.org_id,
@@ -54,6 +55,8 @@ pub(super) fn insert_audit(tx: &Connection, rec: &NewAuditRecord) -> Result<(), 
             rec.action,
             rec.actor,
             rec.source_ip,
+            rec.reason,
+            rec.user_id,
         ],
     )
     .map_err(be)?;
@@ -99,7 +102,8 @@ pub(super) fn insert_token(tx: &Connection, t: &TokenRecord) -> Result<(), Store
 
 pub(super) use crate::vault::store::token_audit;
 
-/// Owner of a secret name in an org (the provider that first pushed it), if any.
+/// Owner of a secret name in an org (the provider that first pushed it, a creator value or a
+/// user's), if any.
 pub(super) fn owner_of(
     tx: &Connection,
     org_id: &str,
@@ -107,7 +111,11 @@ pub(super) fn owner_of(
 ) -> Result<Option<String>, StoreError> {
     row(
         tx,
-        "SELECT owner_provider FROM secrets WHERE org_id = ?1 AND name = ?2 LIMIT 1",
+        "SELECT owner_provider FROM secrets WHERE org_id = ?1 AND name = ?2
+         UNION ALL
+         SELECT owner_provider FROM user_secrets
+         WHERE org_id = ?1 AND name = ?2 AND owner_provider IS NOT NULL
+         LIMIT 1",
         params![org_id, name],
         |r| r.get(0),
     )

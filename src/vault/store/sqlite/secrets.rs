@@ -3,9 +3,12 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{bump_revision, insert_audit, owner_of};
+use super::users::{policy_changes, policy_of, revoke_users, user_changes, write_user};
 use super::{be, exec, i, row, u};
+use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::SyncRow;
+use crate::vault::store::check_policy;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
     WriteOutcome, WritePlan, WriteVersion, delta_base, may_write,
@@ -35,20 +38,56 @@ pub(super) fn write_version_tx(
             return idem.replay(&fingerprint, &response);
         }
     }
-    let default_grace: i64 = row(
-        tx,
-        "SELECT default_grace_s FROM environments WHERE org_id = ?1 AND name = ?2",
-        params![w.org_id, w.environment],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(be)?
-    .ok_or(StoreError::NotFound("environment"))?;
+    let default_grace = default_grace_of(tx, &w.org_id, &w.environment)?;
+    check_policy(
+        policy_of(tx, &w.org_id, &w.environment, &w.secret_name)?,
+        w.user_id.as_deref(),
+    )?;
     if let Some(owner) = owner_of(tx, &w.org_id, &w.secret_name)?
         && !may_write(&owner, &w.provider_id)
     {
         return Err(StoreError::NotOwner);
     }
+    let (response, revision) = match &w.user_id {
+        None => write_creator(tx, w, default_grace)?,
+        Some(user) => write_user(tx, w, user, default_grace, Some(&w.provider_id))?,
+    };
+    if let Some(idem) = &w.idempotency {
+        let json = serde_json::to_string(&response)
+            .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
+        exec(tx,
+            "INSERT INTO idempotency (org_id, provider_id, key_hash, fingerprint, response, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![w.org_id, w.provider_id, idem.key_hash, idem.fingerprint, json, w.now_ms],
+        )
+        .map_err(be)?;
+    }
+    Ok(WriteOutcome {
+        response,
+        replayed: false,
+        revision: Some(revision),
+    })
+}
+
+/// The environment's default grace period (seconds); `NotFound` without the environment.
+pub(super) fn default_grace_of(tx: &Connection, org: &str, env: &str) -> Result<i64, StoreError> {
+    row(
+        tx,
+        "SELECT default_grace_s FROM environments WHERE org_id = ?1 AND name = ?2",
+        params![org, env],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(be)?
+    .ok_or(StoreError::NotFound("environment"))
+}
+
+/// A new creator version of `w`: (answer, new revision).
+fn write_creator(
+    tx: &Connection,
+    w: &WriteVersion,
+    default_grace: i64,
+) -> Result<(PushResponse, u64), StoreError> {
     let current: Option<(i64, String)> = row(
         tx,
         "SELECT current_version, state FROM secrets
@@ -100,22 +139,7 @@ pub(super) fn write_version_tx(
     )
     .map_err(be)?;
     insert_audit(tx, &plan.audit_record(w))?;
-    let response = plan.response(w, previous_expires);
-    if let Some(idem) = &w.idempotency {
-        let json = serde_json::to_string(&response)
-            .map_err(|e| StoreError::Backend(format!("encode answer: {e}")))?;
-        exec(tx,
-            "INSERT INTO idempotency (org_id, provider_id, key_hash, fingerprint, response, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![w.org_id, w.provider_id, idem.key_hash, idem.fingerprint, json, w.now_ms],
-        )
-        .map_err(be)?;
-    }
-    Ok(WriteOutcome {
-        response,
-        replayed: false,
-        revision: Some(revision),
-    })
+    Ok((plan.response(w, previous_expires), revision))
 }
 
 pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutcome, StoreError> {
@@ -123,6 +147,9 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
         && !may_write(&owner, &r.provider_id)
     {
         return Err(StoreError::NotOwner);
+    }
+    if let Some(user) = &r.user_id {
+        return revoke_users(tx, r, Some(user))?.found();
     }
     let rows: Vec<(String, i64, String)> = {
         let mut st = tx
@@ -138,9 +165,6 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
         .collect::<Result<_, _>>()
         .map_err(be)?
     };
-    if rows.is_empty() {
-        return Err(StoreError::NotFound("secret"));
-    }
     let mut changed = Vec::new();
     for (env, version, state) in &rows {
         if state != "active" {
@@ -173,10 +197,12 @@ pub(super) fn revoke_tx(tx: &Connection, r: &RevokeSecret) -> Result<RevokeOutco
         )?;
         changed.push((env.clone(), revision));
     }
-    Ok(RevokeOutcome {
+    RevokeOutcome {
         environments: rows.into_iter().map(|(e, _, _)| e).collect(),
         changed,
-    })
+    }
+    .merge(revoke_users(tx, r, None)?)
+    .found()
 }
 
 pub(super) fn changes_q(
@@ -199,8 +225,10 @@ pub(super) fn changes_q(
     let from = delta_base(since, revision);
     let mut st = conn
         .prepare_cached(
-            "SELECT s.name, s.current_version, s.state, s.updated_ms, v.sealed,
-                    p.version, p.sealed, p.grace_until_ms, s.changed_rev
+            "SELECT s.name, s.current_version,
+                    CASE WHEN pol.policy = 'user' THEN 'revoked' ELSE s.state END,
+                    s.updated_ms, v.sealed, p.version, p.sealed, p.grace_until_ms,
+                    MAX(s.changed_rev, COALESCE(pol.changed_rev, 0))
              FROM secrets s
              JOIN secret_versions v
                ON v.org_id = s.org_id AND v.environment = s.environment AND v.name = s.name
@@ -208,7 +236,10 @@ pub(super) fn changes_q(
              LEFT JOIN secret_versions p
                ON p.org_id = s.org_id AND p.environment = s.environment AND p.name = s.name
               AND p.version = s.current_version - 1 AND p.grace_until_ms > ?4
-             WHERE s.org_id = ?1 AND s.environment = ?2 AND s.changed_rev > ?3
+             LEFT JOIN secret_policies pol
+               ON pol.org_id = s.org_id AND pol.environment = s.environment AND pol.name = s.name
+             WHERE s.org_id = ?1 AND s.environment = ?2
+               AND (s.changed_rev > ?3 OR pol.changed_rev > ?3)
              ORDER BY s.name",
         )
         .map_err(be)?;
@@ -234,5 +265,7 @@ pub(super) fn changes_q(
         revision,
         from,
         rows: secrets,
+        policies: policy_changes(conn, org_id, env, from)?,
+        users: user_changes(conn, org_id, env, from, now_ms)?,
     })
 }
