@@ -167,3 +167,66 @@ fn pinned_handles_grace_and_revoke_on_every_read_path() {
         wait_for("all handles released", || m.state.view.open_handles() == 0);
     }
 }
+
+/// Passthrough's memfds: none until a version is first opened; the current version's is kept
+/// for later opens; a previous version's lives only while a handle holds it (DESIGN §4.2 holds
+/// throughout: each handle reads its own version).
+#[test]
+fn memfds_are_made_at_first_open_and_kept_only_while_current_or_held() {
+    let test = "memfds_are_made_at_first_open_and_kept_only_while_current_or_held";
+    let Some(m) = mounts(test)
+        .into_iter()
+        .find(|m| m.read_path() == ReadPath::Passthrough)
+    else {
+        eprintln!("{test}: no passthrough here; skipped");
+        return;
+    };
+    m.put("A", 1, b"one");
+    m.put("B", 1, b"bee");
+    assert!(std::fs::read_dir(&m.path).unwrap().count() >= 2);
+    assert_eq!(m.memfds(), 0, "a sync or a listing makes no memfd");
+
+    assert_eq!(cat(&m.file("A")), b"one");
+    wait_for("A's handle released", || m.state.view.open_handles() == 0);
+    assert_eq!(m.memfds(), 1, "the current version's memfd is kept");
+    assert_eq!(cat(&m.file("A")), b"one");
+    wait_for("A's handle released", || m.state.view.open_handles() == 0);
+    assert_eq!(m.memfds(), 1, "and reused");
+
+    // Rotation with a long grace: v1 is idle and no longer current, so its memfd goes at once.
+    m.apply(vec![active(
+        "A",
+        2,
+        b"two",
+        Some((1, b"one", Duration::from_secs(600))),
+    )]);
+    assert_eq!(
+        m.memfds(),
+        0,
+        "an idle, no longer current version keeps no memfd"
+    );
+
+    // `.previous` opened: a memfd for v1 again, held by its handle, gone with it.
+    let previous = std::fs::File::open(m.previous("A")).unwrap();
+    let current = std::fs::File::open(m.file("A")).unwrap();
+    let mut buf = [0u8; 16];
+    let n = previous.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"one");
+    let n = current.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"two");
+    assert_eq!(m.memfds(), 2);
+    drop(previous);
+    wait_for("v1's memfd released with its last handle", || {
+        m.memfds() == 1
+    });
+    let n = current.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"two", "the current handle reads on");
+    drop(current);
+    wait_for("all handles released", || m.state.view.open_handles() == 0);
+    assert_eq!(m.memfds(), 1, "the current version's memfd stays");
+    assert_eq!(
+        cat(&m.previous("A")),
+        b"one",
+        "v1 still readable in its grace"
+    );
+}

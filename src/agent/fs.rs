@@ -248,8 +248,9 @@ impl Filesystem for SecretFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The backing first: once the view counts the handle closed, its memfd is settled.
+        self.read.backings.release(fh.0, &self.state.view);
         self.state.view.close(fh.0);
-        self.read.backings.release(fh.0);
         reply.ok();
     }
 

@@ -243,6 +243,11 @@ impl Mounted {
         &self.path
     }
 
+    /// How many passthrough memfds the mount holds now (tests, diagnostics).
+    pub fn memfds(&self) -> usize {
+        self.backings.len()
+    }
+
     /// How secret files' bytes reach readers on this mount.
     pub fn read_path(&self) -> ReadPath {
         self.read_path

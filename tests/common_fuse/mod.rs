@@ -109,6 +109,11 @@ impl TestMount {
         self.mounted.as_ref().expect("mounted").read_path()
     }
 
+    /// How many passthrough memfds the mount holds now.
+    pub fn memfds(&self) -> usize {
+        self.mounted.as_ref().expect("mounted").memfds()
+    }
+
     /// A mount without the kernel's read-only flag: write-type operations reach the
     /// filesystem, which must refuse them by itself.
     pub fn kernel_writable(policy: Policy) -> TestMount {

@@ -21,9 +21,13 @@
 //!   A handle still open on it then reads **end-of-file** (0 bytes) instead of ESTALE — the
 //!   agent is no longer asked, so it cannot answer an error — and a mapping of it faults.
 //!
-//! A memfd is made when a version is first opened and kept while the view serves the version,
-//! so later opens reuse it. If one cannot be made (e.g. its pages cannot be locked), that open
-//! is served with direct I/O instead, and a warning is logged once.
+//! A memfd is made when a version is first opened (never at sync: 10,000 secrets make no memfd
+//! until read) and kept while the version is current, so later opens reuse it; a version that
+//! is no longer current (the previous one, during its grace) keeps its memfd only while a
+//! handle holds it: it is wiped and closed when its last handle is released, or at the change
+//! that made it previous if no handle held it then (a later open of it makes a new one). If one
+//! cannot be made (e.g. its pages cannot be locked), that open is served with direct I/O
+//! instead, and a warning is logged once.
 
 use std::collections::HashMap;
 use std::io;
@@ -93,17 +97,23 @@ struct Backing {
     id: Arc<BackingId>,
     /// Held for its `Drop`, which wipes it.
     _memfd: Memfd,
+    /// Opens answered with it whose handle is not released yet.
+    handles: usize,
 }
+
+/// (secret name, version).
+type VersionKey = (String, u64);
 
 /// The backing files of the versions passthrough handles read, by (name, version).
 #[derive(Debug, Default)]
 pub struct Backings {
-    by_version: Mutex<HashMap<(String, u64), Backing>>,
+    by_version: Mutex<HashMap<VersionKey, Backing>>,
     /// The backing id each open passthrough handle was given, kept until its RELEASE: the
     /// kernel looks the id up after our reply, when the opener resumes, so the id must outlive
     /// the reply (a closed id fails that open with EIO). Wiping does not wait for these: the
     /// memfd is emptied at once, whoever holds an id for it.
-    by_handle: Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// Each entry also names the (name, version) the handle reads.
+    by_handle: Mutex<HashMap<u64, (VersionKey, Arc<BackingId>)>>,
     /// A memfd could not be made once (logged once).
     warned: AtomicBool,
 }
@@ -114,7 +124,8 @@ impl Backings {
     }
 
     /// The backing id for `name` at `version` (as `which`), made from the view's value on
-    /// first use. `Ok(None)`: the view no longer serves that version.
+    /// first use, for one open (counted until its handle's [`release`](Self::release)).
+    /// `Ok(None)`: the view no longer serves that version.
     ///
     /// The view is asked while the table's lock is held, and [`retain_readable`] takes the
     /// same lock after every view change: so a memfd is either made before a change and wiped
@@ -135,7 +146,8 @@ impl Backings {
             return Ok(None);
         }
         let key = (name.to_owned(), version);
-        if let Some(b) = map.get(&key) {
+        if let Some(b) = map.get_mut(&key) {
+            b.handles += 1;
             return Ok(Some(b.id.clone()));
         }
         let value = match view.get(name, which) {
@@ -149,22 +161,23 @@ impl Backings {
             Backing {
                 id: id.clone(),
                 _memfd: memfd,
+                handles: 1,
             },
         );
         Ok(Some(id))
     }
 
-    /// Wipes and forgets the memfd of every version the view no longer serves (run after every
-    /// view change, before the change returns).
+    /// Wipes and forgets the memfd of every version the view no longer serves, and of every
+    /// version no longer current that no handle holds (run after every view change, before
+    /// the change returns).
     pub fn retain_readable(&self, view: &SecretView) {
         let mut map = self
             .by_version
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|(name, version), _| {
-            [Which::Current, Which::Previous]
-                .into_iter()
-                .any(|w| view.meta(name, w).is_some_and(|m| m.version == *version))
+        map.retain(|(name, version), b| {
+            let is = |w| view.meta(name, w).is_some_and(|m| m.version == *version);
+            is(Which::Current) || (is(Which::Previous) && b.handles > 0)
         });
     }
 
@@ -179,22 +192,36 @@ impl Backings {
         drop(all); // each memfd is wiped as it drops
     }
 
-    /// Keeps `id` until handle `fh` is released.
-    fn hold(&self, fh: u64, id: Arc<BackingId>) {
+    /// Keeps `id` (of `name` at `version`) until handle `fh` is released.
+    fn hold(&self, fh: u64, name: &str, version: u64, id: Arc<BackingId>) {
         self.by_handle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(fh, id);
+            .insert(fh, ((name.to_owned(), version), id));
     }
 
-    /// Handle `fh` was released (RELEASE): its backing id may close.
-    pub fn release(&self, fh: u64) {
-        let id = self
+    /// Handle `fh` was released (RELEASE): its backing id may close, and the memfd of its
+    /// version too when that version is no longer current and no other handle holds it.
+    pub fn release(&self, fh: u64, view: &SecretView) {
+        let held = self
             .by_handle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&fh);
+        let Some((key, id)) = held else { return };
         drop(id); // outside the lock: the last drop is an ioctl
+        let mut map = self
+            .by_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(b) = map.get_mut(&key) else { return };
+        b.handles = b.handles.saturating_sub(1);
+        let current = view
+            .meta(&key.0, Which::Current)
+            .is_some_and(|m| m.version == key.1);
+        if b.handles == 0 && !current {
+            map.remove(&key); // wiped as it drops
+        }
     }
 
     /// Number of memfds held (tests, diagnostics).
@@ -231,7 +258,7 @@ impl SecretFs {
             .get_or_make(&self.state.view, name, which, version, &reply)
         {
             Ok(Some(id)) => {
-                self.read.backings.hold(fh, id.clone());
+                self.read.backings.hold(fh, name, version, id.clone());
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
             }
             Ok(None) => {
