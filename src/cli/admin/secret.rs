@@ -29,8 +29,10 @@ pub enum SecretCommand {
     /// The secrets of an environment: policy, version, state, and for user-vault secrets how
     /// many users hold a value and how many were read in the last 7 days (never a value).
     List {
+        /// The org's id (`org_…`).
         #[arg(long)]
         org: String,
+        /// The environment.
         #[arg(long)]
         environment: String,
     },
