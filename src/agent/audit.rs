@@ -557,6 +557,15 @@ mod tests {
     /// The status must never claim "nothing outstanding" while the writer holds events it took
     /// from the coalescer but has not yet written (issue 17: the soak bench sampled
     /// `pending_events == 0 && backlog_events == 0` in that gap and lost the last window).
+    /// Waits (deadline 60 s) until the writer has taken every pending event from memory.
+    fn writer_took_everything(h: &Arc<Handle>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !lock(&h.shared.pending).is_empty() {
+            assert!(Instant::now() < deadline, "the writer never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_on_their_way_to_the_spool_stay_in_the_status() {
         let tmp = tempfile::tempdir().unwrap();
@@ -574,11 +583,7 @@ mod tests {
             Some(1),
             AccessVia::Fuse,
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !lock(&h.shared.pending).is_empty() {
-            assert!(Instant::now() < deadline, "the writer never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        writer_took_everything(&h);
         let st = a.stats();
         assert!(
             st.pending_events + st.backlog_events > 0,
@@ -614,11 +619,7 @@ mod tests {
             AccessVia::Fuse,
         );
         // The writer takes that event and then blocks on the spool.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !lock(&h.shared.pending).is_empty() {
-            assert!(Instant::now() < deadline, "the writer never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        writer_took_everything(&h);
         // With the writer parked, reads keep being recorded (and counted when the buffer is
         // full); stats answer too. Done on another thread with a deadline: a `record` that
         // waits for the writer fails the test instead of hanging it.

@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{CHANGES_CHANNEL, i, pe, u};
-use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, SyncRow, TokenRecord};
 
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -195,4 +195,19 @@ pub(super) async fn lock<C: GenericClient>(c: &C, parts: &[&str]) -> Result<(), 
     )
     .await?;
     Ok(())
+}
+
+/// The first eight columns of a sync query (both the creator and the per-user one select them in
+/// this order) as a [`SyncRow`].
+pub(super) fn sync_row(r: &Row) -> SyncRow {
+    SyncRow {
+        name: r.get(0),
+        version: r.get(1),
+        state: r.get(2),
+        updated_ms: r.get(3),
+        sealed: r.get(4),
+        prev_version: r.get(5),
+        prev_sealed: r.get(6),
+        prev_until_ms: r.get(7),
+    }
 }

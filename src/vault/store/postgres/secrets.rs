@@ -11,7 +11,6 @@ use super::users::{policy_changes, policy_of, revoke_users, user_changes, write_
 use super::{i, u};
 use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
-use crate::vault::store::SyncRow;
 use crate::vault::store::check_policy;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
@@ -313,17 +312,7 @@ pub(super) async fn changes_q(
     let secrets = rows
         .iter()
         .map(|r| {
-            let secret = SyncRow {
-                name: r.get(0),
-                version: r.get(1),
-                state: r.get(2),
-                updated_ms: r.get(3),
-                sealed: r.get(4),
-                prev_version: r.get(5),
-                prev_sealed: r.get(6),
-                prev_until_ms: r.get(7),
-            }
-            .into_secret(now_ms);
+            let secret = super::rows::sync_row(r).into_secret(now_ms);
             (u(r.get(8)), secret)
         })
         .collect();

@@ -13,8 +13,8 @@ use crate::api::{PushResponse, SecretPolicy, SyncPolicy, SyncUserSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     AuditContext, LINK_RETENTION_MS, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome,
-    RevokeSecret, SecretSummary, SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan,
-    WriteVersion, check_policy,
+    RevokeSecret, SecretSummary, SetPolicy, StoreError, WriteOutcome, WritePlan, WriteVersion,
+    check_policy,
 };
 
 /// The policy of a secret name in an environment (creator when none was set).
@@ -299,16 +299,7 @@ pub(super) async fn user_changes(
     .await?
     .iter()
     .map(|r| {
-        let secret = SyncRow {
-            name: r.get(0),
-            version: r.get(1),
-            state: r.get(2),
-            updated_ms: r.get(3),
-            sealed: r.get(4),
-            prev_version: r.get(5),
-            prev_sealed: r.get(6),
-            prev_until_ms: r.get(7),
-        };
+        let secret = super::rows::sync_row(r);
         (u(r.get(8)), secret.into_user_secret(r.get(9), now_ms))
     })
     .collect())

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{be, exec, i, row, u};
 use crate::crypto::TokenKind;
-use crate::vault::store::{Environment, NewAuditRecord, StoreError, TokenRecord};
+use crate::vault::store::{Environment, NewAuditRecord, StoreError, SyncRow, TokenRecord};
 
 pub(super) fn kind_str(k: TokenKind) -> &'static str {
     k.as_str()
@@ -133,4 +133,19 @@ pub(super) fn bump_revision(tx: &Connection, org_id: &str, env: &str) -> Result<
     )
     .map(u)
     .map_err(be)
+}
+
+/// The first eight columns of a sync query (both the creator and the per-user one select them in
+/// this order) as a [`SyncRow`].
+pub(super) fn sync_row(r: &Row) -> rusqlite::Result<SyncRow> {
+    Ok(SyncRow {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        state: r.get(2)?,
+        updated_ms: r.get(3)?,
+        sealed: r.get(4)?,
+        prev_version: r.get(5)?,
+        prev_sealed: r.get(6)?,
+        prev_until_ms: r.get(7)?,
+    })
 }

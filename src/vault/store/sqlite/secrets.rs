@@ -7,7 +7,6 @@ use super::users::{policy_changes, policy_of, revoke_users, user_changes, write_
 use super::{be, exec, i, row, u};
 use crate::api::PushResponse;
 use crate::vault::clock::fmt_ms;
-use crate::vault::store::SyncRow;
 use crate::vault::store::check_policy;
 use crate::vault::store::{
     ChangeSet, IDEMPOTENCY_RETENTION_MS, NewAuditRecord, RevokeOutcome, RevokeSecret, StoreError,
@@ -245,17 +244,7 @@ pub(super) fn changes_q(
         .map_err(be)?;
     let secrets = st
         .query_map(params![org_id, env, i(from), now_ms], |r| {
-            let secret = SyncRow {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                state: r.get(2)?,
-                updated_ms: r.get(3)?,
-                sealed: r.get(4)?,
-                prev_version: r.get(5)?,
-                prev_sealed: r.get(6)?,
-                prev_until_ms: r.get(7)?,
-            }
-            .into_secret(now_ms);
+            let secret = super::rows::sync_row(r)?.into_secret(now_ms);
             Ok((u(r.get(8)?), secret))
         })
         .map_err(be)?

@@ -10,8 +10,7 @@ use crate::api::{PushResponse, SecretPolicy, SyncPolicy, SyncUserSecret};
 use crate::vault::clock::fmt_ms;
 use crate::vault::store::{
     LINK_RETENTION_MS, LinkRecord, NewAuditRecord, PolicyOutcome, RevokeOutcome, RevokeSecret,
-    SecretSummary, SetPolicy, StoreError, SyncRow, WriteOutcome, WritePlan, WriteVersion,
-    check_policy,
+    SecretSummary, SetPolicy, StoreError, WriteOutcome, WritePlan, WriteVersion, check_policy,
 };
 
 /// The policy of a secret name in an environment (creator when none was set).
@@ -277,16 +276,7 @@ pub(super) fn user_changes(
         )
         .map_err(be)?;
     st.query_map(params![org, env, i(from), now_ms], |r| {
-        let secret = SyncRow {
-            name: r.get(0)?,
-            version: r.get(1)?,
-            state: r.get(2)?,
-            updated_ms: r.get(3)?,
-            sealed: r.get(4)?,
-            prev_version: r.get(5)?,
-            prev_sealed: r.get(6)?,
-            prev_until_ms: r.get(7)?,
-        };
+        let secret = super::rows::sync_row(r)?;
         Ok((u(r.get(8)?), secret.into_user_secret(r.get(9)?, now_ms)))
     })
     .map_err(be)?
