@@ -99,12 +99,35 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The HTTP client (one connection pool) of a [`VaultClient`].
+fn http_client(options: &ClientOptions) -> Result<reqwest::Client, ClientError> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("fyvault/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &options.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::Setup(format!("CA certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Setup(
+                "the CA file holds no PEM certificate".into(),
+            ));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| ClientError::Setup(e.to_string()))
+}
+
 /// Client of one vault.
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
     base: String,
     token: Arc<RwLock<Option<Secret>>>,
+    options: ClientOptions,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -146,28 +169,23 @@ impl VaultClient {
                 reason: "expected http://HOST[:PORT] or https://HOST[:PORT]".into(),
             });
         }
-        install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("fyvault/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &options.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ClientError::Setup(format!("CA certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(ClientError::Setup(
-                    "the CA file holds no PEM certificate".into(),
-                ));
-            }
-            builder = builder.tls_certs_only(certs);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(VaultClient {
-            http,
+            http: http_client(&options)?,
             base: base_url.trim_end_matches('/').to_string(),
             token: Arc::new(RwLock::new(None)),
+            options,
+        })
+    }
+
+    /// A client of the same vault, sharing this one's token slot, on connections of its own:
+    /// the agent's long-poll, so that its connection carries nothing else and stays in the
+    /// vault's poll lane (docs/vault.md, "The poll lane").
+    pub fn with_own_connections(&self) -> Result<VaultClient, ClientError> {
+        Ok(VaultClient {
+            http: http_client(&self.options)?,
+            base: self.base.clone(),
+            token: self.token.clone(),
+            options: self.options.clone(),
         })
     }
 

@@ -470,7 +470,7 @@ pub async fn start(config: AgentConfig, options: RunOptions) -> Result<Agent, Ru
 
     let syncer = Syncer {
         cache: Some(keeper),
-        client,
+        client: client.with_own_connections().map_err(RunError::Client)?,
         org: config.org_id.clone(),
         env: config.environment.clone(),
         key,

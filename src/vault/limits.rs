@@ -96,12 +96,39 @@ impl Default for Limits {
     }
 }
 
+/// Requests served by the poll lane, and connections it handed to hyper.
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    served: std::sync::atomic::AtomicU64,
+    handed_over: std::sync::atomic::AtomicU64,
+}
+
+impl LaneStats {
+    pub(crate) fn served(&self) {
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn handed_over(&self) {
+        self.handed_over
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (sync requests the lane served, connections it handed to hyper).
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.served.load(Relaxed), self.handed_over.load(Relaxed))
+    }
+}
+
 /// The caps in force: one permit per open connection, one per parked long-poll.
 #[derive(Debug)]
 pub struct Admission {
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     pub long_polls: Arc<Semaphore>,
+    /// What the poll lane ([`crate::vault::lane`]) did.
+    pub lane: LaneStats,
     /// The most connections open at once since [`Admission::take_peak`] last read it (a fleet
     /// that comes and goes between two looks of the heap trim is still seen).
     peak: std::sync::atomic::AtomicUsize,
@@ -113,6 +140,7 @@ impl Admission {
         Admission {
             connections: permits(limits.max_connections),
             long_polls: permits(limits.max_long_polls),
+            lane: LaneStats::default(),
             limits,
             peak: Default::default(),
         }

@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::vault::error::VaultError;
-use crate::vault::limits::Admission;
+use crate::vault::{AppState, lane};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open connections to finish.
@@ -142,9 +142,10 @@ pub async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     app: Router,
-    admission: Arc<Admission>,
+    state: AppState,
     shutdown: watch::Receiver<bool>,
 ) {
+    let admission = state.admission.clone();
     let limits = &admission.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -198,17 +199,24 @@ pub async fn accept_loop(
             _permit: permit,
         };
         let acceptor = acceptor.clone();
+        let state = state.clone();
+        // hyper's connection futures are boxed: the task of a connection parked in the lane
+        // is then only as large as the lane's state (docs/vault.md, "The poll lane").
         tokio::spawn(async move {
             match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => ctx.serve(TokioIo::new(tls)).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Some(acceptor) => Box::pin(ctx.serve_tls(acceptor, stream)).await,
+                None => {
+                    let lane = lane::serve(&state, stream, peer);
+                    if std::env::var_os("FYVAULT_LANE_SIZE").is_some() {
+                        eprintln!("lane future {} bytes", std::mem::size_of_val(&lane));
+                    }
+                    match lane.await {
+                        lane::Leave::Done => {}
+                        lane::Leave::ToHyper(stream) => {
+                            Box::pin(ctx.serve(TokioIo::new(stream))).await
+                        }
                     }
                 }
-                None => ctx.serve(TokioIo::new(stream)).await,
             }
         });
     }
@@ -263,6 +271,15 @@ struct Conn {
 }
 
 impl Conn {
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let peer = self.peer;
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.serve(TokioIo::new(tls)).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
     async fn serve<I>(self, io: I)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

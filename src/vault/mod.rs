@@ -23,6 +23,7 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod fanout;
+mod lane;
 pub mod limits;
 mod listener;
 pub mod routes;

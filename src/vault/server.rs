@@ -237,7 +237,7 @@ async fn start_inner(
         tls: acceptor.is_some(),
         tokens,
     };
-    let app = routes::router(state);
+    let app = routes::router(state.clone());
     let tls = acceptor.is_some();
     match &config.database {
         Some(db) => tracing::info!(%addr, tls, database = %db.describe(), "vault listening"),
@@ -253,9 +253,7 @@ async fn start_inner(
         idle_timeout_s = config.limits.idle_timeout.as_secs_f64(),
         "admission limits"
     );
-    let task = tokio::spawn(listener::accept_loop(
-        listener, acceptor, app, admission, rx,
-    ));
+    let task = tokio::spawn(listener::accept_loop(listener, acceptor, app, state, rx));
     Ok(ServerHandle {
         addr,
         tls,

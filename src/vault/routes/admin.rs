@@ -185,6 +185,10 @@ pub async fn stats(
         "long_polls": a.parked_long_polls(),
         "max_long_polls": a.limits.max_long_polls,
         "shared_sync_reads": state.fanout.shared_reads(),
+        "lane": {
+            "served": a.lane.counts().0,
+            "handed_to_hyper": a.lane.counts().1,
+        },
         "heap": heap,
         "token_cache": {
             "entries": state.tokens.len(),

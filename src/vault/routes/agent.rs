@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::api::{self, AuditBatch, AuditBatchResponse, MAX_WAIT_SECONDS, SyncResponse};
 use crate::vault::AppState;
-use crate::vault::auth::Auth;
+use crate::vault::auth::{Auth, Principal};
 use crate::vault::clock::{now_ms, parse_rfc3339};
 use crate::vault::error::ApiError;
 use crate::vault::extract::{JsonBody, P, Q};
@@ -90,58 +90,127 @@ fn shared_json(bytes: bytes::Bytes) -> Response {
 ///
 /// Without news the poll parks (under the long-poll cap) until a change, the end of `wait`, or
 /// shutdown. The answer to a change is read once and shared by every poll it wakes
-/// ([`crate::vault::fanout`]).
+/// ([`crate::vault::fanout`]). Plain-HTTP/1.1 connections that carry only syncs are served by
+/// [`crate::vault::lane`] instead, with this same [`SyncPoll`].
 pub async fn sync(
     State(state): State<AppState>,
     Auth(p): Auth,
     P((org, env)): P<(String, String)>,
     Q(q): Q<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    p.require_agent(&state, &org, Some(&env)).await?;
-    check_environment(&env)?;
-    let wait = Duration::from_secs(q.wait.min(MAX_WAIT_SECONDS));
-    if wait.is_zero() {
-        return Ok(Json(read(&state, &org, &env, q.since).await?).into_response());
+    let poll = SyncPoll::new(&state, &p, org, env, &q).await?;
+    Ok(match poll.run(&state, std::future::pending()).await? {
+        PollEnd::Answer(resp) => resp,
+        PollEnd::Shared(bytes) => shared_json(bytes),
+        // `pending()` never resolves, so this poll never ends `Gone`.
+        PollEnd::Gone => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// How a sync poll ended.
+pub(crate) enum PollEnd {
+    /// Answer this.
+    Answer(Response),
+    /// Answer these bytes (`application/json`), shared by every poll the change woke.
+    Shared(bytes::Bytes),
+    /// The client hung up while the poll was parked: nothing to answer.
+    Gone,
+}
+
+/// One sync request, checked: where it reads from and how long it may wait. Served by the
+/// axum handler [`sync`] and by the lane ([`crate::vault::lane`]) alike.
+pub(crate) struct SyncPoll {
+    org: String,
+    env: String,
+    since: u64,
+    wait: Duration,
+}
+
+impl SyncPoll {
+    /// Checks the caller's scope and the request (a `denied` record when refused).
+    pub(crate) async fn new(
+        state: &AppState,
+        p: &Principal,
+        org: String,
+        env: String,
+        q: &SyncQuery,
+    ) -> Result<SyncPoll, ApiError> {
+        p.require_agent(state, &org, Some(&env)).await?;
+        check_environment(&env)?;
+        Ok(SyncPoll {
+            org,
+            env,
+            since: q.since,
+            wait: Duration::from_secs(q.wait.min(MAX_WAIT_SECONDS)),
+        })
     }
-    let deadline = tokio::time::Instant::now() + wait;
-    // Taken when the poll first parks, held until it answers.
-    let mut parked = None;
-    loop {
-        // Registered before reading, so a change between the read and the wait is not missed.
-        let mut waiter = state.fanout.register(&org, &env, q.since);
-        // Nothing newer than what the agent holds (also `since=0` on an environment still at
-        // revision 0): hold the request until a change or the wait ends.
-        let full = if waiter.is_current() {
-            q.since == 0
-        } else {
-            let resp = read(&state, &org, &env, q.since).await?;
-            if resp.revision != q.since {
-                return Ok(Json(resp).into_response());
-            }
-            resp.full
-        };
-        if parked.is_none() {
-            match state.admission.long_polls.clone().try_acquire_owned() {
-                Ok(permit) => parked = Some(permit),
-                Err(_) => return Ok(too_many_long_polls(&state)),
-            }
+
+    /// Answers at once if there is news (or no wait); else parks until a change, the end of
+    /// the wait, shutdown, or `gone` (the client hung up).
+    pub(crate) async fn run(
+        self,
+        state: &AppState,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Result<PollEnd, ApiError> {
+        let SyncPoll {
+            org,
+            env,
+            since,
+            wait,
+        } = self;
+        if wait.is_zero() {
+            return Ok(PollEnd::Answer(
+                Json(read(state, &org, &env, since).await?).into_response(),
+            ));
         }
-        let unchanged = SyncResponse {
-            revision: q.since,
-            full,
-            secrets: Vec::new(),
-            policies: Vec::new(),
-            user_values: Vec::new(),
-        };
-        tokio::select! {
-            d = waiter.delivery() => match d {
-                Some(Delivery::Answer(bytes)) => return Ok(shared_json(bytes)),
-                Some(Delivery::Error(e)) => return Err(e),
-                Some(Delivery::Reread) => continue,
-                None => return Ok(Json(unchanged).into_response()),
-            },
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(unchanged).into_response()),
-            _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(Json(unchanged).into_response()),
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut gone = std::pin::pin!(gone);
+        // Taken when the poll first parks, held until it answers.
+        let mut parked = None;
+        loop {
+            // Registered before reading, so a change between the read and the wait is not
+            // missed.
+            let mut waiter = state.fanout.register(&org, &env, since);
+            // Nothing newer than what the agent holds (also `since=0` on an environment still
+            // at revision 0): hold the request until a change or the wait ends.
+            let full = if waiter.is_current() {
+                since == 0
+            } else {
+                let resp = read(state, &org, &env, since).await?;
+                if resp.revision != since {
+                    return Ok(PollEnd::Answer(Json(resp).into_response()));
+                }
+                resp.full
+            };
+            if parked.is_none() {
+                match state.admission.long_polls.clone().try_acquire_owned() {
+                    Ok(permit) => parked = Some(permit),
+                    Err(_) => return Ok(PollEnd::Answer(too_many_long_polls(state))),
+                }
+            }
+            let unchanged = || {
+                PollEnd::Answer(
+                    Json(SyncResponse {
+                        revision: since,
+                        full,
+                        secrets: Vec::new(),
+                        policies: Vec::new(),
+                        user_values: Vec::new(),
+                    })
+                    .into_response(),
+                )
+            };
+            tokio::select! {
+                d = waiter.delivery() => match d {
+                    Some(Delivery::Answer(bytes)) => return Ok(PollEnd::Shared(bytes)),
+                    Some(Delivery::Error(e)) => return Err(e),
+                    Some(Delivery::Reread) => continue,
+                    None => return Ok(unchanged()),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(unchanged()),
+                _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(unchanged()),
+                _ = gone.as_mut() => return Ok(PollEnd::Gone),
+            }
         }
     }
 }

@@ -145,14 +145,25 @@ async fn log_request(req: Request, next: Next) -> Response {
         .unwrap_or_default();
     let start = Instant::now();
     let resp = next.run(req).await;
-    let (status, ms) = (resp.status().as_u16(), start.elapsed().as_millis() as u64);
-    // An agent's long-poll answers every `sync_wait_seconds` per agent: routine, at debug.
-    if routine(&path, resp.status()) {
-        tracing::debug!(%method, path, status, ms, peer, "request");
-    } else {
-        tracing::info!(%method, path, status, ms, peer, "request");
-    }
+    log_line(&method, &path, resp.status(), start, &peer);
     resp
+}
+
+/// The request's log line (also written by [`crate::vault::lane`] for the syncs it serves).
+pub(crate) fn log_line(
+    method: &axum::http::Method,
+    path: &str,
+    status: StatusCode,
+    start: Instant,
+    peer: &str,
+) {
+    let ms = start.elapsed().as_millis() as u64;
+    // An agent's long-poll answers every `sync_wait_seconds` per agent: routine, at debug.
+    if routine(path, status) {
+        tracing::debug!(%method, path, status = status.as_u16(), ms, peer, "request");
+    } else {
+        tracing::info!(%method, path, status = status.as_u16(), ms, peer, "request");
+    }
 }
 
 /// A request not worth an INFO line: a successful agent sync (long-poll).
