@@ -148,3 +148,52 @@ async fn woken_long_polls_get_the_per_poll_answer_from_one_shared_read() {
         "one store read answered the 50 polls"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_one_poll_is_parked_the_polls_after_it_park_without_reading() {
+    let tv = TestVault::start().await;
+    let f = tv.fixture().await;
+    let prov = tv.client(&f.provider_token);
+    let agent = tv.client(&f.agent_token);
+    prov.push(&f.org, &f.provider, &write("A", "a1", None))
+        .await
+        .unwrap();
+    let rev = agent.sync(&f.org, ENV, 0, 0).await.unwrap().revision;
+    let poll = |agent: fyvault::client::VaultClient, org: String| {
+        tokio::spawn(async move { agent.sync(&org, ENV, rev, 120).await })
+    };
+    // The first poll of a fresh instance reads the store; what it saw is current.
+    let mut polls = vec![poll(agent.clone(), f.org.clone())];
+    common::eventually(30, "the first long-poll to be held", || async {
+        (tv.handle.held_long_polls(&f.org, ENV) == 1).then_some(())
+    })
+    .await;
+    let reads = tv.handle.own_sync_reads();
+    for _ in 0..200 {
+        polls.push(poll(agent.clone(), f.org.clone()));
+    }
+    common::eventually(30, "201 long-polls to be held", || async {
+        (tv.handle.held_long_polls(&f.org, ENV) == 201).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tv.handle.own_sync_reads() - reads,
+        0,
+        "polls at the current revision park without a store read of their own"
+    );
+    // A change still reaches every one of them (one shared read), and the hub is current
+    // again after it.
+    let shared = tv.handle.shared_sync_reads();
+    prov.rotate(&f.org, &f.provider, &write("A", "a2", Some(600)))
+        .await
+        .unwrap();
+    for p in polls {
+        let woke = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("woken")
+            .unwrap()
+            .unwrap();
+        assert!(woke.revision > rev);
+    }
+    assert_eq!(tv.handle.shared_sync_reads() - shared, 1);
+}

@@ -45,6 +45,9 @@ struct HubState {
     waiters: Waiters,
     /// The revision of the last shared read, while no change has been announced since.
     current: Option<u64>,
+    /// Announcements the distributor has taken in (a poll's own read may set `current` only
+    /// if none came between its registration and its answer).
+    generation: u64,
 }
 
 /// The parked polls of one environment.
@@ -66,6 +69,7 @@ pub struct Waiter {
     id: u64,
     rx: oneshot::Receiver<Delivery>,
     current: bool,
+    generation: u64,
 }
 
 impl Waiter {
@@ -73,6 +77,17 @@ impl Waiter {
     /// change has been announced since: the poll may park without reading the store.
     pub fn is_current(&self) -> bool {
         self.current
+    }
+
+    /// Tells the hub that this poll's own store read (made after it registered) found the
+    /// environment at `revision`. If no change was announced since the poll registered, that
+    /// is the current revision, and the polls after it park without reading: a fleet that
+    /// (re)connects at once makes a few reads, not one per agent.
+    pub fn saw(&self, revision: u64) {
+        let mut st = self.hub.lock();
+        if st.generation == self.generation && st.current.is_none() {
+            st.current = Some(revision);
+        }
     }
 
     /// The delivery; `None` when the server is stopping.
@@ -101,6 +116,8 @@ pub struct Fanout {
     shutdown: watch::Receiver<bool>,
     /// Shared reads made so far (observability, tests).
     reads: Arc<AtomicU64>,
+    /// Reads polls made for themselves (a poll that cannot park on what the hub knows).
+    own_reads: AtomicU64,
 }
 
 impl Fanout {
@@ -115,6 +132,7 @@ impl Fanout {
             hubs: Mutex::new(HashMap::new()),
             shutdown,
             reads: Arc::default(),
+            own_reads: AtomicU64::new(0),
         }
     }
 
@@ -127,6 +145,7 @@ impl Fanout {
         st.next_id += 1;
         st.waiters.entry(since).or_default().insert(id, tx);
         let current = st.current == Some(since);
+        let generation = st.generation;
         drop(st);
         Waiter {
             hub,
@@ -134,6 +153,7 @@ impl Fanout {
             id,
             rx,
             current,
+            generation,
         }
     }
 
@@ -147,6 +167,16 @@ impl Fanout {
     /// Store reads the distributors made (one per announced change with parked polls).
     pub fn shared_reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Counts a store read a poll made for itself.
+    pub fn note_own_read(&self) {
+        self.own_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Store reads polls made for themselves (observability, tests).
+    pub fn own_reads(&self) -> u64 {
+        self.own_reads.load(Ordering::Relaxed)
     }
 
     fn hub(&self, org: &str, env: &str) -> Arc<Hub> {
@@ -197,6 +227,7 @@ async fn distribute(
         let sinces: Vec<u64> = {
             let mut st = hub.lock();
             st.current = None;
+            st.generation += 1;
             st.waiters.keys().copied().collect()
         };
         let Some(&lowest) = sinces.first() else {

@@ -100,7 +100,9 @@ pub(crate) fn classify(bytes: &[u8], peer: SocketAddr) -> Next {
             return Next::Hyper;
         } else if plain("connection") {
             let v = String::from_utf8_lossy(h.value);
-            if v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")) {
+            if v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            {
                 return Next::Hyper;
             }
         } else if plain("authorization") {
@@ -346,7 +348,8 @@ mod tests {
         }
     }
 
-    const POLL: &[u8] = b"GET /api/v1/orgs/org_a/environments/prod/sync?since=3&wait=300 HTTP/1.1\r\n\
+    const POLL: &[u8] =
+        b"GET /api/v1/orgs/org_a/environments/prod/sync?since=3&wait=300 HTTP/1.1\r\n\
 host: v\r\nauthorization: Bearer x\r\naccept: */*\r\n\r\n";
 
     #[test]
@@ -358,7 +361,12 @@ host: v\r\nauthorization: Bearer x\r\naccept: */*\r\n\r\n";
         assert!(!h.close);
         assert_eq!(h.parts.uri.query(), Some("since=3&wait=300"));
         assert!(h.parts.headers.contains_key("authorization"));
-        assert!(h.parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some());
+        assert!(
+            h.parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some()
+        );
         // The alias, a second request behind it (pipelined: only the first head counts),
         // Connection: close.
         let mut two = b"GET /v1/orgs/o/environments/e/sync HTTP/1.1\r\nAuthorization: Bearer x\r\nConnection: keep-alive, close\r\n\r\n".to_vec();
@@ -401,7 +409,8 @@ host: v\r\nauthorization: Bearer x\r\naccept: */*\r\n\r\n";
         }
         assert!(matches!(classify(b"", peer()), Next::Closed));
         // More header lines than the lane parses.
-        let mut many = b"GET /v1/orgs/o/environments/e/sync HTTP/1.1\r\nAuthorization: Bearer x\r\n".to_vec();
+        let mut many =
+            b"GET /v1/orgs/o/environments/e/sync HTTP/1.1\r\nAuthorization: Bearer x\r\n".to_vec();
         for i in 0..MAX_HEADERS {
             many.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
         }

@@ -116,6 +116,11 @@ impl ServerHandle {
         self.fanout.shared_reads()
     }
 
+    /// Store reads long-polls made for themselves (not answered by what the fanout knew).
+    pub fn own_sync_reads(&self) -> u64 {
+        self.fanout.own_reads()
+    }
+
     /// Asks the server to stop: no new connections, long-polls answer at once, open
     /// connections get a few seconds to finish.
     pub fn trigger_shutdown(&self) {

@@ -185,6 +185,7 @@ pub async fn stats(
         "long_polls": a.parked_long_polls(),
         "max_long_polls": a.limits.max_long_polls,
         "shared_sync_reads": state.fanout.shared_reads(),
+        "own_sync_reads": state.fanout.own_reads(),
         "lane": {
             "served": a.lane.counts().0,
             "handed_to_hyper": a.lane.counts().1,

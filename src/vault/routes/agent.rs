@@ -62,6 +62,7 @@ async fn read(
     env: &str,
     since: u64,
 ) -> Result<SyncResponse, ApiError> {
+    state.fanout.note_own_read();
     state
         .store
         .sync(org, env, since, now_ms())
@@ -180,6 +181,7 @@ impl SyncPoll {
                 if resp.revision != since {
                     return Ok(PollEnd::Answer(Json(resp).into_response()));
                 }
+                waiter.saw(since);
                 resp.full
             };
             if parked.is_none() {
