@@ -42,7 +42,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) enum Next {
     /// A sync request it serves: the head (to consume) and what it says.
-    Sync(SyncHead),
+    Sync(Box<SyncHead>),
     /// Anything else: the connection goes to hyper, unread.
     Hyper,
     /// The client closed the connection.
@@ -121,14 +121,14 @@ pub(crate) fn classify(bytes: &[u8], peer: SocketAddr) -> Next {
     let Ok(request) = builder.extension(ConnectInfo(peer)).body(()) else {
         return Next::Hyper;
     };
-    Next::Sync(SyncHead {
+    Next::Sync(Box::new(SyncHead {
         len,
         org: org.to_owned(),
         env: env.to_owned(),
         path: path.to_owned(),
         close,
         parts: request.into_parts().0,
-    })
+    }))
 }
 
 /// `Connection: close` among `headers`.
@@ -200,7 +200,7 @@ pub(crate) async fn serve(state: &AppState, mut stream: TcpStream, peer: SocketA
             mut close,
             mut parts,
             ..
-        } = head;
+        } = *head;
         let end = answer(state, &stream, &mut parts, org, env).await;
         drop(parts);
         let (status, written) = match end {
@@ -341,7 +341,7 @@ mod tests {
         "127.0.0.1:5000".parse().unwrap()
     }
 
-    fn sync_head(bytes: &[u8]) -> Option<SyncHead> {
+    fn sync_head(bytes: &[u8]) -> Option<Box<SyncHead>> {
         match classify(bytes, peer()) {
             Next::Sync(h) => Some(h),
             _ => None,
