@@ -203,21 +203,23 @@ pub(crate) async fn serve(state: &AppState, mut stream: TcpStream, peer: SocketA
         } = *head;
         let end = answer(state, &stream, &mut parts, org, env).await;
         drop(parts);
+        // Closing after this answer (asked by the client or the answer, or shutting down)
+        // is said in the answer, as hyper does.
+        close |= *state.shutdown.borrow();
         let (status, written) = match end {
             PollEnd::Gone => return Leave::Done,
             PollEnd::Shared(body) => (
                 StatusCode::OK,
-                write(&mut stream, StatusCode::OK, None, &body).await,
+                write(&mut stream, StatusCode::OK, None, close, &body).await,
             ),
             PollEnd::Answer(resp) => {
                 let status = resp.status();
                 close |= asks_to_close(resp.headers());
-                (status, write_response(&mut stream, resp).await)
+                (status, write_response(&mut stream, resp, close).await)
             }
         };
         crate::vault::routes::log_line(&Method::GET, &path, status, start, &peer_text);
-        let closing = close || *state.shutdown.borrow();
-        if written.is_err() || closing {
+        if written.is_err() || close {
             let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
             return Leave::Done;
         }
@@ -286,20 +288,26 @@ async fn hung_up(stream: &TcpStream) {
 }
 
 /// Writes an axum response (its body is complete: every sync answer is).
-async fn write_response(stream: &mut TcpStream, resp: Response) -> std::io::Result<()> {
+async fn write_response(
+    stream: &mut TcpStream,
+    resp: Response,
+    close: bool,
+) -> std::io::Result<()> {
     let (parts, body) = resp.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .map_err(std::io::Error::other)?;
-    write(stream, parts.status, Some(&parts.headers), &body).await
+    write(stream, parts.status, Some(&parts.headers), close, &body).await
 }
 
 /// Writes one HTTP/1.1 answer: status line, the headers (a JSON content type when none are
-/// given), `date`, `content-length`, body.
+/// given), `connection: close` when `close` (unless the headers say it), `date`,
+/// `content-length`, body.
 async fn write(
     stream: &mut TcpStream,
     status: StatusCode,
     headers: Option<&http::HeaderMap>,
+    close: bool,
     body: &[u8],
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(160 + body.len());
@@ -321,6 +329,9 @@ async fn write(
             }
         }
         None => out.extend_from_slice(b"content-type: application/json\r\n"),
+    }
+    if close && !headers.is_some_and(asks_to_close) {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
