@@ -169,6 +169,7 @@ struct Outcome {
     rss_after: u64,
     heap_base: u64,
     heap_parked: u64,
+    heap_after: u64,
     fds_parked: usize,
     threads_parked: u64,
     threads_wake: u64,
@@ -267,6 +268,7 @@ async fn run_fleet(
     })
     .await;
     tokio::time::sleep(settle).await;
+    let heap_after = heap_in_use(instances, admin).await;
     Outcome {
         label: label.to_owned(),
         agents: n,
@@ -279,6 +281,7 @@ async fn run_fleet(
         rss_after: rss(),
         heap_base,
         heap_parked,
+        heap_after,
         fds_parked,
         threads_parked,
         threads_wake,
@@ -381,7 +384,7 @@ fn with_db(url: &str, db: &str) -> String {
 }
 
 /// Two instances over one PostgreSQL database, `per` agents on each.
-async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Outcome> {
+async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Vec<Outcome>> {
     let db = format!("fyvault_fleet_{}", std::process::id());
     let (client, conn) = match tokio_postgres::connect(base, tokio_postgres::NoTls).await {
         Ok(x) => x,
@@ -415,23 +418,36 @@ async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Outcome> {
     let url_a = instances[0].proc.url.clone();
     let world = World::on(dir, None, &url_a, Secret::new(admin.clone().into_bytes())).await;
     let tokens = agent_tokens(&world).await;
-    let o = run_fleet(
-        "PostgreSQL, 2 instances",
-        &world,
-        &instances,
-        &admin,
-        &tokens,
-        2 * per,
-        settle,
-    )
-    .await;
-    print_one(&o);
+    // As on SQLite, a floor first (one agent per instance), then the fleet; then the same fleet
+    // again on the same instances, whose base is what the first one left.
+    let mut out = vec![
+        run_fleet(
+            "PostgreSQL floor",
+            &world,
+            &instances,
+            &admin,
+            &tokens,
+            2,
+            Duration::ZERO,
+        )
+        .await,
+    ];
+    for round in 0..env_num("FLEET_PG_ROUNDS", 2) {
+        let label = if round == 0 {
+            "PostgreSQL, 2 instances"
+        } else {
+            "PostgreSQL, 2 instances, again"
+        };
+        let o = run_fleet(label, &world, &instances, &admin, &tokens, 2 * per, settle).await;
+        print_one(&o);
+        out.push(o);
+    }
     drop(instances);
     drop(world);
     let _ = client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await;
-    Some(o)
+    Some(out)
 }
 
 fn print_one(o: &Outcome) {
@@ -468,7 +484,7 @@ fn main() {
     if let Ok(base) = std::env::var("FYVAULT_TEST_POSTGRES") {
         let per = env_num("FLEET_PG_PER_INSTANCE", 7500) as usize;
         if let Some(o) = rt.block_on(pg_run(base.trim(), per, settle)) {
-            outcomes.push(o);
+            outcomes.extend(o);
         }
     } else {
         println!(
@@ -492,6 +508,7 @@ fn main() {
             "per poll",
             "heap per poll",
             "after",
+            "heap in use base → after",
             "fds",
             "threads",
             "load",
@@ -513,7 +530,12 @@ fn main() {
             fmt_mb(o.rss_parked),
             per_poll(o.rss_base, o.rss_parked, o.agents),
             per_poll(o.heap_base, o.heap_parked, o.agents),
-            fmt_mb(o.rss_after),
+            format!(
+                "{} ({:+.0} %)",
+                fmt_mb(o.rss_after),
+                (o.rss_after as f64 / o.rss_base.max(1) as f64 - 1.0) * 100.0
+            ),
+            format!("{} → {}", fmt_mb(o.heap_base), fmt_mb(o.heap_after)),
             o.fds_parked.to_string(),
             format!("{} / {}", o.threads_parked, o.threads_wake),
             o.load.clone(),
@@ -530,6 +552,7 @@ fn main() {
             "rss_after_bytes": o.rss_after,
             "heap_in_use_base_bytes": o.heap_base,
             "heap_in_use_parked_bytes": o.heap_parked,
+            "heap_in_use_after_bytes": o.heap_after,
             "settle_s": settle.as_secs(),
             "fds_parked": o.fds_parked,
             "threads_parked": o.threads_parked,
@@ -539,7 +562,8 @@ fn main() {
     }
     table.print();
     println!(
-        "threads: parked / right after the wake. RSS after: {} s after the fleet disconnected. \
+        "threads: parked / right after the wake. RSS after: {} s after the fleet disconnected \
+         (against RSS base). Heap in use: glibc's live allocations, same moments. \
          Heap per poll: live heap allocations (glibc's mallinfo2) per parked poll. \
          Wake: from the push to each answer, as the simulated agents saw it (they share the 2 CPUs \
          with the vault).",
