@@ -7,7 +7,7 @@
 //!   `MCL_ONFAULT` avoids pre-faulting (and so pinning) every reserved thread stack. Without
 //!   `CAP_IPC_LOCK` the call fails when the address space exceeds `RLIMIT_MEMLOCK`: then the
 //!   agent runs unlocked, warns, and says so in `/v1/health` and `fyvault status`.
-//! - The allocator gives every block of [`MMAP_THRESHOLD`] bytes or more its own mapping
+//! - The allocator gives every block of [`crate::alloc::MMAP_THRESHOLD`] bytes or more its own mapping
 //!   (glibc `mallopt(M_MMAP_THRESHOLD)`), unmapped when freed. Locked memory cannot be handed
 //!   back with `madvise` (the kernel refuses it on locked pages), so under `mlockall` what the
 //!   heap once held stays resident; glibc's default threshold also rises each time a large
@@ -39,7 +39,7 @@ pub struct Report {
 /// Makes the process non-dumpable and locks its memory; failures are logged and reported,
 /// never fatal.
 pub fn apply() -> Report {
-    tune_allocator();
+    crate::alloc::fix_mmap_threshold();
     let dumpable_off = match nix::sys::prctl::set_dumpable(false) {
         Ok(()) => true,
         Err(e) => {
@@ -65,22 +65,6 @@ pub fn apply() -> Report {
     Report {
         dumpable_off,
         mlock,
-    }
-}
-
-/// Blocks at least this large get their own mapping (see the module docs).
-pub const MMAP_THRESHOLD: usize = 64 * 1024;
-
-/// Fixes glibc's mmap threshold (see the module docs); elsewhere nothing.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let threshold = libc::c_int::try_from(MMAP_THRESHOLD).expect("fits");
-        // SAFETY: mallopt sets one of the allocator's parameters under its own lock; it takes
-        // no pointer of ours.
-        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) } != 1 {
-            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
-        }
     }
 }
 

@@ -172,6 +172,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::cli::init_logging();
+    crate::alloc::fix_mmap_threshold();
     let mut config = ServerConfig {
         data_dir: a.data_dir,
         listen: a.listen,
