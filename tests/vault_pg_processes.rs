@@ -137,7 +137,28 @@ async fn agent_on_one_instance_gets_a_rotation_pushed_through_another() {
     // Migrations that find the schema in place log no driver NOTICE ("already exists").
     for lines in [a.lines(), b.lines()] {
         assert!(!lines.iter().any(|l| l.contains("NOTICE")), "{lines:?}");
+        // `fyvault server` opens its whole pool before it listens.
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("database pool open") && l.contains("connections=16")),
+            "{lines:?}"
+        );
     }
+    let pg = db.client().await;
+    let connections: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        connections >= 2 * 17,
+        "16 pooled and 1 LISTEN connection per instance, open from the start: {connections}"
+    );
     let f = make_fixture(&a.client(&admin_token)).await;
     // Both instances see what one of them wrote.
     let from_b = b.client(&admin_token).list_orgs().await.unwrap();

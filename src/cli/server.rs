@@ -184,6 +184,7 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         database: a.db.url()?,
         limits: Limits::default(),
         public_url: a.public_url,
+        open_pool_at_start: true,
     };
     config.check()?;
     let nofile = raise_nofile_logged();

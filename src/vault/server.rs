@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Base of connect links (`<public_url>/connect/<token>`); `None`: this server's own URL.
     pub public_url: Option<String>,
+    /// PostgreSQL: open every pooled connection at start ([`PgStore::open_pool`]).
+    /// `fyvault server` does; tests, which start many stores at once, do not.
+    pub open_pool_at_start: bool,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
             database: None,
             limits: Limits::default(),
             public_url: None,
+            open_pool_at_start: false,
         }
     }
 }
@@ -155,6 +159,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, VaultError> {
     check_listen(&config)?;
     if let Some(url) = &config.database {
         let store = PgStore::connect(url.expose()).await?;
+        if config.open_pool_at_start {
+            store.open_pool().await;
+        }
         let local = Arc::new(LocalChangeFeed::new());
         let tokens = Arc::new(TokenCache::new());
         let feed = Arc::new(PgChangeFeed::start(&store, local.clone(), tokens.clone()));

@@ -392,6 +392,28 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Opens every pooled connection now (`fyvault server` does at start): a fleet that
+    /// reconnects after a restart does not wait on connection setup, a PostgreSQL
+    /// `max_connections` too small for the instances shows at start rather than under load, and
+    /// the memory an open pool holds (~25 KiB per connection) is part of the vault's resting
+    /// size, not left behind by the first burst. Logs how many opened; never fatal.
+    pub async fn open_pool(&self) {
+        let want = self.opts.pool_size.max(1);
+        let got = futures_util::future::join_all((0..want).map(|_| self.pool.get())).await;
+        let opened = got.iter().filter(|c| c.is_ok()).count();
+        drop(got);
+        if opened < want {
+            tracing::warn!(
+                opened,
+                pool_size = want,
+                "could not open every pooled database connection at start (PostgreSQL's \
+                 max_connections?); the pool keeps trying as requests need them"
+            );
+        } else {
+            tracing::info!(connections = opened, "database pool open");
+        }
+    }
+
     /// `user@host:port/dbname`, for logs.
     pub fn describe(&self) -> String {
         describe(&self.config)
