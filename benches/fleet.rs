@@ -15,7 +15,8 @@
 //! Bounded: at most `FLEET_SIZES` (default `1000,5000,15000`) agents, each phase under a
 //! deadline; `FLEET_SETTLE_SECS` (default 60) is the wait after the fleet disconnects;
 //! PostgreSQL only when `FYVAULT_TEST_POSTGRES` is set (`eval "$(scripts/pg-test-setup)"`),
-//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances. `FLEET_VAULT_ENV`
+//! `FLEET_PG_PER_INSTANCE` (default 7500) agents on each of two instances, after a floor of one
+//! agent each, `FLEET_PG_ROUNDS` (default 2) times on the same instances. `FLEET_VAULT_ENV`
 //! (`K=V …`) sets environment variables of the vault processes only (allocator tunables), and
 //! `FYVAULT_BENCH_BIN` runs another build of the vault (an allocator variant).
 
@@ -164,6 +165,8 @@ struct Outcome {
     wake: Samples,
     cpu_wake: Duration,
     cpu_cycle: Duration,
+    /// From sending the push to its answer (part of every wake).
+    push: Duration,
     rss_base: u64,
     rss_parked: u64,
     rss_after: u64,
@@ -246,6 +249,8 @@ async fn run_fleet(
     world
         .push("FLEET_KEY", format!("v-{label}-{n}").as_bytes())
         .await;
+    // The push is answered once its transaction is durable, and only then announced.
+    let push = t0.elapsed();
     let mut wake = Samples::with_capacity(n);
     let deadline = tokio::time::Instant::now() + PHASE_DEADLINE;
     while wake.len() < n {
@@ -276,6 +281,7 @@ async fn run_fleet(
         wake,
         cpu_wake,
         cpu_cycle,
+        push,
         rss_base,
         rss_parked,
         rss_after: rss(),
@@ -452,10 +458,11 @@ async fn pg_run(base: &str, per: usize, settle: Duration) -> Option<Vec<Outcome>
 
 fn print_one(o: &Outcome) {
     println!(
-        "  {} × {}: parked after {}, wake p50 {} max {}, load {}",
+        "  {} × {}: parked after {}, push answered after {}, wake p50 {} max {}, load {}",
         o.label,
         o.agents,
         fmt_dur(o.connect),
+        fmt_dur(o.push),
         fmt_dur(o.wake.clone().p50()),
         fmt_dur(o.wake.clone().max()),
         o.load
@@ -547,6 +554,7 @@ fn main() {
             "wake": o.wake.json(),
             "cpu_wake_ms": o.cpu_wake.as_secs_f64() * 1e3,
             "cpu_cycle_ms": o.cpu_cycle.as_secs_f64() * 1e3,
+            "push_ms": o.push.as_secs_f64() * 1e3,
             "rss_base_bytes": o.rss_base,
             "rss_parked_bytes": o.rss_parked,
             "rss_after_bytes": o.rss_after,

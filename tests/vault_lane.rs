@@ -397,11 +397,9 @@ async fn a_parked_poll_whose_client_hangs_up_frees_its_place() {
     c.send_sync(&f.org, ENV, rev, 300, &tok(&f.agent_token))
         .await
         .unwrap();
+    // (Not compared with `base_conns` here: each stats call's own connection, and the ones
+    // before it still closing, make that count race.)
     parked(&tv, &f, 1).await;
-    assert!(
-        stats(&tv).await["connections"].as_u64().unwrap() > base_conns,
-        "the parked connection is counted"
-    );
 
     drop(c);
     eventually(30, "the hung-up poll to free its place", || async {

@@ -236,6 +236,12 @@ async fn distribute(
         reads.fetch_add(1, Ordering::Relaxed);
         match store.sync_changes(&org, &env, lowest, now_ms()).await {
             Ok(cs) => {
+                // Current from now on, before the answers go out: the polls the woken agents
+                // send right after their answer then park without a read of their own (set
+                // only if no change was announced during the read; the next one clears it).
+                if !changes.has_changed().unwrap_or(true) {
+                    hub.lock().current = Some(cs.revision);
+                }
                 for since in sinces {
                     if since == cs.revision {
                         continue; // nothing new for them (a wake without a change)
@@ -248,9 +254,6 @@ async fn distribute(
                     for tx in group.into_iter().flat_map(HashMap::into_values) {
                         let _ = tx.send(delivery.clone());
                     }
-                }
-                if !changes.has_changed().unwrap_or(true) {
-                    hub.lock().current = Some(cs.revision);
                 }
             }
             Err(e) => {
