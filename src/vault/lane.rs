@@ -13,8 +13,8 @@
 //! Handing over is one way: a connection that once carried another request stays with hyper
 //! (the agent keeps its long-poll on a connection of its own, so its polls stay here).
 //!
-//! TLS connections always go to hyper (rustls holds its own buffers per connection; behind a
-//! TLS-terminating load balancer the vault listens in plain HTTP and the lane applies).
+//! TLS connections always go to hyper (rustls holds its own buffers per connection); plain
+//! HTTP, and so the lane, is served on loopback only (behind a TLS proxy on the same host).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
