@@ -311,13 +311,20 @@ async fn the_lane_and_hyper_give_the_same_answers() {
     assert_eq!(after.1 - before.1, n + 1, "lane.handed_to_hyper");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_and_pipelined_polls_are_answered_in_order() {
+/// A vault with one secret pushed: the vault, its fixture, the environment's revision and the
+/// agent token.
+async fn vault_with_a_secret() -> (TestVault, Fixture, u64, String) {
     let tv = TestVault::start().await;
     let f = tv.fixture().await;
     push(&tv, &f, "A", "a1").await;
     let rev = current_revision(&tv, &f).await;
     let agent = tok(&f.agent_token);
+    (tv, f, rev, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_and_pipelined_polls_are_answered_in_order() {
+    let (tv, f, rev, agent) = vault_with_a_secret().await;
     let before = lane_counts(&stats(&tv).await);
 
     // Keep-alive: three polls in a row on one connection.
@@ -422,11 +429,7 @@ async fn a_parked_poll_whose_client_hangs_up_frees_its_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_goes_to_hyper_on_its_first_other_request_and_keeps_working() {
-    let tv = TestVault::start().await;
-    let f = tv.fixture().await;
-    push(&tv, &f, "A", "a1").await;
-    let rev = current_revision(&tv, &f).await;
-    let agent = tok(&f.agent_token);
+    let (tv, f, rev, agent) = vault_with_a_secret().await;
     let before = lane_counts(&stats(&tv).await);
 
     let mut c = connect(&tv).await;
@@ -466,11 +469,7 @@ async fn a_connection_goes_to_hyper_on_its_first_other_request_and_keeps_working
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_lane_poll_is_woken_by_a_push_and_answered_once() {
     const N: usize = 50;
-    let tv = TestVault::start().await;
-    let f = tv.fixture().await;
-    push(&tv, &f, "A", "a1").await;
-    let rev0 = current_revision(&tv, &f).await;
-    let agent = tok(&f.agent_token);
+    let (tv, f, rev0, agent) = vault_with_a_secret().await;
     let before = lane_counts(&stats(&tv).await);
 
     let mut conns = Vec::with_capacity(N);
@@ -525,11 +524,7 @@ async fn a_parked_lane_poll_is_woken_by_a_push_and_answered_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_parked_lane_polls_and_closes() {
     const N: usize = 5;
-    let tv = TestVault::start().await;
-    let f = tv.fixture().await;
-    push(&tv, &f, "A", "a1").await;
-    let rev = current_revision(&tv, &f).await;
-    let agent = tok(&f.agent_token);
+    let (tv, f, rev, agent) = vault_with_a_secret().await;
     let mut conns = Vec::with_capacity(N);
     for _ in 0..N {
         let mut c = connect(&tv).await;
