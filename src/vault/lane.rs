@@ -201,13 +201,16 @@ pub(crate) async fn serve(state: &AppState, mut stream: TcpStream, peer: SocketA
             mut parts,
             ..
         } = *head;
-        let end = answer(state, &stream, &mut parts, org, env).await;
+        // A client that hangs up ends the poll (dropping it frees its place).
+        let end = tokio::select! {
+            end = answer(state, &mut parts, org, env) => end,
+            () = hung_up(&stream) => return Leave::Done,
+        };
         drop(parts);
         // Closing after this answer (asked by the client or the answer, or shutting down)
         // is said in the answer, as hyper does.
         close |= *state.shutdown.borrow();
         let (status, written) = match end {
-            PollEnd::Gone => return Leave::Done,
             PollEnd::Shared(body) => (
                 StatusCode::OK,
                 write(&mut stream, StatusCode::OK, None, close, &body).await,
@@ -229,7 +232,6 @@ pub(crate) async fn serve(state: &AppState, mut stream: TcpStream, peer: SocketA
 /// The sync answer for one request: the same extractors, in the same order, as the route.
 async fn answer(
     state: &AppState,
-    stream: &TcpStream,
     parts: &mut http::request::Parts,
     org: String,
     env: String,
@@ -238,7 +240,7 @@ async fn answer(
         let Auth(p) = Auth::from_request_parts(parts, state).await?;
         let Q(q) = Q::<SyncQuery>::from_request_parts(parts, state).await?;
         let poll = SyncPoll::new(state, &p, org, env, &q).await?;
-        poll.run(state, hung_up(stream)).await
+        poll.run(state).await
     }
     .await;
     result.unwrap_or_else(|e: ApiError| PollEnd::Answer(e.into_response()))

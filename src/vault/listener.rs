@@ -205,18 +205,10 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => Box::pin(ctx.serve_tls(acceptor, stream)).await,
-                None => {
-                    let lane = lane::serve(&state, stream, peer);
-                    if std::env::var_os("FYVAULT_LANE_SIZE").is_some() {
-                        eprintln!("lane future {} bytes", std::mem::size_of_val(&lane));
-                    }
-                    match lane.await {
-                        lane::Leave::Done => {}
-                        lane::Leave::ToHyper(stream) => {
-                            Box::pin(ctx.serve(TokioIo::new(stream))).await
-                        }
-                    }
-                }
+                None => match lane::serve(&state, stream, peer).await {
+                    lane::Leave::Done => {}
+                    lane::Leave::ToHyper(stream) => Box::pin(ctx.serve(TokioIo::new(stream))).await,
+                },
             }
         });
     }

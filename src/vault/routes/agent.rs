@@ -100,11 +100,9 @@ pub async fn sync(
     Q(q): Q<SyncQuery>,
 ) -> Result<Response, ApiError> {
     let poll = SyncPoll::new(&state, &p, org, env, &q).await?;
-    Ok(match poll.run(&state, std::future::pending()).await? {
+    Ok(match poll.run(&state).await? {
         PollEnd::Answer(resp) => resp,
         PollEnd::Shared(bytes) => shared_json(bytes),
-        // `pending()` never resolves, so this poll never ends `Gone`.
-        PollEnd::Gone => StatusCode::NO_CONTENT.into_response(),
     })
 }
 
@@ -114,8 +112,6 @@ pub(crate) enum PollEnd {
     Answer(Response),
     /// Answer these bytes (`application/json`), shared by every poll the change woke.
     Shared(bytes::Bytes),
-    /// The client hung up while the poll was parked: nothing to answer.
-    Gone,
 }
 
 /// One sync request, checked: where it reads from and how long it may wait. Served by the
@@ -147,12 +143,9 @@ impl SyncPoll {
     }
 
     /// Answers at once if there is news (or no wait); else parks until a change, the end of
-    /// the wait, shutdown, or `gone` (the client hung up).
-    pub(crate) async fn run(
-        self,
-        state: &AppState,
-        gone: impl std::future::Future<Output = ()>,
-    ) -> Result<PollEnd, ApiError> {
+    /// the wait or shutdown. Dropping the future (the client hung up) unregisters the poll
+    /// and frees its place.
+    pub(crate) async fn run(self, state: &AppState) -> Result<PollEnd, ApiError> {
         let SyncPoll {
             org,
             env,
@@ -165,7 +158,6 @@ impl SyncPoll {
             ));
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let mut gone = std::pin::pin!(gone);
         // Taken when the poll first parks, held until it answers.
         let mut parked = None;
         loop {
@@ -211,7 +203,6 @@ impl SyncPoll {
                 },
                 _ = tokio::time::sleep_until(deadline) => return Ok(unchanged()),
                 _ = crate::vault::stopped(state.shutdown.clone()) => return Ok(unchanged()),
-                _ = gone.as_mut() => return Ok(PollEnd::Gone),
             }
         }
     }
